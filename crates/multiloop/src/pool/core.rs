@@ -1,0 +1,518 @@
+//! The parent's bookkeeping: queued and in-flight chunks, worker credits,
+//! and what happens to a worker's tasks when it dies.
+//!
+//! Everything here runs under one mutex, held for short, non-async
+//! critical sections: submitting a chunk, handling a frame of outcomes, a
+//! worker's death. No I/O happens under the lock; frames for workers are
+//! appended to their outboxes and their writer tasks are woken.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use crate::error::{Error, ExitInfo, Kind};
+use crate::wire::{FrameWriter, Status};
+
+/// What a job (one `map`, `apply`, ...) receives from the pool.
+pub(crate) enum Event {
+    /// Outcomes from one RESULTS frame.
+    Outcomes { frame: Bytes, items: Vec<Item> },
+    /// Tasks that ended without an outcome from a worker.
+    Failed { indices: Vec<u64>, failure: Failure },
+}
+
+/// One outcome: where its data lies in the frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Item {
+    pub(crate) index: u64,
+    pub(crate) status: Status,
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+/// Why tasks ended without an outcome; turned into one [`Error`] per task.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    Crash { task: &'static str, exit: ExitInfo, attempts: u32, stderr_tail: String },
+    Terminated,
+    Closed,
+    RestartIntensity { restarts: u32, within: Duration, last: ExitInfo },
+    HardTimeout { after: Duration },
+    Setup(String),
+}
+
+impl Failure {
+    pub(crate) fn to_error(&self) -> Error {
+        match self {
+            Failure::Crash { task, exit, attempts, stderr_tail } => Error::new(Kind::Crash {
+                task: Some(task),
+                exit: exit.clone(),
+                attempts: *attempts,
+                stderr_tail: stderr_tail.clone(),
+            }),
+            Failure::Terminated => Error::terminated(),
+            Failure::Closed => Error::pool_closed(),
+            Failure::RestartIntensity { restarts, within, last } => {
+                Error::new(Kind::RestartIntensity { restarts: *restarts, within: *within, last: last.clone() })
+            }
+            Failure::HardTimeout { after } => Error::new(Kind::Timeout { after: *after, hard: true }),
+            Failure::Setup(reason) => Error::new(Kind::Initializer { reason: reason.clone() }),
+        }
+    }
+}
+
+/// Where a job's events go.
+pub(crate) type JobSink = mpsc::UnboundedSender<Event>;
+
+/// A chunk of tasks of one job, from submission to its last outcome.
+pub(crate) struct ChunkRec {
+    pub(crate) job: u64,
+    pub(crate) sink: JobSink,
+    pub(crate) task: &'static str,
+    pub(crate) timeout: Option<Duration>,
+    /// The serialized arguments, back to back.
+    pub(crate) payload: Bytes,
+    /// `offsets[i]..offsets[i + 1]` are task `i`'s arguments.
+    pub(crate) offsets: Vec<u32>,
+    /// The job index of each task; `None` means `base + i`.
+    pub(crate) indices: Option<Vec<u64>>,
+    pub(crate) base: u64,
+    pub(crate) done: Vec<u64>,
+    pub(crate) remaining: u32,
+    /// Which worker incarnation runs it.
+    pub(crate) worker: Option<WorkerId>,
+    pub(crate) dispatched: Option<Instant>,
+    /// Attempts used so far, including the current one.
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+}
+
+impl ChunkRec {
+    pub(crate) fn count(&self) -> u32 {
+        (self.offsets.len() - 1) as u32
+    }
+
+    pub(crate) fn job_index(&self, i: u32) -> u64 {
+        match &self.indices {
+            Some(ix) => ix[i as usize],
+            None => self.base + u64::from(i),
+        }
+    }
+
+    fn is_done(&self, i: u32) -> bool {
+        self.done[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    fn set_done(&mut self, i: u32) {
+        self.done[(i / 64) as usize] |= 1 << (i % 64);
+    }
+
+    fn args(&self, i: u32) -> &[u8] {
+        &self.payload[self.offsets[i as usize] as usize..self.offsets[i as usize + 1] as usize]
+    }
+
+    /// A new chunk of the tasks in `which`, for a retry or a split.
+    fn subset(&self, which: &[u32], attempt: u32) -> ChunkRec {
+        let mut payload = Vec::with_capacity(which.iter().map(|&i| self.args(i).len()).sum());
+        let mut offsets = Vec::with_capacity(which.len() + 1);
+        offsets.push(0);
+        let mut indices = Vec::with_capacity(which.len());
+        for &i in which {
+            payload.extend_from_slice(self.args(i));
+            offsets.push(payload.len() as u32);
+            indices.push(self.job_index(i));
+        }
+        ChunkRec {
+            job: self.job,
+            sink: self.sink.clone(),
+            task: self.task,
+            timeout: self.timeout,
+            payload: Bytes::from(payload),
+            offsets,
+            indices: Some(indices),
+            base: 0,
+            done: vec![0; which.len().div_ceil(64)],
+            remaining: which.len() as u32,
+            worker: None,
+            dispatched: None,
+            attempt,
+            max_attempts: self.max_attempts,
+        }
+    }
+
+    fn pending(&self) -> Vec<u32> {
+        (0..self.count()).filter(|&i| !self.is_done(i)).collect()
+    }
+}
+
+/// A worker incarnation: its slot and the generation that distinguishes it
+/// from the worker that held the slot before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct WorkerId {
+    pub(crate) slot: usize,
+    pub(crate) generation: u64,
+}
+
+/// Frames waiting to be written to one worker.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub(crate) buf: Mutex<FrameWriter>,
+    pub(crate) notify: Notify,
+}
+
+impl Outbox {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut FrameWriter) -> R) -> R {
+        let r = f(&mut self.buf.lock().unwrap_or_else(PoisonError::into_inner));
+        self.notify.notify_one();
+        r
+    }
+}
+
+/// The parent's view of one worker.
+pub(crate) struct WorkerSlot {
+    pub(crate) id: WorkerId,
+    pub(crate) pid: u32,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) ready: bool,
+    pub(crate) alive: bool,
+    /// No new work: it is being recycled or shut down.
+    pub(crate) retiring: bool,
+    pub(crate) assigned: usize,
+    /// Tasks given to this worker over its life (for recycling).
+    pub(crate) lifetime: u64,
+    pub(crate) chunks: Vec<u64>,
+}
+
+/// Pool-wide settings the core needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) concurrency: usize,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) restart_limit: u32,
+    pub(crate) restart_window: Duration,
+}
+
+/// What the caller of a core method must do after the lock is released.
+#[derive(Default)]
+pub(crate) struct Actions {
+    /// Events to deliver to jobs.
+    pub(crate) events: Vec<(JobSink, Event)>,
+    /// Slots that need a fresh worker.
+    pub(crate) respawn: Vec<usize>,
+    /// Workers to ask to exit once idle.
+    pub(crate) retire: Vec<WorkerId>,
+}
+
+impl Actions {
+    pub(crate) fn deliver(self) -> (Vec<usize>, Vec<WorkerId>) {
+        for (sink, event) in self.events {
+            // A job whose receiver is gone was cancelled: nothing to do.
+            let _ = sink.send(event);
+        }
+        (self.respawn, self.retire)
+    }
+}
+
+/// Whether the pool takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Open,
+    /// `close()` waits for submitted work to finish.
+    Closing,
+    /// `close()` stopped the workers.
+    Stopped,
+    Terminated,
+    /// Workers died too often; pending work failed.
+    Broken,
+}
+
+pub(crate) struct Core {
+    pub(crate) limits: Limits,
+    pub(crate) phase: Phase,
+    pub(crate) workers: Vec<WorkerSlot>,
+    pub(crate) queue: VecDeque<u64>,
+    pub(crate) chunks: HashMap<u64, ChunkRec>,
+    next_chunk: u64,
+    next_job: u64,
+    next_generation: u64,
+    deaths: VecDeque<Instant>,
+    pub(crate) broken: Option<Failure>,
+}
+
+impl Core {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Core {
+            limits,
+            phase: Phase::Open,
+            workers: Vec::new(),
+            queue: VecDeque::new(),
+            chunks: HashMap::new(),
+            next_chunk: 1,
+            next_job: 1,
+            next_generation: 1,
+            deaths: VecDeque::new(),
+            broken: None,
+        }
+    }
+
+    pub(crate) fn new_job(&mut self) -> u64 {
+        let id = self.next_job;
+        self.next_job += 1;
+        id
+    }
+
+    pub(crate) fn new_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// True when nothing is queued or running.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Queues a chunk and hands out work.
+    pub(crate) fn submit(&mut self, rec: ChunkRec) -> Result<(), Failure> {
+        match self.phase {
+            Phase::Open | Phase::Closing => {}
+            Phase::Stopped => return Err(Failure::Closed),
+            Phase::Terminated => return Err(Failure::Terminated),
+            Phase::Broken => return Err(self.broken.clone().unwrap_or(Failure::Terminated)),
+        }
+        let id = self.next_chunk;
+        self.next_chunk += 1;
+        self.chunks.insert(id, rec);
+        self.queue.push_back(id);
+        self.dispatch();
+        Ok(())
+    }
+
+    fn cap(&self) -> usize {
+        self.limits.concurrency * 2
+    }
+
+    /// Gives queued chunks to the workers with the most free capacity.
+    pub(crate) fn dispatch(&mut self) {
+        while let Some(&id) = self.queue.front() {
+            let cap = self.cap();
+            let best = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.ready && w.alive && !w.retiring)
+                .filter(|(_, w)| w.assigned < cap || w.chunks.len() < 2)
+                .min_by_key(|(_, w)| w.assigned)
+                .map(|(i, _)| i);
+            let Some(slot) = best else { return };
+            self.queue.pop_front();
+            let Some(rec) = self.chunks.get(&id) else { continue };
+            if rec.remaining == 0 {
+                continue;
+            }
+            // Recycling: never give a worker more tasks than it has left.
+            if let Some(max) = self.limits.max_tasks_per_child {
+                let left = max.saturating_sub(self.workers[slot].lifetime);
+                if u64::from(rec.count()) > left && left > 0 {
+                    let count = rec.count();
+                    let head: Vec<u32> = (0..left as u32).collect();
+                    let tail: Vec<u32> = (left as u32..count).collect();
+                    let (head, tail) = (rec.subset(&head, rec.attempt), rec.subset(&tail, rec.attempt));
+                    self.chunks.remove(&id);
+                    let tail_id = self.next_chunk;
+                    self.next_chunk += 1;
+                    self.chunks.insert(tail_id, tail);
+                    self.queue.push_front(tail_id);
+                    self.chunks.insert(id, head);
+                }
+            }
+            let Some(rec) = self.chunks.get_mut(&id) else { continue };
+            let worker = &mut self.workers[slot];
+            rec.worker = Some(worker.id);
+            rec.dispatched = Some(Instant::now());
+            let count = rec.count();
+            worker.assigned += rec.remaining as usize;
+            worker.lifetime += u64::from(count);
+            worker.chunks.push(id);
+            let timeout_us = rec.timeout.map_or(0, |d| d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
+            let (task, payload) = (rec.task, rec.payload.clone());
+            worker.outbox.with(|w| {
+                let start = w.run_header(id, task, timeout_us, count);
+                w.buf().extend_from_slice(&payload);
+                w.finish(start);
+            });
+            if let Some(max) = self.limits.max_tasks_per_child
+                && worker.lifetime >= max
+            {
+                worker.retiring = true;
+            }
+        }
+    }
+
+    /// Records the outcomes of one RESULTS frame from worker `from`.
+    pub(crate) fn on_results(
+        &mut self,
+        from: WorkerId,
+        frame: &Bytes,
+        outcomes: impl Iterator<Item = (u64, u32, Status, u32, u32)>,
+        actions: &mut Actions,
+    ) {
+        let mut current: Option<(u64, JobSink, Vec<Item>)> = None;
+        let mut finished: Vec<u64> = Vec::new();
+        let mut freed = 0usize;
+        for (chunk, index, status, start, end) in outcomes {
+            let Some(rec) = self.chunks.get_mut(&chunk) else { continue };
+            // Only the worker running the chunk now may answer, once per
+            // task: a late answer from an earlier attempt is dropped.
+            if rec.worker != Some(from) || index >= rec.count() || rec.is_done(index) {
+                continue;
+            }
+            rec.set_done(index);
+            rec.remaining -= 1;
+            freed += 1;
+            let item = Item { index: rec.job_index(index), status, start, end };
+            match &mut current {
+                Some((job, _, items)) if *job == rec.job => items.push(item),
+                _ => {
+                    if let Some((_, sink, items)) = current.take() {
+                        actions.events.push((sink, Event::Outcomes { frame: frame.clone(), items }));
+                    }
+                    current = Some((rec.job, rec.sink.clone(), vec![item]));
+                }
+            }
+            if rec.remaining == 0 {
+                finished.push(chunk);
+            }
+        }
+        if let Some((_, sink, items)) = current.take() {
+            actions.events.push((sink, Event::Outcomes { frame: frame.clone(), items }));
+        }
+        for id in &finished {
+            self.chunks.remove(id);
+        }
+        if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
+            w.assigned = w.assigned.saturating_sub(freed);
+            if !finished.is_empty() {
+                w.chunks.retain(|c| !finished.contains(c));
+            }
+            if w.retiring && w.chunks.is_empty() && w.alive {
+                actions.retire.push(w.id);
+            }
+        }
+        self.dispatch();
+    }
+
+    /// A worker died (or was killed): its unfinished tasks go back to the
+    /// queue, or fail when they used their last attempt.
+    pub(crate) fn on_death(&mut self, id: WorkerId, exit: &ExitInfo, stderr_tail: &str, actions: &mut Actions) {
+        let Some(worker) = self.workers.get_mut(id.slot).filter(|w| w.id == id) else { return };
+        let was_retiring_clean = worker.retiring && worker.chunks.is_empty();
+        worker.alive = false;
+        worker.ready = false;
+        let chunks = std::mem::take(&mut worker.chunks);
+        worker.assigned = 0;
+        let now = Instant::now();
+        if !was_retiring_clean || !exit_is_clean(exit) {
+            self.deaths.push_back(now);
+        }
+        while self.deaths.front().is_some_and(|t| now.duration_since(*t) > self.limits.restart_window) {
+            self.deaths.pop_front();
+        }
+        for chunk in chunks {
+            self.requeue_after_crash(chunk, exit, stderr_tail, actions);
+        }
+        if self.deaths.len() as u32 > self.limits.restart_limit && self.phase == Phase::Open {
+            let failure = Failure::RestartIntensity {
+                restarts: self.deaths.len() as u32,
+                within: self.limits.restart_window,
+                last: exit.clone(),
+            };
+            self.break_pool(failure, actions);
+            return;
+        }
+        if matches!(self.phase, Phase::Open | Phase::Closing) {
+            actions.respawn.push(id.slot);
+        }
+        self.dispatch();
+    }
+
+    fn requeue_after_crash(&mut self, chunk: u64, exit: &ExitInfo, stderr_tail: &str, actions: &mut Actions) {
+        let Some(rec) = self.chunks.remove(&chunk) else { return };
+        let pending = rec.pending();
+        if pending.is_empty() {
+            return;
+        }
+        if rec.attempt >= rec.max_attempts {
+            let failure = Failure::Crash {
+                task: rec.task,
+                exit: exit.clone(),
+                attempts: rec.attempt,
+                stderr_tail: stderr_tail.to_owned(),
+            };
+            let indices = pending.iter().map(|&i| rec.job_index(i)).collect();
+            actions.events.push((rec.sink.clone(), Event::Failed { indices, failure }));
+            return;
+        }
+        // Retry each task on its own: a task that kills its worker every
+        // time then fails alone, without taking its chunk-mates with it.
+        for &i in &pending {
+            let retry = rec.subset(&[i], rec.attempt + 1);
+            let id = self.next_chunk;
+            self.next_chunk += 1;
+            self.chunks.insert(id, retry);
+            self.queue.push_front(id);
+        }
+    }
+
+    /// Fails everything pending with `failure` and stops taking work.
+    pub(crate) fn break_pool(&mut self, failure: Failure, actions: &mut Actions) {
+        self.phase = if matches!(failure, Failure::Terminated) { Phase::Terminated } else { Phase::Broken };
+        self.broken = Some(failure.clone());
+        self.queue.clear();
+        for (_, rec) in self.chunks.drain() {
+            let indices: Vec<u64> = rec.pending().iter().map(|&i| rec.job_index(i)).collect();
+            if !indices.is_empty() {
+                actions.events.push((rec.sink.clone(), Event::Failed { indices, failure: failure.clone() }));
+            }
+        }
+        for w in &mut self.workers {
+            w.chunks.clear();
+            w.assigned = 0;
+            w.retiring = true;
+        }
+    }
+
+    /// Drops a job's queued chunks and tells workers to drop its running
+    /// ones.
+    pub(crate) fn cancel_job(&mut self, job: u64) {
+        let ids: Vec<u64> = self.chunks.iter().filter(|(_, r)| r.job == job).map(|(&id, _)| id).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut per_worker: HashMap<usize, Vec<u64>> = HashMap::new();
+        for id in &ids {
+            if let Some(rec) = self.chunks.remove(id)
+                && let Some(wid) = rec.worker
+                && let Some(w) = self.workers.get_mut(wid.slot).filter(|w| w.id == wid)
+            {
+                w.assigned = w.assigned.saturating_sub(rec.remaining as usize);
+                w.chunks.retain(|c| c != id);
+                per_worker.entry(wid.slot).or_default().push(*id);
+            }
+        }
+        self.queue.retain(|id| !ids.contains(id));
+        for (slot, chunks) in per_worker {
+            if let Some(w) = self.workers.get(slot).filter(|w| w.alive) {
+                w.outbox.with(|o| o.cancel(&chunks));
+            }
+        }
+        self.dispatch();
+    }
+}
+
+fn exit_is_clean(exit: &ExitInfo) -> bool {
+    exit.code == Some(0) && exit.signal.is_none()
+}

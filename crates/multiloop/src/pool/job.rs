@@ -1,0 +1,576 @@
+//! The caller's side of a call: pulling inputs lazily into chunks, the
+//! window that bounds what is in flight, and turning outcomes back into
+//! typed results.
+
+use std::any::type_name;
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::sync::mpsc;
+
+use super::Inner;
+use super::core::{ChunkRec, Event, Item};
+use crate::error::{Error, Kind};
+use crate::task::Task;
+use crate::wire::{self, Status};
+
+/// Where a call's inputs come from: an iterator or a stream.
+///
+/// Made by the pool's methods ([`Pool::map`](crate::Pool::map) wraps an
+/// iterator, [`Pool::map_stream`](crate::Pool::map_stream) a stream); you
+/// do not implement it.
+pub trait Input: private::Sealed {
+    /// One input: the task's arguments.
+    type Item;
+    #[doc(hidden)]
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::Item>>;
+}
+
+mod private {
+    pub trait Sealed {}
+}
+
+/// Inputs pulled from an iterator, one chunk at a time.
+#[derive(Debug)]
+pub struct IterInput<I>(pub(crate) I);
+
+impl<I: Iterator> private::Sealed for IterInput<I> {}
+
+impl<I: Iterator> Input for IterInput<I> {
+    type Item = I::Item;
+    fn poll_input(&mut self, _: &mut Context<'_>) -> Poll<Option<I::Item>> {
+        Poll::Ready(self.0.next())
+    }
+}
+
+/// Inputs pulled from a stream as capacity frees up.
+#[derive(Debug)]
+pub struct StreamInput<S>(pub(crate) S);
+
+impl<S: Stream + Unpin> private::Sealed for StreamInput<S> {}
+
+impl<S: Stream + Unpin> Input for StreamInput<S> {
+    type Item = S::Item;
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+/// Settings of one call, defaulting to the pool's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallOptions {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_attempts: u32,
+    pub(crate) chunk_size: Option<usize>,
+}
+
+/// The largest chunk the adaptive sizing picks.
+const MAX_CHUNK: usize = 32 * 1024;
+/// How much worker time a chunk should take.
+const CHUNK_TARGET: Duration = Duration::from_millis(1);
+
+/// Picks chunk sizes from the throughput measured while the job runs.
+#[derive(Debug)]
+struct Chunker {
+    size: usize,
+    fixed: bool,
+    workers: usize,
+    sample_at: Option<Instant>,
+    sample_done: u64,
+    done: u64,
+}
+
+impl Chunker {
+    fn new(fixed: Option<usize>, workers: usize) -> Self {
+        Chunker {
+            size: fixed.unwrap_or(1).max(1),
+            fixed: fixed.is_some(),
+            workers: workers.max(1),
+            sample_at: None,
+            sample_done: 0,
+            done: 0,
+        }
+    }
+
+    fn started(&mut self) {
+        if self.sample_at.is_none() {
+            self.sample_at = Some(Instant::now());
+        }
+    }
+
+    fn completed(&mut self, n: usize) {
+        self.done += n as u64;
+        if self.fixed {
+            return;
+        }
+        let Some(at) = self.sample_at else { return };
+        let elapsed = at.elapsed();
+        if elapsed < CHUNK_TARGET * 2 {
+            return;
+        }
+        let rate = (self.done - self.sample_done) as f64 / elapsed.as_secs_f64();
+        let per_worker = rate / self.workers as f64;
+        let ideal = (per_worker * CHUNK_TARGET.as_secs_f64()).round() as usize;
+        // Grow at most 16x per sample so one lucky burst cannot overshoot.
+        self.size = ideal.clamp(1, MAX_CHUNK).min(self.size.saturating_mul(16));
+        self.sample_at = Some(Instant::now());
+        self.sample_done = self.done;
+    }
+}
+
+/// The machinery shared by every kind of call.
+pub(crate) struct Job<T: Task, S> {
+    pool: Arc<Inner>,
+    id: u64,
+    source: S,
+    exhausted: bool,
+    /// Set when the pool refused the job: the rest of the inputs fail.
+    refused: Option<super::core::Failure>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    next_index: u64,
+    in_flight: usize,
+    window_base: usize,
+    chunker: Chunker,
+    options: CallOptions,
+    /// Finished tasks not yet handed to the caller.
+    ready: VecDeque<(u64, Result<T::Output, Error>)>,
+    _task: PhantomData<fn() -> T>,
+}
+
+impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
+    pub(crate) fn new(pool: Arc<Inner>, source: S) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (id, refused) = {
+            let mut core = pool.lock();
+            let refused = core.accepting().err();
+            (core.new_job(), refused)
+        };
+        let config = &pool.config;
+        let options = CallOptions {
+            timeout: config.timeout,
+            max_attempts: config.max_attempts,
+            chunk_size: config.chunk_size,
+        };
+        let window_base = config.processes * config.concurrency * 2;
+        let chunker = Chunker::new(options.chunk_size, config.processes);
+        Job {
+            pool,
+            id,
+            source,
+            exhausted: false,
+            refused,
+            tx,
+            rx,
+            next_index: 0,
+            in_flight: 0,
+            window_base,
+            chunker,
+            options,
+            ready: VecDeque::new(),
+            _task: PhantomData,
+        }
+    }
+
+    pub(crate) fn options(&mut self) -> &mut CallOptions {
+        &mut self.options
+    }
+
+    pub(crate) fn apply_options(&mut self) {
+        self.chunker = Chunker::new(self.options.chunk_size, self.pool.config.processes);
+    }
+
+    fn window(&self) -> usize {
+        self.window_base.max(self.chunker.size * self.pool.config.processes * 2)
+    }
+
+    /// Pulls inputs and submits chunks while the window has room. Results
+    /// not yet handed out count against the window: a consumer that stops
+    /// reading stops the inputs from being pulled.
+    fn feed(&mut self, cx: &mut Context<'_>) {
+        while !self.exhausted && self.in_flight + self.ready.len() < self.window() {
+            let room = self.window() - self.in_flight - self.ready.len();
+            let want = self.chunker.size.min(room).max(1);
+            let mut payload = Vec::new();
+            let mut offsets = Vec::with_capacity(want + 1);
+            offsets.push(0u32);
+            let base = self.next_index;
+            let mut indices: Option<Vec<u64>> = None;
+            let mut source_pending = false;
+            let mut pulled = 0;
+            while pulled < want {
+                let item = match self.source.poll_input(cx) {
+                    Poll::Ready(Some(item)) => item,
+                    Poll::Ready(None) => {
+                        self.exhausted = true;
+                        break;
+                    }
+                    Poll::Pending => {
+                        source_pending = true;
+                        break;
+                    }
+                };
+                pulled += 1;
+                let index = self.next_index;
+                self.next_index += 1;
+                if let Some(failure) = &self.refused {
+                    self.ready.push_back((index, Err(failure.to_error())));
+                    continue;
+                }
+                match wire::append_value(&mut payload, &item) {
+                    Ok(()) => {
+                        offsets.push(payload.len() as u32);
+                        if let Some(ix) = &mut indices {
+                            ix.push(index);
+                        }
+                    }
+                    Err(e) => {
+                        // This input alone fails. Every input before it in
+                        // the chunk succeeded, so their indices are
+                        // `base..index`; from here on they are listed.
+                        indices.get_or_insert_with(|| (base..index).collect());
+                        let err = Error::serialization("arguments", type_name::<T::Args>(), e);
+                        self.ready.push_back((index, Err(err)));
+                    }
+                }
+            }
+            if offsets.len() > 1 {
+                if payload.len() + 256 > self.pool.config.max_frame {
+                    // Too big for one frame: send the tasks one by one,
+                    // failing any single task that is still too big.
+                    self.submit_split(payload, offsets, indices, base);
+                } else {
+                    self.submit(Bytes::from(payload), offsets, indices, base);
+                }
+            }
+            if source_pending {
+                return;
+            }
+        }
+    }
+
+    fn submit_split(&mut self, payload: Vec<u8>, offsets: Vec<u32>, indices: Option<Vec<u64>>, base: u64) {
+        let max = self.pool.config.max_frame;
+        for i in 0..offsets.len() - 1 {
+            let index = indices.as_ref().map_or(base + i as u64, |ix| ix[i]);
+            let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
+            if b - a + 256 > max {
+                let err = Error::serialization(
+                    "arguments",
+                    type_name::<T::Args>(),
+                    format!("{} bytes serialized, more than the frame cap of {max} bytes", b - a),
+                );
+                self.ready.push_back((index, Err(err)));
+                continue;
+            }
+            let one = Bytes::copy_from_slice(&payload[a..b]);
+            self.submit(one, vec![0, (b - a) as u32], Some(vec![index]), 0);
+        }
+    }
+
+    fn submit(&mut self, payload: Bytes, offsets: Vec<u32>, indices: Option<Vec<u64>>, base: u64) {
+        let count = offsets.len() - 1;
+        let rec = ChunkRec {
+            job: self.id,
+            sink: self.tx.clone(),
+            task: T::NAME,
+            timeout: self.options.timeout,
+            payload,
+            offsets,
+            indices,
+            base,
+            done: vec![0; count.div_ceil(64)],
+            remaining: count as u32,
+            worker: None,
+            dispatched: None,
+            attempt: 1,
+            max_attempts: self.options.max_attempts.max(1),
+        };
+        let all: Vec<u64> = (0..count as u32).map(|i| rec.job_index(i)).collect();
+        let submitted = self.pool.lock().submit(rec);
+        match submitted {
+            Ok(()) => {
+                self.in_flight += count;
+                self.chunker.started();
+            }
+            Err(failure) => {
+                for index in all {
+                    self.ready.push_back((index, Err(failure.to_error())));
+                }
+                self.refused = Some(failure);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Outcomes { frame, items } => {
+                let n = items.len();
+                for item in items {
+                    let result = decode::<T>(&frame, &item, self.options.timeout);
+                    self.ready.push_back((item.index, result));
+                }
+                self.in_flight -= n.min(self.in_flight);
+                self.chunker.completed(n);
+            }
+            Event::Failed { indices, failure } => {
+                self.in_flight -= indices.len().min(self.in_flight);
+                for index in indices {
+                    self.ready.push_back((index, Err(failure.to_error())));
+                }
+            }
+        }
+    }
+
+    /// The next finished task, in completion order.
+    pub(crate) fn poll_next_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<(u64, Result<T::Output, Error>)>> {
+        loop {
+            if let Some(done) = self.ready.pop_front() {
+                return Poll::Ready(Some(done));
+            }
+            self.feed(cx);
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if self.in_flight == 0 {
+                return if self.exhausted { Poll::Ready(None) } else { Poll::Pending };
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(event)) => {
+                    self.on_event(event);
+                    // Drain what else is already there without re-feeding
+                    // for every event.
+                    while let Ok(event) = self.rx.try_recv() {
+                        self.on_event(event);
+                    }
+                }
+                // We hold a sender, so the channel never closes.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// True when every input was taken and every outcome handed out.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.exhausted && self.in_flight == 0 && self.ready.is_empty()
+    }
+}
+
+// Nothing in a call is ever pinned in place: the source is an iterator or
+// an `Unpin` stream, and results are plain values that move freely.
+impl<T: Task, S> Unpin for Job<T, S> {}
+impl<T: Task, S> Unpin for Map<T, S> {}
+impl<T: Task, S> Unpin for Collect<T, S> {}
+impl<T: Task, S> Unpin for MapUnordered<T, S> {}
+impl<T: Task> Unpin for Apply<T> {}
+
+impl<T: Task, S> Drop for Job<T, S> {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            self.pool.lock().cancel_job(self.id);
+        }
+    }
+}
+
+/// Turns one outcome into the caller's typed result.
+fn decode<T: Task>(frame: &Bytes, item: &Item, timeout: Option<Duration>) -> Result<T::Output, Error> {
+    let data = frame.get(item.start as usize..item.end as usize).unwrap_or_default();
+    let text = || String::from_utf8_lossy(data).into_owned();
+    match item.status {
+        Status::Ok => postcard::from_bytes::<T::Output>(data)
+            .map_err(|e| Error::serialization("result", type_name::<T::Output>(), e)),
+        Status::TaskError => match postcard::from_bytes::<T::Error>(data) {
+            Ok(e) => Err(Error::task(e)),
+            Err(e) => Err(Error::serialization("task error", type_name::<T::Error>(), e)),
+        },
+        Status::Panic => {
+            let (message, location) = wire::decode_panic(data).unwrap_or(("a panic (undecodable message)", None));
+            Err(Error::new(Kind::Panic { message: message.to_owned(), location: location.map(str::to_owned) }))
+        }
+        Status::Timeout => Err(Error::new(Kind::Timeout { after: timeout.unwrap_or_default(), hard: false })),
+        Status::EncodeFailed => Err(Error::serialization("result", type_name::<T::Output>(), text())),
+        Status::DecodeFailed => Err(Error::serialization("arguments", type_name::<T::Args>(), text())),
+        Status::UnknownTask => Err(Error::protocol(format!(
+            "the worker has no task named `{}`: is `#[multiloop::task]` code compiled out of the worker?",
+            text()
+        ))),
+    }
+}
+
+macro_rules! call_options {
+    () => {
+        /// Sets a deadline for each task of this call, replacing the pool's
+        /// default. A task still running at the deadline is dropped in its
+        /// worker and ends with a timeout error.
+        pub fn timeout(mut self, limit: Duration) -> Self {
+            self.job.options().timeout = Some(limit);
+            self
+        }
+
+        /// Sets how many times each task of this call may run when workers
+        /// die under it (at least 1), replacing the pool's default.
+        pub fn max_attempts(mut self, attempts: u32) -> Self {
+            self.job.options().max_attempts = attempts.max(1);
+            self
+        }
+
+        /// Sends tasks in chunks of exactly `size` instead of the adaptive
+        /// size (a size of 0 is taken as 1).
+        pub fn chunk_size(mut self, size: usize) -> Self {
+            self.job.options().chunk_size = Some(size.max(1));
+            self.job.apply_options();
+            self
+        }
+    };
+}
+
+/// The results of [`Pool::map`](crate::Pool::map), in input order.
+///
+/// A [`Stream`] that yields each result as soon as it and every result
+/// before it are ready; or `.await` it for a `Vec` of every value (the first
+/// error, in input order, fails the whole call). Dropping it cancels the
+/// tasks it has not delivered yet.
+#[must_use = "a map does nothing until it is awaited or polled"]
+pub struct Map<T: Task, S> {
+    job: Job<T, S>,
+    /// Results waiting for an earlier one; slot `i` is index `emit + i`.
+    pending: VecDeque<Option<Result<T::Output, Error>>>,
+    emit: u64,
+}
+
+impl<T: Task, S: Input<Item = T::Args>> Map<T, S> {
+    pub(crate) fn new(job: Job<T, S>) -> Self {
+        Map { job, pending: VecDeque::new(), emit: 0 }
+    }
+
+    call_options!();
+}
+
+impl<T: Task, S: Input<Item = T::Args>> Stream for Map<T, S> {
+    type Item = Result<T::Output, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(Some(_)) = this.pending.front() {
+                this.emit += 1;
+                return Poll::Ready(this.pending.pop_front().flatten());
+            }
+            match this.job.poll_next_done(cx) {
+                Poll::Ready(Some((index, result))) => {
+                    let at = (index - this.emit) as usize;
+                    if at >= this.pending.len() {
+                        this.pending.resize_with(at + 1, || None);
+                    }
+                    this.pending[at] = Some(result);
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T: Task, S: Input<Item = T::Args>> IntoFuture for Map<T, S> {
+    type Output = Result<Vec<T::Output>, Error>;
+    type IntoFuture = Collect<T, S>;
+
+    fn into_future(self) -> Collect<T, S> {
+        Collect { map: self, values: Vec::new() }
+    }
+}
+
+/// The future of an awaited [`Map`]: every value in input order, or the
+/// first error.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Collect<T: Task, S> {
+    map: Map<T, S>,
+    values: Vec<T::Output>,
+}
+
+impl<T: Task, S: Input<Item = T::Args>> Future for Collect<T, S> {
+    type Output = Result<Vec<T::Output>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.map).poll_next(cx) {
+                Poll::Ready(Some(Ok(v))) => this.values.push(v),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(std::mem::take(&mut this.values))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The results of [`Pool::map_unordered`](crate::Pool::map_unordered):
+/// `(index, result)` pairs as tasks complete.
+///
+/// Dropping it cancels the tasks it has not delivered yet.
+#[must_use = "streams do nothing unless polled"]
+pub struct MapUnordered<T: Task, S> {
+    job: Job<T, S>,
+}
+
+impl<T: Task, S: Input<Item = T::Args>> MapUnordered<T, S> {
+    pub(crate) fn new(job: Job<T, S>) -> Self {
+        MapUnordered { job }
+    }
+
+    call_options!();
+}
+
+impl<T: Task, S: Input<Item = T::Args>> Stream for MapUnordered<T, S> {
+    type Item = (u64, Result<T::Output, Error>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().job.poll_next_done(cx)
+    }
+}
+
+/// The result of [`Pool::apply`](crate::Pool::apply): one task's value.
+///
+/// Dropping it before it completes cancels the task.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Apply<T: Task> {
+    job: Job<T, IterInput<std::option::IntoIter<T::Args>>>,
+}
+
+impl<T: Task> Apply<T> {
+    pub(crate) fn new(job: Job<T, IterInput<std::option::IntoIter<T::Args>>>) -> Self {
+        Apply { job }
+    }
+
+    /// Sets a deadline for the task, replacing the pool's default.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.job.options().timeout = Some(limit);
+        self
+    }
+
+    /// Sets how many times the task may run when workers die under it.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.job.options().max_attempts = attempts.max(1);
+        self
+    }
+}
+
+impl<T: Task> Future for Apply<T> {
+    type Output = Result<T::Output, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut().job.poll_next_done(cx) {
+            Poll::Ready(Some((_, result))) => Poll::Ready(result),
+            Poll::Ready(None) => Poll::Ready(Err(Error::protocol("the task ended without an outcome"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

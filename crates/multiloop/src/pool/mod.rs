@@ -1,0 +1,498 @@
+//! The parent side: [`Pool`], its builder, and the machinery behind them.
+//!
+//! - `core`: the bookkeeping of chunks and workers (one mutex);
+//! - `supervisor`: one task per worker process (handshake, outcomes, death);
+//! - `job`: the caller's side of a call (lazy inputs, window, typed results);
+//! - `spawn`: starting a worker process.
+
+mod core;
+mod job;
+mod spawn;
+mod supervisor;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::sync::Notify;
+
+use self::core::{Actions, Core, Failure, Limits, Phase};
+pub use self::job::{Apply, Collect, Input, IterInput, Map, MapUnordered, StreamInput};
+use crate::error::Error;
+use crate::task::Task;
+
+/// Everything the builder settles; fixed for the pool's life.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) chunk_size: Option<usize>,
+    pub(crate) max_frame: usize,
+    pub(crate) restart_limit: u32,
+    pub(crate) restart_window: Duration,
+    pub(crate) startup_timeout: Duration,
+    pub(crate) capture_stderr: bool,
+}
+
+/// The state shared by the pool handle, its calls and its supervisors.
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    core: Mutex<Core>,
+    pub(crate) lifeline: spawn::Lifeline,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Woken whenever a worker process has ended.
+    pub(crate) worker_exited: Notify,
+    /// Woken whenever work finished or failed (for `close`).
+    progress: Notify,
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        // The core's invariants hold between statements that can panic, so
+        // a poisoned lock's data is still consistent.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Carries out what a core method asked for, outside the lock.
+    pub(crate) fn after(self: &Arc<Self>, actions: Actions) {
+        let (respawn, retire) = actions.deliver();
+        for slot in respawn {
+            if let Err(e) = supervisor::launch(self, slot, None) {
+                let mut actions = Actions::default();
+                self.lock().break_pool(Failure::Setup(e.to_string()), &mut actions);
+                actions.deliver();
+            }
+        }
+        if !retire.is_empty() {
+            let core = self.lock();
+            for id in retire {
+                if let Some(w) = core.workers.get(id.slot).filter(|w| w.id == id) {
+                    supervisor::retire(&w.outbox);
+                }
+            }
+        }
+        self.progress.notify_waiters();
+    }
+
+    /// Kills every live worker at once.
+    fn kill_all(&self, core: &Core) {
+        for w in core.workers.iter().filter(|w| w.alive) {
+            // The supervisor reaps the child only after marking it dead
+            // under this lock, so the pid still names our child here.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Core {
+    /// Whether a new call may start.
+    pub(crate) fn accepting(&self) -> Result<(), Failure> {
+        match self.phase {
+            Phase::Open => Ok(()),
+            Phase::Closing | Phase::Stopped => Err(Failure::Closed),
+            Phase::Terminated => Err(Failure::Terminated),
+            Phase::Broken => Err(self.broken.clone().unwrap_or(Failure::Terminated)),
+        }
+    }
+}
+
+/// A pool of worker processes, each running many async tasks at once on its
+/// own single-threaded event loop.
+///
+/// Build one with [`Pool::builder`]. Calls take `&self`, so share the pool
+/// by reference or in an `Arc`. Dropping the pool kills its workers at once;
+/// call [`close`](Pool::close) first to let queued work finish.
+///
+/// ```
+/// # multiloop::doctest_worker!();
+/// #[multiloop::task]
+/// async fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// # fn main() -> Result<(), multiloop::Error> {
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// # rt.block_on(async {
+/// let pool = multiloop::Pool::builder().processes(2).build().await?;
+/// assert_eq!(pool.apply(double, 21).await?, 42);
+/// assert_eq!(pool.map(double, 1..=3).await?, vec![2, 4, 6]);
+/// pool.close().await
+/// # })
+/// # }
+/// ```
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+/// Settings for a [`Pool`]; every one has a default.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    config: Config,
+    initializer_error: Option<Error>,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PoolBuilder {
+            config: Config {
+                processes: cores,
+                concurrency: 16,
+                max_tasks_per_child: None,
+                initializer: None,
+                max_attempts: 3,
+                timeout: None,
+                chunk_size: None,
+                max_frame: crate::wire::DEFAULT_MAX_FRAME,
+                restart_limit: 0,
+                restart_window: Duration::from_secs(10),
+                startup_timeout: Duration::from_secs(20),
+                capture_stderr: true,
+            },
+            initializer_error: None,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: the number of cores).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.config.processes = n;
+        self
+    }
+
+    /// How many tasks each worker runs at once on its event loop
+    /// (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// Replaces a worker after it was given `n` tasks; the tasks it holds
+    /// finish first (default: never).
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.config.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// A task to run once in each worker before any other, typically to
+    /// build worker-local state with [`set_worker_state`](crate::set_worker_state).
+    /// If it fails, the worker does not start and [`build`](PoolBuilder::build)
+    /// reports why.
+    pub fn initializer<T: Task>(mut self, task: T, args: T::Args) -> Self {
+        let _ = task;
+        let mut buf = Vec::new();
+        match crate::wire::append_value(&mut buf, &args) {
+            Ok(()) => self.config.initializer = Some((T::NAME, buf)),
+            Err(e) => {
+                self.initializer_error =
+                    Some(Error::serialization("initializer arguments", std::any::type_name::<T::Args>(), e))
+            }
+        }
+        self
+    }
+
+    /// How many times a task may run when workers die under it
+    /// (default 3). A task still failing after that ends with a crash error.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.config.max_attempts = n;
+        self
+    }
+
+    /// A default deadline for every task (default: none).
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.config.timeout = Some(limit);
+        self
+    }
+
+    /// Sends tasks in chunks of exactly `n` instead of sizing chunks from
+    /// the measured throughput (default: adaptive).
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.config.chunk_size = Some(n);
+        self
+    }
+
+    /// The largest frame either side accepts (default 64 MiB). A task whose
+    /// arguments or result do not fit fails with a serialization error.
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.config.max_frame = n;
+        self
+    }
+
+    /// Stop restarting workers when more than `restarts` die within
+    /// `within`: every pending task then fails with an error naming the
+    /// cause (default: `4 × processes` within 10 seconds).
+    pub fn restart_intensity(mut self, restarts: u32, within: Duration) -> Self {
+        self.config.restart_limit = restarts;
+        self.config.restart_window = within;
+        self
+    }
+
+    /// How long a new worker may take to answer the handshake (default 20 s).
+    pub fn startup_timeout(mut self, limit: Duration) -> Self {
+        self.config.startup_timeout = limit;
+        self
+    }
+
+    /// Starts the workers and waits until each one has run its initializer.
+    ///
+    /// Must be called inside a tokio runtime; the pool's supervisors run on
+    /// it.
+    pub async fn build(mut self) -> Result<Pool, Error> {
+        if let Some(e) = self.initializer_error.take() {
+            return Err(e);
+        }
+        let c = &mut self.config;
+        if c.processes == 0 {
+            return Err(Error::usage("processes must be at least 1"));
+        }
+        if c.concurrency == 0 {
+            return Err(Error::usage("concurrency must be at least 1"));
+        }
+        if c.concurrency > u32::MAX as usize {
+            return Err(Error::usage("concurrency must fit in 32 bits"));
+        }
+        if c.max_tasks_per_child == Some(0) {
+            return Err(Error::usage("max_tasks_per_child must be at least 1"));
+        }
+        if c.max_attempts == 0 {
+            return Err(Error::usage("max_attempts must be at least 1"));
+        }
+        if c.chunk_size == Some(0) {
+            return Err(Error::usage("chunk_size must be at least 1"));
+        }
+        if c.max_frame < 1024 || c.max_frame > u32::MAX as usize {
+            return Err(Error::usage("max_frame_bytes must be between 1 KiB and 4 GiB"));
+        }
+        if c.restart_limit == 0 {
+            c.restart_limit = (4 * c.processes).max(8) as u32;
+        }
+        let registry = crate::task::Registry::get();
+        if let Some(name) = registry.duplicates.first() {
+            return Err(Error::usage(format!("two tasks are registered under the name `{name}`")));
+        }
+        if let Some((name, _)) = &c.initializer
+            && registry.lookup(name).is_none()
+        {
+            return Err(Error::usage(format!("the initializer `{name}` is not a registered task")));
+        }
+        crate::worker::refuse_unhandled_worker();
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::usage("Pool::build must be called inside a tokio runtime"))?;
+        let lifeline = spawn::Lifeline::new().map_err(|e| Error::io("could not create the lifeline pipe", e))?;
+        let limits = Limits {
+            concurrency: c.concurrency,
+            max_tasks_per_child: c.max_tasks_per_child,
+            restart_limit: c.restart_limit,
+            restart_window: c.restart_window,
+        };
+        let inner = Arc::new(Inner {
+            config: self.config,
+            core: Mutex::new(Core::new(limits)),
+            lifeline,
+            runtime,
+            worker_exited: Notify::new(),
+            progress: Notify::new(),
+        });
+        let pool = Pool { inner };
+        let mut waits = Vec::with_capacity(pool.inner.config.processes);
+        for slot in 0..pool.inner.config.processes {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            supervisor::launch(&pool.inner, slot, Some(tx))?;
+            waits.push(rx);
+        }
+        let limit = pool.inner.config.startup_timeout;
+        for rx in waits {
+            match tokio::time::timeout(limit, rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) => return Err(Error::protocol("a worker's supervisor ended during startup")),
+                Err(_) => {
+                    return Err(Error::protocol(format!(
+                        "a worker did not answer the handshake within {limit:?}: does `main` call `multiloop::init()` first?"
+                    )));
+                }
+            }
+        }
+        Ok(pool)
+    }
+}
+
+impl Pool {
+    /// A builder with the defaults: one process per core, 16 tasks at once
+    /// per process, 3 attempts per task, adaptive chunks.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Runs one task and returns its value.
+    ///
+    /// Dropping the future before it completes cancels the task.
+    pub fn apply<T: Task>(&self, task: T, args: T::Args) -> Apply<T> {
+        let _ = task;
+        Apply::new(job::Job::new(Arc::clone(&self.inner), IterInput(Some(args).into_iter())))
+    }
+
+    /// Runs the task once per input; results come in input order.
+    ///
+    /// Inputs are pulled lazily, a chunk at a time, only as workers free
+    /// up: an iterator of any length (even endless) keeps memory flat. Await
+    /// the result for a `Vec`, or poll it as a [`Stream`] to handle each
+    /// result as soon as it and all before it are ready.
+    pub fn map<T, I>(&self, task: T, inputs: I) -> Map<T, IterInput<I::IntoIter>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let _ = task;
+        Map::new(job::Job::new(Arc::clone(&self.inner), IterInput(inputs.into_iter())))
+    }
+
+    /// Like [`map`](Pool::map), with the inputs taken from a stream (which
+    /// must be `Unpin`; wrap it in `Box::pin` if it is not).
+    pub fn map_stream<T, S>(&self, task: T, inputs: S) -> Map<T, StreamInput<S>>
+    where
+        T: Task,
+        S: Stream<Item = T::Args> + Unpin,
+    {
+        let _ = task;
+        Map::new(job::Job::new(Arc::clone(&self.inner), StreamInput(inputs)))
+    }
+
+    /// [`map`](Pool::map) for tasks of several arguments: each input is the
+    /// tuple of one call's arguments. (A task's `Args` already is that
+    /// tuple, so this is `map` under the name users of `multiprocessing`
+    /// look for.)
+    pub fn starmap<T, I>(&self, task: T, inputs: I) -> Map<T, IterInput<I::IntoIter>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.map(task, inputs)
+    }
+
+    /// Runs the task once per input and yields `(input index, result)` as
+    /// tasks complete, in whatever order that is.
+    pub fn map_unordered<T, I>(&self, task: T, inputs: I) -> MapUnordered<T, IterInput<I::IntoIter>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let _ = task;
+        MapUnordered::new(job::Job::new(Arc::clone(&self.inner), IterInput(inputs.into_iter())))
+    }
+
+    /// Like [`map_unordered`](Pool::map_unordered), with the inputs taken
+    /// from a stream.
+    pub fn map_unordered_stream<T, S>(&self, task: T, inputs: S) -> MapUnordered<T, StreamInput<S>>
+    where
+        T: Task,
+        S: Stream<Item = T::Args> + Unpin,
+    {
+        let _ = task;
+        MapUnordered::new(job::Job::new(Arc::clone(&self.inner), StreamInput(inputs)))
+    }
+
+    /// The process ids of the live workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner.lock().workers.iter().filter(|w| w.alive).map(|w| w.pid).collect()
+    }
+
+    /// Stops taking new calls, waits for every submitted task to finish,
+    /// then stops the workers and waits for them to exit.
+    ///
+    /// Calls already made keep their results. A lazy `map` that still had
+    /// inputs to pull when the pool stopped gets a pool-closed error for
+    /// each input it could not submit.
+    pub async fn close(&self) -> Result<(), Error> {
+        {
+            let mut core = self.inner.lock();
+            if core.phase == Phase::Open {
+                core.phase = Phase::Closing;
+            }
+        }
+        loop {
+            let progressed = self.inner.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            {
+                let core = self.inner.lock();
+                if core.phase != Phase::Closing || core.is_idle() {
+                    break;
+                }
+            }
+            progressed.await;
+        }
+        {
+            let mut core = self.inner.lock();
+            if core.phase == Phase::Closing {
+                core.phase = Phase::Stopped;
+            }
+            for w in core.workers.iter_mut().filter(|w| w.alive) {
+                w.retiring = true;
+                supervisor::retire(&w.outbox);
+            }
+        }
+        self.join().await
+    }
+
+    /// Stops now: kills the workers, and every task not finished ends with
+    /// a pool-terminated error.
+    pub async fn terminate(&self) -> Result<(), Error> {
+        self.terminate_now();
+        self.join().await
+    }
+
+    fn terminate_now(&self) {
+        let mut actions = Actions::default();
+        {
+            let mut core = self.inner.lock();
+            if !matches!(core.phase, Phase::Stopped | Phase::Terminated) {
+                core.break_pool(Failure::Terminated, &mut actions);
+            }
+            self.inner.kill_all(&core);
+        }
+        actions.deliver();
+        self.inner.progress.notify_waiters();
+    }
+
+    /// Waits until every worker process has exited. The pool must have been
+    /// closed or terminated first, otherwise this is an error (it would
+    /// wait forever).
+    pub async fn join(&self) -> Result<(), Error> {
+        loop {
+            let exited = self.inner.worker_exited.notified();
+            tokio::pin!(exited);
+            exited.as_mut().enable();
+            {
+                let core = self.inner.lock();
+                if core.phase == Phase::Open || core.phase == Phase::Closing {
+                    return Err(Error::usage("join() waits for workers to exit: call close() or terminate() first"));
+                }
+                if core.workers.iter().all(|w| !w.alive) {
+                    return Ok(());
+                }
+            }
+            exited.await;
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate_now();
+        self.inner.lifeline.cut();
+    }
+}

@@ -1,0 +1,140 @@
+//! Starting a worker process: the executable re-run with the marker, a
+//! private socketpair and the lifeline pipe as its only inherited channels.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::process::{Child, ChildStderr};
+
+use crate::worker::ENV_MARKER;
+
+/// The pipe whose read end every worker of a pool holds and whose write end
+/// only the parent holds: when the parent dies, the workers read EOF.
+pub(crate) struct Lifeline {
+    read: OwnedFd,
+    /// Kept only to be dropped: closing it tells every worker to exit.
+    write: Mutex<Option<OwnedFd>>,
+}
+
+impl Lifeline {
+    pub(crate) fn new() -> io::Result<Self> {
+        let mut fds: [libc::c_int; 2] = [-1, -1];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by
+        // nobody else.
+        let (read, write) = unsafe {
+            (std::os::fd::FromRawFd::from_raw_fd(fds[0]), std::os::fd::FromRawFd::from_raw_fd(fds[1]))
+        };
+        Ok(Lifeline { read, write: Mutex::new(Some(write)) })
+    }
+
+    /// Closes the parent's end: every worker holding the read end exits.
+    pub(crate) fn cut(&self) {
+        self.write.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+/// A started worker process.
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) stream: UnixStream,
+    pub(crate) stderr: Option<ChildStderr>,
+}
+
+/// Starts the current executable as a worker.
+pub(crate) fn spawn_worker(lifeline: &Lifeline, capture_stderr: bool) -> io::Result<Spawned> {
+    let (parent_end, child_end) = StdUnixStream::pair()?;
+    let exe = if std::path::Path::new("/proc/self/exe").exists() {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe()?
+    };
+    let mut cmd = tokio::process::Command::new(exe);
+    let mut args = std::env::args_os();
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    cmd.args(args);
+    let child_fd: RawFd = child_end.as_raw_fd();
+    let life_fd: RawFd = lifeline.read.as_raw_fd();
+    cmd.env(ENV_MARKER, format!("1:{}:{child_fd}:{life_fd}", std::process::id()));
+    cmd.stdin(Stdio::null());
+    cmd.stdout(Stdio::inherit());
+    cmd.stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() });
+    cmd.kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls fcntl, which is async-signal-safe; it allocates nothing and
+    // touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in [child_fd, life_fd] {
+                // Both descriptors are close-on-exec everywhere (so no other
+                // child inherits them); this child alone keeps them.
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(child_end);
+    let pid = child.id().ok_or_else(|| io::Error::other("the worker exited before it started"))?;
+    parent_end.set_nonblocking(true)?;
+    let stream = UnixStream::from_std(parent_end)?;
+    let stderr = child.stderr.take();
+    Ok(Spawned { child, pid, stream, stderr })
+}
+
+/// The last bytes a worker wrote to stderr, kept for crash reports.
+#[derive(Default)]
+pub(crate) struct StderrTail {
+    buf: Vec<u8>,
+}
+
+const TAIL_BYTES: usize = 4096;
+
+impl StderrTail {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > TAIL_BYTES * 2 {
+            let cut = self.buf.len() - TAIL_BYTES;
+            self.buf.drain(..cut);
+        }
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let start = self.buf.len().saturating_sub(TAIL_BYTES);
+        String::from_utf8_lossy(&self.buf[start..]).into_owned()
+    }
+}
+
+/// Copies a worker's stderr to ours while keeping its tail; ends at EOF.
+pub(crate) async fn forward_stderr(mut stderr: ChildStderr, tail: Arc<Mutex<StderrTail>>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let data = &buf[..n];
+                tail.lock().unwrap_or_else(PoisonError::into_inner).push(data);
+                let _ = io::Write::write_all(&mut io::stderr().lock(), data);
+            }
+        }
+    }
+}
+
+/// How a child ended, from its wait status.
+pub(crate) fn exit_info(status: std::process::ExitStatus) -> crate::error::ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    crate::error::ExitInfo { code: status.code(), signal: status.signal() }
+}

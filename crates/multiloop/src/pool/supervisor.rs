@@ -1,0 +1,249 @@
+//! One supervisor task per worker process: it starts the process, performs
+//! the handshake, reads its outcomes, and when the process ends, reports the
+//! death to the core so the worker's tasks are retried and the slot refilled.
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::Inner;
+use super::core::{Actions, Outbox, WorkerId, WorkerSlot};
+use super::spawn::{self, StderrTail};
+use crate::error::{Error, ExitInfo};
+use crate::task::Registry;
+use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION};
+
+/// How long to wait for a dead worker's last stderr bytes.
+const STDERR_DRAIN: Duration = Duration::from_millis(200);
+
+/// Starts a worker for `slot` and its supervisor task. `ready` hears once
+/// whether the handshake succeeded.
+pub(crate) fn launch(
+    inner: &Arc<Inner>,
+    slot: usize,
+    ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+) -> Result<(), Error> {
+    let spawned = match spawn::spawn_worker(&inner.lifeline, inner.config.capture_stderr) {
+        Ok(s) => s,
+        Err(e) => {
+            let err = Error::io("could not start a worker process", e);
+            return Err(err);
+        }
+    };
+    let outbox = Arc::new(Outbox::default());
+    let id = {
+        let mut core = inner.lock();
+        let generation = core.new_generation();
+        let id = WorkerId { slot, generation };
+        let entry = WorkerSlot {
+            id,
+            pid: spawned.pid,
+            outbox: Arc::clone(&outbox),
+            ready: false,
+            alive: true,
+            retiring: false,
+            assigned: 0,
+            lifetime: 0,
+            chunks: Vec::new(),
+        };
+        if slot < core.workers.len() {
+            core.workers[slot] = entry;
+        } else {
+            core.workers.push(entry);
+        }
+        id
+    };
+    // The setup frame goes first, before any RUN the core may queue.
+    outbox.with(|w| {
+        w.setup(&wire::Setup {
+            protocol: PROTOCOL_VERSION,
+            fingerprint: Registry::get().fingerprint,
+            concurrency: inner.config.concurrency as u32,
+            max_frame: inner.config.max_frame as u32,
+            initializer: inner.config.initializer.as_ref().map(|(n, a)| (*n, a.as_slice())),
+        })
+    });
+    let weak = Arc::downgrade(inner);
+    inner.runtime.spawn(supervise(weak, id, spawned, outbox, ready));
+    Ok(())
+}
+
+async fn supervise(
+    inner: Weak<Inner>,
+    id: WorkerId,
+    spawned: spawn::Spawned,
+    outbox: Arc<Outbox>,
+    mut ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+) {
+    let spawn::Spawned { mut child, pid: _, stream, stderr } = spawned;
+    let tail = Arc::new(Mutex::new(StderrTail::default()));
+    let stderr_task = stderr.map(|s| tokio::spawn(spawn::forward_stderr(s, Arc::clone(&tail))));
+    let (rd, wr) = stream.into_split();
+    let writer = tokio::spawn(write_loop(wr, Arc::clone(&outbox)));
+    let max_frame = match inner.upgrade() {
+        Some(i) => i.config.max_frame,
+        None => return,
+    };
+    let outcome = read_loop(&inner, id, rd, max_frame, &mut ready).await;
+    writer.abort();
+    if outcome.is_err() {
+        // A worker that broke the protocol cannot be trusted with more work.
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await;
+    if let Some(task) = stderr_task {
+        let _ = tokio::time::timeout(STDERR_DRAIN, task).await;
+    }
+    let exit = match status {
+        Ok(s) => spawn::exit_info(s),
+        Err(_) => ExitInfo::default(),
+    };
+    let mut tail_text = tail.lock().unwrap_or_else(PoisonError::into_inner).text();
+    if let Err(reason) = &outcome {
+        tail_text.push_str(&format!("\n[multiloop] {reason}"));
+    }
+    if let Some(tx) = ready.take() {
+        let reason = match &outcome {
+            Err(reason) => reason.clone(),
+            Ok(()) => format!("the worker {exit} during startup"),
+        };
+        let _ = tx.send(Err(Error::protocol(format!("{reason}{}", tail_suffix(&tail_text)))));
+    }
+    let Some(inner) = inner.upgrade() else { return };
+    let mut actions = Actions::default();
+    {
+        let mut core = inner.lock();
+        core.on_death(id, &exit, &tail_text, &mut actions);
+    }
+    inner.after(actions);
+    inner.worker_exited.notify_waiters();
+}
+
+fn tail_suffix(tail: &str) -> String {
+    let t = tail.trim();
+    if t.is_empty() { String::new() } else { format!("; its stderr ended with:\n{t}") }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>) {
+    let mut spare = Vec::new();
+    loop {
+        {
+            let mut buf = outbox.buf.lock().unwrap_or_else(PoisonError::into_inner);
+            buf.swap(&mut spare);
+        }
+        if spare.is_empty() {
+            outbox.notify.notified().await;
+            continue;
+        }
+        if wr.write_all(&spare).await.is_err() {
+            // The reader sees the same broken channel and reports it.
+            return;
+        }
+        spare.clear();
+    }
+}
+
+/// Reads frames until the worker closes the channel (`Ok`) or breaks the
+/// protocol (`Err` with the reason).
+async fn read_loop(
+    inner: &Weak<Inner>,
+    id: WorkerId,
+    mut rd: OwnedReadHalf,
+    max_frame: usize,
+    ready: &mut Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut handshaken = false;
+    loop {
+        while let Some(f) = wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame from worker: {e}"))? {
+            let frame = buf.split_to(f.len).freeze();
+            let body = &frame[4..];
+            let message = Message::decode(body).map_err(|e| format!("bad frame from worker: {e}"))?;
+            let Some(inner) = inner.upgrade() else { return Ok(()) };
+            match message {
+                Message::Ready(r) if !handshaken => {
+                    if !r.error.is_empty() {
+                        let err = Error::new(crate::error::Kind::Initializer { reason: r.error.to_owned() });
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(Err(err));
+                        }
+                        return Err(format!("worker setup failed: {}", r.error));
+                    }
+                    if r.protocol != PROTOCOL_VERSION || r.fingerprint != Registry::get().fingerprint {
+                        return Err(format!(
+                            "worker refused: it speaks protocol {} with task fingerprint {:#x}, the parent {} with {:#x} (a different binary?)",
+                            r.protocol,
+                            r.fingerprint,
+                            PROTOCOL_VERSION,
+                            Registry::get().fingerprint
+                        ));
+                    }
+                    handshaken = true;
+                    {
+                        let mut core = inner.lock();
+                        if let Some(w) = core.workers.get_mut(id.slot).filter(|w| w.id == id) {
+                            w.ready = true;
+                        }
+                        core.dispatch();
+                    }
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Message::Results(results) if handshaken => {
+                    let base = frame.as_ptr() as usize;
+                    let mut bad = None;
+                    let outcomes = results.iter().map_while(|o| match o {
+                        Ok(o) => {
+                            let start = (o.data.as_ptr() as usize - base) as u32;
+                            Some((o.chunk, o.index, o.status, start, start + o.data.len() as u32))
+                        }
+                        Err(e) => {
+                            bad = Some(e);
+                            None
+                        }
+                    });
+                    let mut actions = Actions::default();
+                    {
+                        let mut core = inner.lock();
+                        core.on_results(id, &frame, outcomes, &mut actions);
+                    }
+                    inner.after(actions);
+                    if let Some(e) = bad {
+                        return Err(format!("bad results frame from worker: {e}"));
+                    }
+                }
+                other => return Err(format!("unexpected message from worker: {}", describe(&other))),
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => {
+                return if buf.is_empty() { Ok(()) } else { Err("the worker closed the channel mid-frame".into()) };
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading from the worker failed: {e}")),
+        }
+    }
+}
+
+fn describe(m: &Message<'_>) -> &'static str {
+    match m {
+        Message::Setup(_) => "SETUP",
+        Message::Run(_) => "RUN",
+        Message::Cancel(_) => "CANCEL",
+        Message::Shutdown => "SHUTDOWN",
+        Message::Ready(_) => "READY (twice)",
+        Message::Results(_) => "RESULTS (before the handshake)",
+    }
+}
+
+/// Asks a worker to finish what it holds and exit.
+pub(crate) fn retire(outbox: &Outbox) {
+    outbox.with(FrameWriter::shutdown);
+}

@@ -1,0 +1,432 @@
+//! Frames and messages between the parent and a worker: a pure codec, no I/O.
+//!
+//! A frame is a little-endian `u32` body length followed by the body. The
+//! length is checked against a cap before anything is allocated, so a bad
+//! peer cannot make the other side allocate more than the cap. The body's
+//! first byte says which message it is; integers are LEB128 varints, byte
+//! strings are a varint length and the bytes. Task arguments and results are
+//! carried as opaque byte strings encoded with `postcard` by the typed layer.
+//!
+//! Decoding never panics: every read is bounds-checked and answers
+//! [`WireError`] on bad input, which the fuzz target and the property tests
+//! exercise.
+
+mod codec;
+
+pub(crate) use codec::{Reader, WireError, check_frame, put_bytes, put_varint};
+
+/// Bumped whenever the frame layout or a message changes.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame accepted by default (64 MiB).
+pub(crate) const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// Message tags (the first byte of a frame body).
+pub(crate) mod tag {
+    /// Parent → worker: protocol check and worker configuration.
+    pub(crate) const SETUP: u8 = 1;
+    /// Parent → worker: a chunk of tasks to run.
+    pub(crate) const RUN: u8 = 2;
+    /// Parent → worker: drop these chunks' tasks.
+    pub(crate) const CANCEL: u8 = 3;
+    /// Parent → worker: finish what you hold, then exit.
+    pub(crate) const SHUTDOWN: u8 = 4;
+    /// Worker → parent: setup succeeded (or failed).
+    pub(crate) const READY: u8 = 16;
+    /// Worker → parent: a batch of task outcomes.
+    pub(crate) const RESULTS: u8 = 17;
+}
+
+/// How one task ended, as sent back by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Status {
+    /// The payload is the serialized `Output`.
+    Ok = 0,
+    /// The payload is the serialized task error `E`.
+    TaskError = 1,
+    /// The payload is the panic message and location.
+    Panic = 2,
+    /// The task passed its deadline; empty payload.
+    Timeout = 3,
+    /// The output or error could not be serialized; the payload says why.
+    EncodeFailed = 4,
+    /// The arguments could not be decoded in the worker; the payload says why.
+    DecodeFailed = 5,
+    /// The worker has no task of that name; the payload is the name.
+    UnknownTask = 6,
+}
+
+impl Status {
+    pub(crate) fn from_u8(b: u8) -> Result<Status, WireError> {
+        Ok(match b {
+            0 => Status::Ok,
+            1 => Status::TaskError,
+            2 => Status::Panic,
+            3 => Status::Timeout,
+            4 => Status::EncodeFailed,
+            5 => Status::DecodeFailed,
+            6 => Status::UnknownTask,
+            other => return Err(WireError::BadValue("status", u64::from(other))),
+        })
+    }
+}
+
+/// Parent → worker setup, the first frame on the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Setup<'a> {
+    pub(crate) protocol: u32,
+    pub(crate) fingerprint: u64,
+    pub(crate) concurrency: u32,
+    pub(crate) max_frame: u32,
+    /// Name and serialized arguments of the initializer task, if any.
+    pub(crate) initializer: Option<(&'a str, &'a [u8])>,
+}
+
+/// Worker → parent answer to [`Setup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ready<'a> {
+    pub(crate) protocol: u32,
+    pub(crate) fingerprint: u64,
+    pub(crate) pid: u32,
+    /// Empty when setup succeeded; otherwise why it failed.
+    pub(crate) error: &'a str,
+}
+
+/// Parent → worker: a chunk of tasks of one kind. Task `i` of the chunk has
+/// its serialized arguments at `payload[offsets[i]..offsets[i + 1]]`, but the
+/// offsets are not sent: the worker decodes arguments one after another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Run<'a> {
+    pub(crate) chunk: u64,
+    pub(crate) task: &'a str,
+    /// Soft deadline per task in microseconds; 0 means none.
+    pub(crate) timeout_us: u64,
+    pub(crate) count: u32,
+    pub(crate) payload: &'a [u8],
+}
+
+/// One outcome inside a RESULTS frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcome<'a> {
+    pub(crate) chunk: u64,
+    pub(crate) index: u32,
+    pub(crate) status: Status,
+    pub(crate) data: &'a [u8],
+}
+
+/// A decoded frame body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Message<'a> {
+    Setup(Setup<'a>),
+    Run(Run<'a>),
+    Cancel(Vec<u64>),
+    Shutdown,
+    Ready(Ready<'a>),
+    /// The outcomes, still encoded: iterate with [`Results::iter`].
+    Results(Results<'a>),
+}
+
+/// The outcomes of a RESULTS frame, decoded lazily.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Results<'a> {
+    body: &'a [u8],
+}
+
+impl<'a> Results<'a> {
+    pub(crate) fn iter(&self) -> ResultsIter<'a> {
+        ResultsIter { reader: Reader::new(self.body) }
+    }
+}
+
+/// Iterator over the outcomes of a RESULTS frame; yields an error (and then
+/// stops) on a malformed entry.
+pub(crate) struct ResultsIter<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Iterator for ResultsIter<'a> {
+    type Item = Result<Outcome<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.reader.is_empty() {
+            return None;
+        }
+        let item = (|| {
+            let chunk = self.reader.varint()?;
+            let index = self.reader.varint_u32()?;
+            let status = Status::from_u8(self.reader.u8()?)?;
+            let len = self.reader.u32_le()? as usize;
+            let data = self.reader.take(len)?;
+            Ok(Outcome { chunk, index, status, data })
+        })();
+        if item.is_err() {
+            self.reader = Reader::new(&[]);
+        }
+        Some(item)
+    }
+}
+
+impl<'a> Message<'a> {
+    /// Decodes one frame body (without its length prefix).
+    pub(crate) fn decode(body: &'a [u8]) -> Result<Message<'a>, WireError> {
+        let mut r = Reader::new(body);
+        let msg = match r.u8()? {
+            tag::SETUP => {
+                let protocol = r.varint_u32()?;
+                let fingerprint = r.varint()?;
+                let concurrency = r.varint_u32()?;
+                let max_frame = r.varint_u32()?;
+                let initializer = match r.u8()? {
+                    0 => None,
+                    1 => Some((r.str()?, r.bytes()?)),
+                    other => return Err(WireError::BadValue("initializer flag", u64::from(other))),
+                };
+                Message::Setup(Setup { protocol, fingerprint, concurrency, max_frame, initializer })
+            }
+            tag::RUN => {
+                let chunk = r.varint()?;
+                let task = r.str()?;
+                let timeout_us = r.varint()?;
+                let count = r.varint_u32()?;
+                let payload = r.rest();
+                Message::Run(Run { chunk, task, timeout_us, count, payload })
+            }
+            tag::CANCEL => {
+                let n = r.varint()?;
+                // Each id takes at least one byte: a count larger than what
+                // is left is a lie, refused before allocating for it.
+                if n > r.remaining() as u64 {
+                    return Err(WireError::Truncated);
+                }
+                let mut ids = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    ids.push(r.varint()?);
+                }
+                Message::Cancel(ids)
+            }
+            tag::SHUTDOWN => Message::Shutdown,
+            tag::READY => {
+                let protocol = r.varint_u32()?;
+                let fingerprint = r.varint()?;
+                let pid = r.varint_u32()?;
+                let error = r.str()?;
+                Message::Ready(Ready { protocol, fingerprint, pid, error })
+            }
+            tag::RESULTS => Message::Results(Results { body: r.rest() }),
+            other => return Err(WireError::BadValue("message tag", u64::from(other))),
+        };
+        if !r.is_empty() {
+            return Err(WireError::Trailing(r.remaining()));
+        }
+        Ok(msg)
+    }
+}
+
+/// Builds frames into a growing buffer: start a frame, append its body,
+/// finish it (which writes the length prefix).
+#[derive(Debug, Default)]
+pub(crate) struct FrameWriter {
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    pub(crate) fn new() -> Self {
+        FrameWriter { buf: Vec::new() }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes the bytes written so far, leaving the writer empty.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Swaps the buffer with `other` (which should be empty), keeping both
+    /// allocations alive for reuse.
+    pub(crate) fn swap(&mut self, other: &mut Vec<u8>) {
+        std::mem::swap(&mut self.buf, other);
+    }
+
+    /// Starts a frame with message tag `tag`; returns where it starts.
+    pub(crate) fn begin(&mut self, tag: u8) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0, tag]);
+        start
+    }
+
+    /// Ends the frame started at `start` by writing its body length.
+    pub(crate) fn finish(&mut self, start: usize) {
+        let body = (self.buf.len() - start - 4) as u32;
+        self.buf[start..start + 4].copy_from_slice(&body.to_le_bytes());
+    }
+
+    /// Length of the body of the frame started at `start`, so far.
+    pub(crate) fn body_len(&self, start: usize) -> usize {
+        self.buf.len() - start - 4
+    }
+
+    pub(crate) fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    pub(crate) fn setup(&mut self, s: &Setup<'_>) {
+        let start = self.begin(tag::SETUP);
+        put_varint(&mut self.buf, u64::from(s.protocol));
+        put_varint(&mut self.buf, s.fingerprint);
+        put_varint(&mut self.buf, u64::from(s.concurrency));
+        put_varint(&mut self.buf, u64::from(s.max_frame));
+        match s.initializer {
+            None => self.buf.push(0),
+            Some((name, args)) => {
+                self.buf.push(1);
+                put_bytes(&mut self.buf, name.as_bytes());
+                put_bytes(&mut self.buf, args);
+            }
+        }
+        self.finish(start);
+    }
+
+    pub(crate) fn ready(&mut self, r: &Ready<'_>) {
+        let start = self.begin(tag::READY);
+        put_varint(&mut self.buf, u64::from(r.protocol));
+        put_varint(&mut self.buf, r.fingerprint);
+        put_varint(&mut self.buf, u64::from(r.pid));
+        put_bytes(&mut self.buf, r.error.as_bytes());
+        self.finish(start);
+    }
+
+    /// Writes a RUN frame header; the caller appends the payload and calls
+    /// [`finish`](FrameWriter::finish).
+    pub(crate) fn run_header(&mut self, chunk: u64, task: &str, timeout_us: u64, count: u32) -> usize {
+        let start = self.begin(tag::RUN);
+        put_varint(&mut self.buf, chunk);
+        put_bytes(&mut self.buf, task.as_bytes());
+        put_varint(&mut self.buf, timeout_us);
+        put_varint(&mut self.buf, u64::from(count));
+        start
+    }
+
+    pub(crate) fn run(&mut self, r: &Run<'_>) {
+        let start = self.run_header(r.chunk, r.task, r.timeout_us, r.count);
+        self.buf.extend_from_slice(r.payload);
+        self.finish(start);
+    }
+
+    pub(crate) fn cancel(&mut self, chunks: &[u64]) {
+        let start = self.begin(tag::CANCEL);
+        put_varint(&mut self.buf, chunks.len() as u64);
+        for &c in chunks {
+            put_varint(&mut self.buf, c);
+        }
+        self.finish(start);
+    }
+
+    pub(crate) fn shutdown(&mut self) {
+        let start = self.begin(tag::SHUTDOWN);
+        self.finish(start);
+    }
+
+    /// Starts a RESULTS frame; append outcomes with
+    /// [`outcome_header`](FrameWriter::outcome_header) or
+    /// [`outcome`](FrameWriter::outcome), then [`finish`](FrameWriter::finish).
+    pub(crate) fn results_begin(&mut self) -> usize {
+        self.begin(tag::RESULTS)
+    }
+
+    /// Appends an outcome whose data the caller writes next into
+    /// [`buf`](FrameWriter::buf); returns the position of the data length to
+    /// patch with [`outcome_end`](FrameWriter::outcome_end).
+    pub(crate) fn outcome_header(&mut self, chunk: u64, index: u32, status: Status) -> usize {
+        put_varint(&mut self.buf, chunk);
+        put_varint(&mut self.buf, u64::from(index));
+        self.buf.push(status as u8);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0]);
+        at
+    }
+
+    /// Patches the data length of the outcome whose header ended at `at`.
+    pub(crate) fn outcome_end(&mut self, at: usize) {
+        let len = (self.buf.len() - at - 4) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Sets the status of the outcome whose header ended at `at` (used when
+    /// encoding the value failed and the data became an error message).
+    pub(crate) fn outcome_set_status(&mut self, at: usize, status: Status) {
+        self.buf[at - 1] = status as u8;
+    }
+
+    pub(crate) fn outcome(&mut self, o: &Outcome<'_>) {
+        let at = self.outcome_header(o.chunk, o.index, o.status);
+        self.buf.extend_from_slice(o.data);
+        self.outcome_end(at);
+    }
+}
+
+/// Encodes a panic's message and location as an outcome payload.
+pub(crate) fn encode_panic(buf: &mut Vec<u8>, message: &str, location: Option<&str>) {
+    put_bytes(buf, message.as_bytes());
+    match location {
+        Some(loc) => {
+            buf.push(1);
+            put_bytes(buf, loc.as_bytes());
+        }
+        None => buf.push(0),
+    }
+}
+
+/// Decodes what [`encode_panic`] wrote.
+pub(crate) fn decode_panic(data: &[u8]) -> Result<(&str, Option<&str>), WireError> {
+    let mut r = Reader::new(data);
+    let message = r.str()?;
+    let location = match r.u8()? {
+        0 => None,
+        _ => Some(r.str()?),
+    };
+    Ok((message, location))
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Serializes `value` with postcard at the end of `buf`. On failure `buf`
+/// is left as it was.
+pub(crate) fn append_value<V: serde::Serialize + ?Sized>(buf: &mut Vec<u8>, value: &V) -> postcard::Result<()> {
+    let start = buf.len();
+    let r = postcard::serialize_with_flavor(value, VecFlavor(buf));
+    if r.is_err() {
+        buf.truncate(start);
+    }
+    r
+}
+
+/// A postcard output that appends to a borrowed `Vec`.
+struct VecFlavor<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,548 @@
+//! The worker's event loop: read chunks, run their tasks up to the
+//! concurrency limit, write outcomes back in batches.
+//!
+//! Everything runs on one thread. Tasks are started inline: a task's future
+//! is polled once right where its arguments are decoded, and a task that
+//! finishes on that first poll (most CPU-bound or trivial tasks) never
+//! becomes a spawned tokio task. Only tasks that wait are spawned. Outcomes
+//! are appended to one output buffer that a writer task flushes whenever the
+//! loop yields, so one write carries every outcome produced since the last.
+
+use std::any::type_name;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use super::{EXIT_ORPHANED, EXIT_SETUP, LocalFuture, Marker, RuntimeHook, timeout_from_us};
+use crate::task::{Registry, Task};
+use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION, Status};
+
+/// Starts one task: decodes its arguments from the front of the cursor and
+/// polls it once. `Ok(None)`: it finished and its outcome is written;
+/// `Ok(Some(fut))`: it waits, and `fut` writes the outcome when it ends.
+pub(crate) type StartFn = fn(&mut &[u8], Key, Option<Duration>, &Ctx) -> Result<Option<LocalFuture<()>>, String>;
+
+/// Runs a task as an initializer: decodes its arguments and returns its
+/// future, which reports the task's error as text.
+pub(crate) type InitFn = fn(&[u8]) -> Result<LocalFuture<Result<(), String>>, String>;
+
+/// Which task an outcome belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub(crate) chunk: u64,
+    pub(crate) index: u32,
+}
+
+thread_local! {
+    /// The message and location of the last panic on this thread, recorded
+    /// by the worker's panic hook for the task boundary to pick up.
+    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+    static CTX: RefCell<Option<Rc<Ctx>>> = const { RefCell::new(None) };
+}
+
+/// A chunk waiting for concurrency slots.
+struct Queued {
+    chunk: u64,
+    start: StartFn,
+    timeout: Option<Duration>,
+    payload: Bytes,
+    pos: usize,
+    next: u32,
+    count: u32,
+}
+
+/// The worker's state, shared by the loop, the writer and running tasks.
+pub(crate) struct Ctx {
+    out: RefCell<Out>,
+    queue: RefCell<VecDeque<Queued>>,
+    running: Cell<usize>,
+    concurrency: usize,
+    waiting: RefCell<HashMap<Key, AbortHandle>>,
+    wake_writer: Notify,
+    wake_loop: Notify,
+}
+
+/// The output buffer: whole frames, plus the RESULTS frame being filled.
+struct Out {
+    frames: FrameWriter,
+    open: Option<usize>,
+    max_frame: usize,
+}
+
+impl Out {
+    /// Appends one outcome, writing its data with `write`, which returns the
+    /// status to record (it may turn a value into an encoding error).
+    fn push(&mut self, key: Key, write: impl FnOnce(&mut Vec<u8>) -> Status) {
+        let start = match self.open {
+            Some(start) => start,
+            None => {
+                let start = self.frames.results_begin();
+                self.open = Some(start);
+                start
+            }
+        };
+        let at = self.frames.outcome_header(key.chunk, key.index, Status::Ok);
+        let status = write(self.frames.buf());
+        self.frames.outcome_set_status(at, status);
+        let data_len = self.frames.buf().len() - at - 4;
+        // One outcome must fit in a frame on its own.
+        if data_len + 32 > self.max_frame {
+            self.frames.buf().truncate(at + 4);
+            self.frames.outcome_set_status(at, Status::EncodeFailed);
+            let msg = format!("the result is {data_len} bytes, more than the frame cap of {} bytes", self.max_frame);
+            self.frames.buf().extend_from_slice(msg.as_bytes());
+        }
+        self.frames.outcome_end(at);
+        if self.frames.body_len(start) > self.max_frame / 2 {
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(start) = self.open.take() {
+            self.frames.finish(start);
+        }
+    }
+}
+
+impl Ctx {
+    fn current() -> Option<Rc<Ctx>> {
+        CTX.with(|c| c.borrow().clone())
+    }
+
+    pub(crate) fn push_result<T: Task>(&self, key: Key, result: Result<Result<T::Output, T::Error>, String>) {
+        let mut out = self.out.borrow_mut();
+        match result {
+            Ok(Ok(value)) => out.push(key, |buf| encode_into(buf, &value, Status::Ok)),
+            Ok(Err(error)) => out.push(key, |buf| encode_into(buf, &error, Status::TaskError)),
+            Err(timeout) => out.push(key, |buf| {
+                buf.extend_from_slice(timeout.as_bytes());
+                Status::Timeout
+            }),
+        }
+    }
+
+    fn push_panic(&self, key: Key, payload: Box<dyn std::any::Any + Send>) {
+        let (message, location) = panic_details(payload);
+        self.out.borrow_mut().push(key, |buf| {
+            wire::encode_panic(buf, &message, location.as_deref());
+            Status::Panic
+        });
+    }
+
+    fn push_failure(&self, key: Key, status: Status, message: &str) {
+        self.out.borrow_mut().push(key, |buf| {
+            buf.extend_from_slice(message.as_bytes());
+            status
+        });
+    }
+
+    /// Starts queued tasks while there are free slots.
+    fn fill(self: &Rc<Self>) {
+        loop {
+            if self.running.get() >= self.concurrency {
+                return;
+            }
+            let mut queue = self.queue.borrow_mut();
+            let Some(q) = queue.front_mut() else { return };
+            if q.next >= q.count {
+                queue.pop_front();
+                continue;
+            }
+            let key = Key { chunk: q.chunk, index: q.next };
+            q.next += 1;
+            let mut cursor = &q.payload[q.pos..];
+            let before = cursor.len();
+            let start = q.start;
+            let timeout = q.timeout;
+            let started = start(&mut cursor, key, timeout, self);
+            q.pos += before - cursor.len();
+            match started {
+                Ok(None) => {}
+                Ok(Some(fut)) => {
+                    drop(queue);
+                    self.spawn(key, fut);
+                }
+                Err(reason) => {
+                    // The cursor cannot be trusted past a bad argument: fail
+                    // the rest of the chunk with the same reason.
+                    let (chunk, from, count) = (q.chunk, q.next - 1, q.count);
+                    queue.pop_front();
+                    drop(queue);
+                    for index in from..count {
+                        self.push_failure(Key { chunk, index }, Status::DecodeFailed, &reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn(self: &Rc<Self>, key: Key, fut: LocalFuture<()>) {
+        self.running.set(self.running.get() + 1);
+        let guard = Running { ctx: Rc::clone(self), key };
+        let handle = tokio::task::spawn_local(async move {
+            let _guard = guard;
+            fut.await;
+        });
+        if !handle.is_finished() {
+            self.waiting.borrow_mut().insert(key, handle.abort_handle());
+        }
+    }
+
+    /// Drops every queued and running task of these chunks.
+    fn cancel(&self, chunks: &[u64]) {
+        self.queue.borrow_mut().retain(|q| !chunks.contains(&q.chunk));
+        let handles: Vec<AbortHandle> = {
+            let mut waiting = self.waiting.borrow_mut();
+            let keys: Vec<Key> = waiting.keys().filter(|k| chunks.contains(&k.chunk)).copied().collect();
+            keys.iter().filter_map(|k| waiting.remove(k)).collect()
+        };
+        for h in handles {
+            h.abort();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.running.get() == 0 && self.queue.borrow().is_empty()
+    }
+}
+
+/// Marks a spawned task as running; frees its slot when it ends or is
+/// aborted.
+struct Running {
+    ctx: Rc<Ctx>,
+    key: Key,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.ctx.running.set(self.ctx.running.get() - 1);
+        if let Ok(mut waiting) = self.ctx.waiting.try_borrow_mut() {
+            waiting.remove(&self.key);
+        }
+        self.ctx.wake_writer.notify_one();
+        self.ctx.wake_loop.notify_one();
+    }
+}
+
+/// Serializes `value` at the end of `buf`; on failure writes the reason
+/// instead and answers [`Status::EncodeFailed`].
+fn encode_into<V: Serialize>(buf: &mut Vec<u8>, value: &V, ok: Status) -> Status {
+    match wire::append_value(buf, value) {
+        Ok(()) => ok,
+        Err(e) => {
+            let what = if ok == Status::Ok { "result" } else { "task error" };
+            let msg = format!("could not serialize the {what} of type `{}`: {e}", type_name::<V>());
+            buf.extend_from_slice(msg.as_bytes());
+            Status::EncodeFailed
+        }
+    }
+}
+
+/// The [`StartFn`] of task `T`.
+pub(crate) fn start<T: Task>(
+    input: &mut &[u8],
+    key: Key,
+    timeout: Option<Duration>,
+    ctx: &Ctx,
+) -> Result<Option<LocalFuture<()>>, String> {
+    let (args, rest) = postcard::take_from_bytes::<T::Args>(input).map_err(|e| {
+        format!("could not deserialize the arguments of `{}` as `{}`: {e}", T::NAME, type_name::<T::Args>())
+    })?;
+    *input = rest;
+    let mut fut = Box::pin(T::default().call(args));
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(result)) => {
+            ctx.push_result::<T>(key, Ok(result));
+            Ok(None)
+        }
+        Err(panic) => {
+            ctx.push_panic(key, panic);
+            Ok(None)
+        }
+        // Polling a future again is always allowed: the spawned task polls
+        // it with its real waker, which replaces the no-op one.
+        Ok(Poll::Pending) => Ok(Some(Box::pin(async move {
+            let guarded = AssertUnwindSafe(fut).catch_unwind();
+            let outcome = match timeout {
+                None => Ok(guarded.await),
+                Some(limit) => tokio::time::timeout(limit, guarded)
+                    .await
+                    .map_err(|_| format!("{}", limit.as_micros())),
+            };
+            let Some(ctx) = Ctx::current() else { return };
+            match outcome {
+                Ok(Ok(result)) => ctx.push_result::<T>(key, Ok(result)),
+                Ok(Err(panic)) => ctx.push_panic(key, panic),
+                Err(timeout) => ctx.push_result::<T>(key, Err(timeout)),
+            }
+        }))),
+    }
+}
+
+/// The [`InitFn`] of task `T`.
+pub(crate) fn init_task<T: Task>(args: &[u8]) -> Result<LocalFuture<Result<(), String>>, String> {
+    let args = postcard::from_bytes::<T::Args>(args).map_err(|e| {
+        format!("could not deserialize the initializer arguments of `{}` as `{}`: {e}", T::NAME, type_name::<T::Args>())
+    })?;
+    Ok(Box::pin(async move {
+        match AssertUnwindSafe(T::default().call(args)).catch_unwind().await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("`{}` returned an error: {e:?}", T::NAME)),
+            Err(panic) => {
+                let (message, location) = panic_details(panic);
+                Err(format!("`{}` panicked at {}: {message}", T::NAME, location.as_deref().unwrap_or("an unknown place")))
+            }
+        }
+    }))
+}
+
+/// The message of a caught panic, and its location from the panic hook.
+fn panic_details(payload: Box<dyn std::any::Any + Send>) -> (String, Option<String>) {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    };
+    let location = LAST_PANIC.with(|p| p.borrow_mut().take()).and_then(|(_, loc)| loc);
+    (message, location)
+}
+
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((String::new(), location)));
+        previous(info);
+    }));
+}
+
+/// Exits the worker as soon as the parent is gone, even while a task spins
+/// in a CPU loop: a thread blocks on the lifeline pipe, whose write end only
+/// the parent holds, and reads end-of-file when the parent exits or dies.
+fn watch_lifeline(lifeline: OwnedFd) {
+    let spawned = std::thread::Builder::new().name("multiloop-lifeline".into()).spawn(move || {
+        let mut file = std::fs::File::from(lifeline);
+        let mut byte = [0u8; 1];
+        loop {
+            match std::io::Read::read(&mut file, &mut byte) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // SAFETY: `_exit` ends the process at once without running atexit
+        // handlers, which is what an orphaned worker wants; it is
+        // async-signal-safe and has no preconditions.
+        unsafe { libc::_exit(EXIT_ORPHANED) };
+    });
+    if spawned.is_err() {
+        eprintln!("multiloop worker: could not start the lifeline thread");
+        std::process::exit(EXIT_SETUP);
+    }
+}
+
+/// Runs the worker until the parent says stop or goes away; never returns.
+pub(crate) fn serve(marker: Marker, hook: Option<RuntimeHook>) -> ! {
+    watch_lifeline(marker.lifeline);
+    install_panic_hook();
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if let Some(hook) = hook {
+        hook(&mut builder);
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("multiloop worker: could not build the tokio runtime: {e}");
+            std::process::exit(EXIT_SETUP);
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let code = local.block_on(&runtime, async move {
+        match serve_socket(marker.socket).await {
+            Ok(()) => 0,
+            Err(reason) => {
+                eprintln!("multiloop worker: {reason}");
+                EXIT_SETUP
+            }
+        }
+    });
+    std::process::exit(code)
+}
+
+async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
+    let std_stream = std::os::unix::net::UnixStream::from(socket);
+    std_stream.set_nonblocking(true).map_err(|e| format!("socket setup failed: {e}"))?;
+    let stream = UnixStream::from_std(std_stream).map_err(|e| format!("socket setup failed: {e}"))?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+
+    // The handshake: the first frame must be SETUP.
+    let mut max_frame = wire::DEFAULT_MAX_FRAME;
+    let frame = loop {
+        match wire::check_frame(&buf, max_frame).map_err(|e| format!("bad setup frame: {e}"))? {
+            Some(f) => break buf.split_to(f.len).freeze(),
+            None => {
+                if rd.read_buf(&mut buf).await.map_err(|e| format!("read failed: {e}"))? == 0 {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let Ok(Message::Setup(setup)) = Message::decode(&frame[4..]) else {
+        return Err("the first frame was not a valid SETUP".into());
+    };
+    let registry = Registry::get();
+    let mut error = String::new();
+    if setup.protocol != PROTOCOL_VERSION {
+        error = format!("protocol version {} offered, this worker speaks {PROTOCOL_VERSION}", setup.protocol);
+    } else if setup.fingerprint != registry.fingerprint {
+        error = "the worker's executable registers different tasks than the parent's (a different binary?)".into();
+    } else if let Some((name, args)) = setup.initializer {
+        error = match registry.lookup(name) {
+            None => format!("no task named `{name}` is registered in this executable"),
+            Some(entry) => match (entry.init)(args) {
+                Err(e) => e,
+                Ok(fut) => fut.await.err().unwrap_or_default(),
+            },
+        };
+    }
+    max_frame = (setup.max_frame as usize).max(1024);
+    let mut hello = FrameWriter::new();
+    hello.ready(&wire::Ready {
+        protocol: PROTOCOL_VERSION,
+        fingerprint: registry.fingerprint,
+        pid: std::process::id(),
+        error: &error,
+    });
+    wr.write_all(&hello.take()).await.map_err(|e| format!("write failed: {e}"))?;
+    if !error.is_empty() {
+        return Err(format!("setup failed: {error}"));
+    }
+
+    let ctx = Rc::new(Ctx {
+        out: RefCell::new(Out { frames: FrameWriter::new(), open: None, max_frame }),
+        queue: RefCell::new(VecDeque::new()),
+        running: Cell::new(0),
+        concurrency: setup.concurrency.max(1) as usize,
+        waiting: RefCell::new(HashMap::new()),
+        wake_writer: Notify::new(),
+        wake_loop: Notify::new(),
+    });
+    CTX.with(|c| *c.borrow_mut() = Some(Rc::clone(&ctx)));
+
+    let closing = Rc::new(Cell::new(false));
+    let writer = tokio::task::spawn_local({
+        let ctx = Rc::clone(&ctx);
+        let closing = Rc::clone(&closing);
+        async move {
+            let mut spare = Vec::new();
+            loop {
+                {
+                    let mut out = ctx.out.borrow_mut();
+                    out.close();
+                    out.frames.swap(&mut spare);
+                }
+                if spare.is_empty() {
+                    if closing.get() {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    ctx.wake_writer.notified().await;
+                    continue;
+                }
+                wr.write_all(&spare).await?;
+                spare.clear();
+            }
+        }
+    });
+
+    let mut draining = false;
+    loop {
+        while let Some(f) = wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame: {e}"))? {
+            let frame = buf.split_to(f.len).freeze();
+            handle_frame(&ctx, registry, frame, &mut draining)?;
+        }
+        ctx.fill();
+        if !ctx.out.borrow().frames.is_empty() || ctx.out.borrow().open.is_some() {
+            ctx.wake_writer.notify_one();
+        }
+        if draining && ctx.idle() {
+            break;
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) | Err(_) => {
+                        // The parent closed the channel: nobody will read
+                        // what we would send.
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                }
+            }
+            () = ctx.wake_loop.notified() => {}
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+    }
+    closing.set(true);
+    ctx.wake_writer.notify_one();
+    match writer.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(e) => Err(format!("writer task failed: {e}")),
+    }
+}
+
+fn handle_frame(ctx: &Rc<Ctx>, registry: &Registry, mut frame: Bytes, draining: &mut bool) -> Result<(), String> {
+    let message = Message::decode(&frame[4..]).map_err(|e| format!("bad frame: {e}"))?;
+    match message {
+        Message::Run(run) => {
+            let payload_len = run.payload.len();
+            let chunk = run.chunk;
+            let count = run.count;
+            let timeout = timeout_from_us(run.timeout_us);
+            match registry.lookup(run.task) {
+                Some(entry) => {
+                    frame.advance(frame.len() - payload_len);
+                    ctx.queue.borrow_mut().push_back(Queued {
+                        chunk,
+                        start: entry.start,
+                        timeout,
+                        payload: frame,
+                        pos: 0,
+                        next: 0,
+                        count,
+                    });
+                }
+                None => {
+                    let msg = run.task.to_owned();
+                    for index in 0..count {
+                        ctx.push_failure(Key { chunk, index }, Status::UnknownTask, &msg);
+                    }
+                }
+            }
+        }
+        Message::Cancel(chunks) => ctx.cancel(&chunks),
+        Message::Shutdown => *draining = true,
+        other => return Err(format!("unexpected message from the parent: {other:?}")),
+    }
+    Ok(())
+}
