@@ -46,7 +46,7 @@
 
 mod error;
 mod pool;
-// mod process;
+mod process;
 mod task;
 mod wire;
 mod worker;
@@ -54,7 +54,7 @@ mod worker;
 pub use error::{Error, ExitInfo, Result};
 pub use multiloop_macros::task;
 pub use pool::{Apply, Collect, Input, IterInput, Map, MapUnordered, Pool, PoolBuilder, StreamInput};
-// pub use process::{Process, Worker};
+pub use process::{Process, Worker};
 pub use task::{NoError, Task};
 pub use worker::{init, init_with, set_worker_state, worker_state};
 

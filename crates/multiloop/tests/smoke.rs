@@ -36,3 +36,37 @@ async fn smoke() {
     assert_eq!(v.len(), 64);
     pool.close().await.unwrap();
 }
+
+#[multiloop::task]
+async fn spin(x: u64) -> u64 {
+    if x == 0 {
+        #[allow(clippy::empty_loop)]
+        loop {}
+    }
+    x
+}
+
+#[tokio::test]
+async fn stuck_task_times_out_hard_and_siblings_complete() {
+    let pool = multiloop::Pool::builder()
+        .processes(2)
+        .timeout_grace(std::time::Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let pids = pool.worker_pids();
+    let t = std::time::Instant::now();
+    let results: Vec<_> = futures_util::StreamExt::collect::<Vec<_>>(
+        pool.map(spin, 0..50u64).timeout(std::time::Duration::from_millis(300)),
+    )
+    .await;
+    let elapsed = t.elapsed();
+    assert!(results[0].as_ref().unwrap_err().is_timeout(), "{:?}", results[0]);
+    for (i, r) in results.iter().enumerate().skip(1) {
+        assert_eq!(*r.as_ref().unwrap(), i as u64);
+    }
+    assert!(elapsed < std::time::Duration::from_millis(2000), "{elapsed:?}");
+    let now = pool.worker_pids();
+    assert!(pids.iter().any(|p| !now.contains(p)), "the stuck worker was replaced");
+    pool.close().await.unwrap();
+}

@@ -421,8 +421,11 @@ impl Core {
         while self.deaths.front().is_some_and(|t| now.duration_since(*t) > self.limits.restart_window) {
             self.deaths.pop_front();
         }
+        // A worker its watchdog ended was stuck in one task, which already
+        // has its timeout outcome: the others did nothing wrong.
+        let spend = exit.code != Some(crate::worker::EXIT_STUCK);
         for chunk in chunks {
-            self.requeue_after_crash(chunk, exit, stderr_tail, actions);
+            self.requeue_after_crash(chunk, exit, stderr_tail, spend, actions);
         }
         if self.deaths.len() as u32 > self.limits.restart_limit && self.phase == Phase::Open {
             let failure = Failure::RestartIntensity {
@@ -439,10 +442,25 @@ impl Core {
         self.dispatch();
     }
 
-    fn requeue_after_crash(&mut self, chunk: u64, exit: &ExitInfo, stderr_tail: &str, actions: &mut Actions) {
+    fn requeue_after_crash(
+        &mut self,
+        chunk: u64,
+        exit: &ExitInfo,
+        stderr_tail: &str,
+        spend_attempt: bool,
+        actions: &mut Actions,
+    ) {
         let Some(rec) = self.chunks.remove(&chunk) else { return };
         let pending = rec.pending();
         if pending.is_empty() {
+            return;
+        }
+        if !spend_attempt {
+            let retry = rec.subset(&pending, rec.attempt);
+            let id = self.next_chunk;
+            self.next_chunk += 1;
+            self.chunks.insert(id, retry);
+            self.queue.push_front(id);
             return;
         }
         if rec.attempt >= rec.max_attempts {

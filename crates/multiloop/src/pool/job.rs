@@ -383,8 +383,13 @@ impl<T: Task, S> Drop for Job<T, S> {
 /// Turns one outcome into the caller's typed result.
 fn decode<T: Task>(frame: &Bytes, item: &Item, timeout: Option<Duration>) -> Result<T::Output, Error> {
     let data = frame.get(item.start as usize..item.end as usize).unwrap_or_default();
+    decode_outcome::<T>(item.status, data, timeout)
+}
+
+/// Turns an outcome's status and data into the caller's typed result.
+pub(crate) fn decode_outcome<T: Task>(status: Status, data: &[u8], timeout: Option<Duration>) -> Result<T::Output, Error> {
     let text = || String::from_utf8_lossy(data).into_owned();
-    match item.status {
+    match status {
         Status::Ok => postcard::from_bytes::<T::Output>(data)
             .map_err(|e| Error::serialization("result", type_name::<T::Output>(), e)),
         Status::TaskError => match postcard::from_bytes::<T::Error>(data) {
@@ -395,7 +400,17 @@ fn decode<T: Task>(frame: &Bytes, item: &Item, timeout: Option<Duration>) -> Res
             let (message, location) = wire::decode_panic(data).unwrap_or(("a panic (undecodable message)", None));
             Err(Error::new(Kind::Panic { message: message.to_owned(), location: location.map(str::to_owned) }))
         }
-        Status::Timeout => Err(Error::new(Kind::Timeout { after: timeout.unwrap_or_default(), hard: false })),
+        Status::Timeout => {
+            // The data is the limit in microseconds, prefixed with `hard:`
+            // when the watchdog had to end the worker.
+            let text = std::str::from_utf8(data).unwrap_or_default();
+            let (hard, micros) = match text.strip_prefix("hard:") {
+                Some(rest) => (true, rest),
+                None => (false, text),
+            };
+            let after = micros.parse().map(Duration::from_micros).ok().or(timeout).unwrap_or_default();
+            Err(Error::new(Kind::Timeout { after, hard }))
+        }
         Status::EncodeFailed => Err(Error::serialization("result", type_name::<T::Output>(), text())),
         Status::DecodeFailed => Err(Error::serialization("arguments", type_name::<T::Args>(), text())),
         Status::UnknownTask => Err(Error::protocol(format!(

@@ -7,7 +7,7 @@
 
 mod core;
 mod job;
-mod spawn;
+pub(crate) mod spawn;
 mod supervisor;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,6 +17,7 @@ use futures_core::Stream;
 use tokio::sync::Notify;
 
 use self::core::{Actions, Core, Failure, Limits, Phase};
+pub(crate) use self::job::decode_outcome;
 pub use self::job::{Apply, Collect, Input, IterInput, Map, MapUnordered, StreamInput};
 use crate::error::Error;
 use crate::task::Task;
@@ -30,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
     pub(crate) max_attempts: u32,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) timeout_grace: Duration,
     pub(crate) chunk_size: Option<usize>,
     pub(crate) max_frame: usize,
     pub(crate) restart_limit: u32,
@@ -154,6 +156,7 @@ impl Default for PoolBuilder {
                 initializer: None,
                 max_attempts: 3,
                 timeout: None,
+                timeout_grace: Duration::from_millis(500),
                 chunk_size: None,
                 max_frame: crate::wire::DEFAULT_MAX_FRAME,
                 restart_limit: 0,
@@ -214,6 +217,15 @@ impl PoolBuilder {
     /// A default deadline for every task (default: none).
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.config.timeout = Some(limit);
+        self
+    }
+
+    /// How long past its deadline a task may keep its worker's event loop
+    /// busy (a CPU loop, a blocking call) before the worker is ended and
+    /// replaced (default 500 ms). The task ends with a timeout error; the
+    /// worker's other tasks run again elsewhere without losing an attempt.
+    pub fn timeout_grace(mut self, grace: Duration) -> Self {
+        self.config.timeout_grace = grace;
         self
     }
 

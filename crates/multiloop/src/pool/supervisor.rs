@@ -63,6 +63,7 @@ pub(crate) fn launch(
             fingerprint: Registry::get().fingerprint,
             concurrency: inner.config.concurrency as u32,
             max_frame: inner.config.max_frame as u32,
+            grace_us: inner.config.timeout_grace.as_micros().min(u128::from(u64::MAX)) as u64,
             initializer: inner.config.initializer.as_ref().map(|(n, a)| (*n, a.as_slice())),
         })
     });

@@ -79,6 +79,9 @@ pub(crate) struct Setup<'a> {
     pub(crate) fingerprint: u64,
     pub(crate) concurrency: u32,
     pub(crate) max_frame: u32,
+    /// How long past its deadline a task's poll may run before the worker's
+    /// watchdog ends the worker, in microseconds.
+    pub(crate) grace_us: u64,
     /// Name and serialized arguments of the initializer task, if any.
     pub(crate) initializer: Option<(&'a str, &'a [u8])>,
 }
@@ -177,12 +180,13 @@ impl<'a> Message<'a> {
                 let fingerprint = r.varint()?;
                 let concurrency = r.varint_u32()?;
                 let max_frame = r.varint_u32()?;
+                let grace_us = r.varint()?;
                 let initializer = match r.u8()? {
                     0 => None,
                     1 => Some((r.str()?, r.bytes()?)),
                     other => return Err(WireError::BadValue("initializer flag", u64::from(other))),
                 };
-                Message::Setup(Setup { protocol, fingerprint, concurrency, max_frame, initializer })
+                Message::Setup(Setup { protocol, fingerprint, concurrency, max_frame, grace_us, initializer })
             }
             tag::RUN => {
                 let chunk = r.varint()?;
@@ -282,6 +286,7 @@ impl FrameWriter {
         put_varint(&mut self.buf, s.fingerprint);
         put_varint(&mut self.buf, u64::from(s.concurrency));
         put_varint(&mut self.buf, u64::from(s.max_frame));
+        put_varint(&mut self.buf, s.grace_us);
         match s.initializer {
             None => self.buf.push(0),
             Some((name, args)) => {

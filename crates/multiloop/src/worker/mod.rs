@@ -10,6 +10,7 @@
 
 mod run;
 mod state;
+mod watchdog;
 
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -27,6 +28,7 @@ pub(crate) const ENV_MARKER: &str = "MULTILOOP_WORKER";
 pub(crate) const EXIT_ORPHANED: i32 = 70;
 /// Exit code of a worker that could not start or broke the protocol.
 pub(crate) const EXIT_SETUP: i32 = 71;
+pub(crate) use watchdog::EXIT_STUCK;
 
 type RuntimeHook = Box<dyn FnOnce(&mut tokio::runtime::Builder) + Send>;
 

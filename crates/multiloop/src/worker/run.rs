@@ -5,8 +5,8 @@
 //! is polled once right where its arguments are decoded, and a task that
 //! finishes on that first poll (most CPU-bound or trivial tasks) never
 //! becomes a spawned tokio task. Only tasks that wait are spawned. Outcomes
-//! are appended to one output buffer that a writer task flushes whenever the
-//! loop yields, so one write carries every outcome produced since the last.
+//! are appended to one output buffer that the loop writes out once per turn,
+//! so one write carries every outcome produced since the last.
 
 use std::any::type_name;
 use std::cell::{Cell, RefCell};
@@ -15,17 +15,20 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use super::watchdog::{Channel, Watchdog};
 use super::{EXIT_ORPHANED, EXIT_SETUP, LocalFuture, Marker, RuntimeHook, timeout_from_us};
 use crate::task::{Registry, Task};
 use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION, Status};
@@ -64,15 +67,16 @@ struct Queued {
     count: u32,
 }
 
-/// The worker's state, shared by the loop, the writer and running tasks.
+/// The worker's state, shared by the loop and running tasks.
 pub(crate) struct Ctx {
     out: RefCell<Out>,
     queue: RefCell<VecDeque<Queued>>,
     running: Cell<usize>,
     concurrency: usize,
     waiting: RefCell<HashMap<Key, AbortHandle>>,
-    wake_writer: Notify,
     wake_loop: Notify,
+    channel: Arc<Channel>,
+    pub(crate) watchdog: Watchdog,
 }
 
 /// The output buffer: whole frames, plus the RESULTS frame being filled.
@@ -218,6 +222,21 @@ impl Ctx {
     fn idle(&self) -> bool {
         self.running.get() == 0 && self.queue.borrow().is_empty()
     }
+
+    /// Writes every finished outcome to the parent.
+    fn flush(&self, spare: &mut Vec<u8>) -> std::io::Result<()> {
+        {
+            let mut out = self.out.borrow_mut();
+            out.close();
+            out.frames.swap(spare);
+        }
+        if spare.is_empty() {
+            return Ok(());
+        }
+        let r = self.channel.write_all(spare);
+        spare.clear();
+        r
+    }
 }
 
 /// Marks a spawned task as running; frees its slot when it ends or is
@@ -233,7 +252,6 @@ impl Drop for Running {
         if let Ok(mut waiting) = self.ctx.waiting.try_borrow_mut() {
             waiting.remove(&self.key);
         }
-        self.ctx.wake_writer.notify_one();
         self.ctx.wake_loop.notify_one();
     }
 }
@@ -263,7 +281,17 @@ pub(crate) fn start<T: Task>(
         format!("could not deserialize the arguments of `{}` as `{}`: {e}", T::NAME, type_name::<T::Args>())
     })?;
     *input = rest;
-    let mut fut = Box::pin(T::default().call(args));
+    let fut: LocalFuture<Result<T::Output, T::Error>> = Box::pin(T::default().call(args));
+    let mut fut: LocalFuture<Result<T::Output, T::Error>> = match timeout {
+        None => fut,
+        Some(limit) => Box::pin(Watched {
+            inner: fut,
+            key,
+            deadline: std::time::Instant::now() + limit,
+            limit,
+            watchdog: ctx.watchdog.clone(),
+        }),
+    };
     let mut cx = Context::from_waker(Waker::noop());
     match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
         Ok(Poll::Ready(result)) => {
@@ -291,6 +319,36 @@ pub(crate) fn start<T: Task>(
                 Err(timeout) => ctx.push_result::<T>(key, Err(timeout)),
             }
         }))),
+    }
+}
+
+/// A task with a deadline: each poll is announced to the watchdog, which
+/// ends the worker if one poll runs past the deadline plus the grace.
+struct Watched<O> {
+    inner: LocalFuture<O>,
+    key: Key,
+    deadline: std::time::Instant,
+    limit: Duration,
+    watchdog: Watchdog,
+}
+
+impl<O> Future for Watched<O> {
+    type Output = O;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
+        let this = &mut *self;
+        this.watchdog.enter(this.key, this.deadline, this.limit);
+        let _leave = Leave(&this.watchdog);
+        this.inner.as_mut().poll(cx)
+    }
+}
+
+/// Tells the watchdog a poll ended, even when it ended by panicking.
+struct Leave<'a>(&'a Watchdog);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -387,10 +445,11 @@ pub(crate) fn serve(marker: Marker, hook: Option<RuntimeHook>) -> ! {
 }
 
 async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
+    let write_fd = socket.try_clone().map_err(|e| format!("socket setup failed: {e}"))?;
+    let channel = Arc::new(Channel::new(write_fd));
     let std_stream = std::os::unix::net::UnixStream::from(socket);
     std_stream.set_nonblocking(true).map_err(|e| format!("socket setup failed: {e}"))?;
-    let stream = UnixStream::from_std(std_stream).map_err(|e| format!("socket setup failed: {e}"))?;
-    let (mut rd, mut wr) = stream.into_split();
+    let mut rd = UnixStream::from_std(std_stream).map_err(|e| format!("socket setup failed: {e}"))?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
 
     // The handshake: the first frame must be SETUP.
@@ -431,10 +490,12 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         pid: std::process::id(),
         error: &error,
     });
-    wr.write_all(&hello.take()).await.map_err(|e| format!("write failed: {e}"))?;
+    channel.write_all(&hello.take()).map_err(|e| format!("write failed: {e}"))?;
     if !error.is_empty() {
         return Err(format!("setup failed: {error}"));
     }
+    let watchdog = Watchdog::start(Arc::clone(&channel), Duration::from_micros(setup.grace_us))
+        .map_err(|e| format!("could not start the watchdog thread: {e}"))?;
 
     let ctx = Rc::new(Ctx {
         out: RefCell::new(Out { frames: FrameWriter::new(), open: None, max_frame }),
@@ -442,36 +503,13 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         running: Cell::new(0),
         concurrency: setup.concurrency.max(1) as usize,
         waiting: RefCell::new(HashMap::new()),
-        wake_writer: Notify::new(),
         wake_loop: Notify::new(),
+        channel,
+        watchdog,
     });
     CTX.with(|c| *c.borrow_mut() = Some(Rc::clone(&ctx)));
 
-    let closing = Rc::new(Cell::new(false));
-    let writer = tokio::task::spawn_local({
-        let ctx = Rc::clone(&ctx);
-        let closing = Rc::clone(&closing);
-        async move {
-            let mut spare = Vec::new();
-            loop {
-                {
-                    let mut out = ctx.out.borrow_mut();
-                    out.close();
-                    out.frames.swap(&mut spare);
-                }
-                if spare.is_empty() {
-                    if closing.get() {
-                        return Ok::<(), std::io::Error>(());
-                    }
-                    ctx.wake_writer.notified().await;
-                    continue;
-                }
-                wr.write_all(&spare).await?;
-                spare.clear();
-            }
-        }
-    });
-
+    let mut spare = Vec::new();
     let mut draining = false;
     loop {
         while let Some(f) = wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame: {e}"))? {
@@ -479,20 +517,19 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
             handle_frame(&ctx, registry, frame, &mut draining)?;
         }
         ctx.fill();
-        if !ctx.out.borrow().frames.is_empty() || ctx.out.borrow().open.is_some() {
-            ctx.wake_writer.notify_one();
+        // The parent gone is not an error of ours: end quietly.
+        if ctx.flush(&mut spare).is_err() {
+            return Ok(());
         }
         if draining && ctx.idle() {
-            break;
+            return Ok(());
         }
         tokio::select! {
             read = rd.read_buf(&mut buf) => {
                 match read {
-                    Ok(0) | Err(_) => {
-                        // The parent closed the channel: nobody will read
-                        // what we would send.
-                        return Ok(());
-                    }
+                    // The parent closed the channel: nobody will read what
+                    // we would send.
+                    Ok(0) | Err(_) => return Ok(()),
                     Ok(_) => {}
                 }
             }
@@ -501,13 +538,6 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }
-    }
-    closing.set(true);
-    ctx.wake_writer.notify_one();
-    match writer.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("write failed: {e}")),
-        Err(e) => Err(format!("writer task failed: {e}")),
     }
 }
 

@@ -1,0 +1,150 @@
+//! The worker's writer and its watchdog.
+//!
+//! Outcomes are written with blocking writes under a mutex, from the event
+//! loop's thread, once per loop turn: one write carries everything produced
+//! since the last. The mutex lets one other thread write too: the
+//! watchdog, which enforces hard deadlines. Before the loop polls a task
+//! that has a deadline it tells the watchdog (task, deadline + grace); if
+//! that same poll is still running past that instant (a CPU loop, a
+//! blocking call) the event loop cannot answer for itself, so the watchdog
+//! writes the task's timeout outcome and ends the process. The parent then
+//! retries the worker's other tasks elsewhere without charging them an
+//! attempt.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::run::Key;
+use crate::wire::{FrameWriter, Status};
+
+/// Exit code of a worker ended by its watchdog.
+pub(crate) const EXIT_STUCK: i32 = 72;
+
+/// The write side of the channel to the parent.
+pub(crate) struct Channel {
+    socket: Mutex<OwnedFd>,
+}
+
+impl Channel {
+    pub(crate) fn new(socket: OwnedFd) -> Self {
+        Channel { socket: Mutex::new(socket) }
+    }
+
+    /// Writes all of `data`, waiting for the socket to drain when it is full.
+    pub(crate) fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
+        let fd = socket.as_raw_fd();
+        while !data.is_empty() {
+            // SAFETY: `data` is a valid readable slice of `data.len()` bytes
+            // and `fd` is an open socket owned by `socket`, locked here.
+            let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+            if n >= 0 {
+                data = &data[n as usize..];
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => {
+                    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: `pfd` is one valid pollfd; -1 waits until the
+                    // socket is writable (the parent read) or broken.
+                    if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                }
+                _ => return Err(err),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Watch {
+    /// The task being polled and when its poll becomes a hard timeout.
+    current: Option<(Key, Instant, Duration)>,
+    /// Bumped on every change, so the watchdog knows a poll it timed ended.
+    generation: u64,
+}
+
+/// The handle the event loop uses to tell the watchdog what it polls.
+#[derive(Clone)]
+pub(crate) struct Watchdog {
+    state: Arc<(Mutex<Watch>, Condvar)>,
+    pub(crate) grace: Duration,
+}
+
+impl Watchdog {
+    /// Starts the watchdog thread.
+    pub(crate) fn start(channel: Arc<Channel>, grace: Duration) -> io::Result<Watchdog> {
+        let state = Arc::new((Mutex::new(Watch::default()), Condvar::new()));
+        let thread_state = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("multiloop-watchdog".into())
+            .spawn(move || watch(&thread_state, &channel))?;
+        Ok(Watchdog { state, grace })
+    }
+
+    /// The loop is about to poll task `key`, whose deadline is `deadline`.
+    #[inline]
+    pub(crate) fn enter(&self, key: Key, deadline: Instant, limit: Duration) {
+        let (lock, cvar) = &*self.state;
+        let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        w.current = Some((key, deadline + self.grace, limit));
+        w.generation += 1;
+        cvar.notify_one();
+    }
+
+    /// The poll announced by `enter` returned.
+    #[inline]
+    pub(crate) fn leave(&self) {
+        let (lock, _) = &*self.state;
+        let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        w.current = None;
+        w.generation += 1;
+        // No wake-up: the watchdog finds the change when its wait ends.
+    }
+}
+
+fn watch(state: &(Mutex<Watch>, Condvar), channel: &Channel) {
+    let (lock, cvar) = state;
+    let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let Some((key, at, limit)) = w.current else {
+            w = cvar.wait(w).unwrap_or_else(PoisonError::into_inner);
+            continue;
+        };
+        let generation = w.generation;
+        let now = Instant::now();
+        if now < at {
+            w = cvar.wait_timeout(w, at - now).unwrap_or_else(PoisonError::into_inner).0;
+            continue;
+        }
+        if w.generation != generation {
+            continue;
+        }
+        // The same poll is still running past its hard deadline.
+        let mut out = FrameWriter::new();
+        let start = out.results_begin();
+        let pos = out.outcome_header(key.chunk, key.index, Status::Timeout);
+        out.buf().extend_from_slice(format!("hard:{}", limit.as_micros()).as_bytes());
+        out.outcome_end(pos);
+        out.finish(start);
+        let _ = channel.write_all(&out.take());
+        eprintln!(
+            "multiloop worker {}: task {}#{} ran past its deadline of {limit:?} without yielding; ending this worker",
+            std::process::id(),
+            key.chunk,
+            key.index
+        );
+        // SAFETY: `_exit` has no preconditions; the event loop is stuck, so
+        // ending the process without unwinding it is the only way out.
+        unsafe { libc::_exit(EXIT_STUCK) };
+    }
+}
