@@ -109,7 +109,9 @@ impl Sizes {
 /// A current-thread runtime for the parent side of a pool, like the
 /// library's own examples.
 pub(crate) fn parent_runtime() -> BoxResult<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Runs `fut` on `rt`, failing with a clear message after `limit`.
@@ -171,7 +173,10 @@ pub(crate) fn w1(sizes: &Sizes) -> BoxResult<W1> {
     run_limited(&rt, "W1 warm-up", sizes.limit, async {
         Ok(pool.map(inc, 0..1000u64).await?.len())
     })?;
-    let mut result = W1 { pool_tasks_per_s: Vec::new(), threads_tasks_per_s: Vec::new() };
+    let mut result = W1 {
+        pool_tasks_per_s: Vec::new(),
+        threads_tasks_per_s: Vec::new(),
+    };
     for _ in 0..sizes.w1_reps {
         let (dt, out) = run_limited(&rt, "W1 map", sizes.limit, async {
             let t = Instant::now();
@@ -185,7 +190,9 @@ pub(crate) fn w1(sizes: &Sizes) -> BoxResult<W1> {
         let dt = w1_threads(n, sizes.w1_threads_chunk, sizes.limit)?;
         result.threads_tasks_per_s.push(n as f64 / dt.as_secs_f64());
     }
-    run_limited(&rt, "W1 close", sizes.limit, async { Ok(pool.close().await?) })?;
+    run_limited(&rt, "W1 close", sizes.limit, async {
+        Ok(pool.close().await?)
+    })?;
     Ok(result)
 }
 
@@ -249,6 +256,9 @@ pub(crate) struct Sleep {
     pub(crate) n: u64,
     pub(crate) ideal_s: f64,
     pub(crate) wall_s: f64,
+    /// The same futures in-process, `PROCESSES × concurrency` at once on
+    /// one current-thread runtime: what tokio's timers alone allow.
+    pub(crate) in_process_s: f64,
 }
 
 impl Sleep {
@@ -270,8 +280,25 @@ pub(crate) fn sleep(n: u64, ms: u64, concurrency: usize, limit: Duration) -> Box
         pool.close().await?;
         Ok(wall)
     })?;
+    let in_process = run_limited(&rt, "W3 in-process baseline", limit, async {
+        let t = Instant::now();
+        let done = futures_util::stream::iter(std::iter::repeat_n(ms, n as usize))
+            .map(nap::run)
+            .buffer_unordered(PROCESSES * concurrency)
+            .fold(0u64, |count, v| async move { count + u64::from(v == ms) })
+            .await;
+        if done != n {
+            return Err(format!("W3 baseline: {done} sleeps of {ms} ms, expected {n}").into());
+        }
+        Ok(t.elapsed())
+    })?;
     let waves = n as f64 / (PROCESSES * concurrency) as f64;
-    Ok(Sleep { n, ideal_s: waves * ms as f64 / 1000.0, wall_s: wall.as_secs_f64() })
+    Ok(Sleep {
+        n,
+        ideal_s: waves * ms as f64 / 1000.0,
+        wall_s: wall.as_secs_f64(),
+        in_process_s: in_process.as_secs_f64(),
+    })
 }
 
 /// W4: the same CPU-bound tasks serially in-process, then on the pool.
@@ -279,6 +306,9 @@ pub(crate) fn sleep(n: u64, ms: u64, concurrency: usize, limit: Duration) -> Box
 pub(crate) struct Cpu {
     pub(crate) serial_s: f64,
     pub(crate) pool_s: f64,
+    /// The same tasks split over `PROCESSES` threads of this process: what
+    /// the machine's free cores allow right now.
+    pub(crate) threads_s: f64,
 }
 
 pub(crate) fn cpu(sizes: &Sizes) -> BoxResult<Cpu> {
@@ -301,7 +331,28 @@ pub(crate) fn cpu(sizes: &Sizes) -> BoxResult<Cpu> {
         if out.len() != n || out.iter().chain(&serial).any(|&b| b != expected) {
             return Err("W4: the pool's hashes differ from the serial ones".into());
         }
-        Ok(Cpu { serial_s, pool_s })
+        let t = Instant::now();
+        let threaded: Vec<u8> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..PROCESSES)
+                .map(|k| {
+                    let share = n / PROCESSES + usize::from(k < n % PROCESSES);
+                    s.spawn(move || (0..share).map(|_| burn_sync(rounds)).collect::<Vec<u8>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let threads_s = t.elapsed().as_secs_f64();
+        if threaded.len() != n || threaded.iter().any(|&b| b != expected) {
+            return Err("W4: the threads' hashes differ from the serial ones".into());
+        }
+        Ok(Cpu {
+            serial_s,
+            pool_s,
+            threads_s,
+        })
     })
 }
 
@@ -317,7 +368,10 @@ pub(crate) struct Startup {
 pub(crate) fn startup(sizes: &Sizes) -> BoxResult<Startup> {
     let rt = parent_runtime()?;
     let exe = std::env::current_exe()?;
-    let mut result = Startup { pool_ms: Vec::new(), exec_ms: Vec::new() };
+    let mut result = Startup {
+        pool_ms: Vec::new(),
+        exec_ms: Vec::new(),
+    };
     for _ in 0..sizes.w5_runs {
         let ms = run_limited(&rt, "W5", sizes.limit, async {
             let t = Instant::now();
@@ -335,7 +389,11 @@ pub(crate) fn startup(sizes: &Sizes) -> BoxResult<Startup> {
         let t = Instant::now();
         let mut children = Vec::with_capacity(PROCESSES);
         for _ in 0..PROCESSES {
-            children.push(std::process::Command::new(&exe).arg("--exit-at-once").spawn()?);
+            children.push(
+                std::process::Command::new(&exe)
+                    .arg("--exit-at-once")
+                    .spawn()?,
+            );
         }
         for mut child in children {
             let status = child.wait()?;
@@ -382,7 +440,9 @@ pub(crate) fn stream(sizes: &Sizes) -> BoxResult<Stream> {
     }
     let v: serde_json::Value = serde_json::from_str(stdout.trim())?;
     let num = |key: &str| -> BoxResult<f64> {
-        v.get(key).and_then(serde_json::Value::as_f64).ok_or_else(|| format!("W6 child did not report `{key}`").into())
+        v.get(key)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| format!("W6 child did not report `{key}`").into())
     };
     Ok(Stream {
         n: sizes.w6_n,
@@ -411,7 +471,11 @@ pub(crate) fn stream_child(n: u64, limit: Duration) -> BoxResult<()> {
         drop(results);
         let wall = t.elapsed();
         if count != n || sum != inc_checksum(n) {
-            return Err(format!("W6: {count} results summing to {sum}, expected {n} summing to {}", inc_checksum(n)).into());
+            return Err(format!(
+                "W6: {count} results summing to {sum}, expected {n} summing to {}",
+                inc_checksum(n)
+            )
+            .into());
         }
         let mut workers: f64 = 0.0;
         for pid in pool.worker_pids() {
@@ -440,7 +504,13 @@ fn peak_rss_mib(pid: Option<u32>) -> BoxResult<f64> {
     let kib = status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .ok_or_else(|| format!("no VmHWM in {path}"))?;
     Ok(kib / 1024.0)
 }

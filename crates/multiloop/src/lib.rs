@@ -44,6 +44,7 @@
 //! task returning `Result<T, E>` delivers `E` to the caller as a typed
 //! value: see [`Error::task_error`].
 
+mod beacon;
 mod error;
 mod pool;
 mod process;
@@ -86,4 +87,19 @@ pub mod __private {
     pub use ctor;
     pub use linkme;
     pub use serde;
+
+    /// Decodes `bytes` as a stream of frames the way both ends do, for the
+    /// fuzz target: it must never panic, whatever the input.
+    pub fn fuzz_decode(mut bytes: &[u8]) {
+        use crate::wire::{Message, check_frame, decode_panic};
+        while let Ok(Some(frame)) = check_frame(bytes, 1 << 20) {
+            let body = &bytes[4..frame.len];
+            if let Ok(Message::Results(results)) = Message::decode(body) {
+                for outcome in results.iter().flatten() {
+                    let _ = decode_panic(outcome.data);
+                }
+            }
+            bytes = &bytes[frame.len..];
+        }
+    }
 }

@@ -109,7 +109,8 @@ impl Process {
             .map_err(|_| Error::usage("Process::start must be called inside a tokio runtime"))?;
         crate::worker::refuse_unhandled_worker();
         let lifeline = Lifeline::new().map_err(|e| Error::io("could not create the lifeline pipe", e))?;
-        let spawned = spawn::spawn_worker(&lifeline, false)
+        let beacon = crate::beacon::Beacon::new().map_err(|e| Error::io("could not create the beacon page", e))?;
+        let spawned = spawn::spawn_worker(&lifeline, &beacon, false)
             .map_err(|e| Error::io(format!("could not start process `{}`", self.name), e))?;
         self.pid = Some(spawned.pid);
         self.child = Some(spawned.child);
@@ -230,13 +231,17 @@ async fn drive(stream: UnixStream, task: &'static str, args: Vec<u8>) -> Result<
         concurrency: 1,
         max_frame: wire::DEFAULT_MAX_FRAME as u32,
         grace_us: 1_000_000,
+        max_rss: 0,
         initializer: None,
     });
     let start = out.run_header(1, task, 0, 1);
     out.buf().extend_from_slice(&args);
     out.finish(start);
     out.shutdown();
-    wr.write_all(&out.take()).await.map_err(|e| format!("could not write to the process: {e}"))?;
+    if wr.write_all(&out.take()).await.is_err() {
+        // The process died before it could read its task: no outcome.
+        return Ok(None);
+    }
     let mut buf = BytesMut::with_capacity(4096);
     let mut outcome = None;
     loop {

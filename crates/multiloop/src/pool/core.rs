@@ -87,6 +87,9 @@ pub(crate) struct ChunkRec {
     pub(crate) dispatched: Option<Instant>,
     /// Attempts used so far, including the current one.
     pub(crate) attempt: u32,
+    /// Run on a worker with nothing else to do (a suspect after a crash
+    /// nobody could be blamed for).
+    pub(crate) isolated: bool,
     pub(crate) max_attempts: u32,
 }
 
@@ -139,6 +142,7 @@ impl ChunkRec {
             worker: None,
             dispatched: None,
             attempt,
+            isolated: false,
             max_attempts: self.max_attempts,
         }
     }
@@ -184,6 +188,8 @@ pub(crate) struct WorkerSlot {
     /// Tasks given to this worker over its life (for recycling).
     pub(crate) lifetime: u64,
     pub(crate) chunks: Vec<u64>,
+    /// Runs an isolated chunk: gets nothing else until it finishes.
+    pub(crate) isolating: bool,
 }
 
 /// Pool-wide settings the core needs.
@@ -299,12 +305,13 @@ impl Core {
     pub(crate) fn dispatch(&mut self) {
         while let Some(&id) = self.queue.front() {
             let cap = self.cap();
+            let isolated = self.chunks.get(&id).is_some_and(|r| r.isolated);
             let best = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| w.ready && w.alive && !w.retiring)
-                .filter(|(_, w)| w.assigned < cap || w.chunks.len() < 2)
+                .filter(|(_, w)| w.ready && w.alive && !w.retiring && !w.isolating)
+                .filter(|(_, w)| if isolated { w.chunks.is_empty() } else { w.assigned < cap || w.chunks.len() < 2 })
                 .min_by_key(|(_, w)| w.assigned)
                 .map(|(i, _)| i);
             let Some(slot) = best else { return };
@@ -331,6 +338,7 @@ impl Core {
             }
             let Some(rec) = self.chunks.get_mut(&id) else { continue };
             let worker = &mut self.workers[slot];
+            worker.isolating = rec.isolated;
             rec.worker = Some(worker.id);
             rec.dispatched = Some(Instant::now());
             let count = rec.count();
@@ -397,6 +405,9 @@ impl Core {
             w.assigned = w.assigned.saturating_sub(freed);
             if !finished.is_empty() {
                 w.chunks.retain(|c| !finished.contains(c));
+                if w.chunks.is_empty() {
+                    w.isolating = false;
+                }
             }
             if w.retiring && w.chunks.is_empty() && w.alive {
                 actions.retire.push(w.id);
@@ -405,15 +416,39 @@ impl Core {
         self.dispatch();
     }
 
+    /// A worker asked to be replaced (its memory passed the limit): it gets
+    /// no new work, and exits once it has finished what it holds.
+    pub(crate) fn retire_worker(&mut self, id: WorkerId, actions: &mut Actions) {
+        if let Some(w) = self.workers.get_mut(id.slot).filter(|w| w.id == id && w.alive) {
+            w.retiring = true;
+            if w.chunks.is_empty() {
+                actions.retire.push(id);
+            }
+        }
+    }
+
     /// A worker died (or was killed): its unfinished tasks go back to the
     /// queue, or fail when they used their last attempt.
-    pub(crate) fn on_death(&mut self, id: WorkerId, exit: &ExitInfo, stderr_tail: &str, actions: &mut Actions) {
+    ///
+    /// `culprit` is the task the worker was polling when it died (from its
+    /// beacon): only that task is charged an attempt; the others run again
+    /// for free.
+    pub(crate) fn on_death(
+        &mut self,
+        id: WorkerId,
+        exit: &ExitInfo,
+        stderr_tail: &str,
+        culprit: Option<(u64, u32)>,
+        violated: bool,
+        actions: &mut Actions,
+    ) {
         let Some(worker) = self.workers.get_mut(id.slot).filter(|w| w.id == id) else { return };
         let was_retiring_clean = worker.retiring && worker.chunks.is_empty();
         worker.alive = false;
         worker.ready = false;
         let chunks = std::mem::take(&mut worker.chunks);
         worker.assigned = 0;
+        worker.isolating = false;
         let now = Instant::now();
         if !was_retiring_clean || !exit_is_clean(exit) {
             self.deaths.push_back(now);
@@ -421,11 +456,14 @@ impl Core {
         while self.deaths.front().is_some_and(|t| now.duration_since(*t) > self.limits.restart_window) {
             self.deaths.pop_front();
         }
-        // A worker its watchdog ended was stuck in one task, which already
-        // has its timeout outcome: the others did nothing wrong.
-        let spend = exit.code != Some(crate::worker::EXIT_STUCK);
+        // Only a culprit among the worker's pending tasks counts (one that
+        // already answered, like a task its watchdog timed out, does not).
+        let culprit = culprit.filter(|(c, i)| {
+            chunks.contains(c) && self.chunks.get(c).is_some_and(|r| *i < r.count() && !r.is_done(*i))
+        });
         for chunk in chunks {
-            self.requeue_after_crash(chunk, exit, stderr_tail, spend, actions);
+            let blamed = culprit.filter(|(c, _)| *c == chunk).map(|(_, i)| i);
+            self.requeue_after_crash(chunk, exit, stderr_tail, blamed, culprit.is_some(), violated, actions);
         }
         if self.deaths.len() as u32 > self.limits.restart_limit && self.phase == Phase::Open {
             let failure = Failure::RestartIntensity {
@@ -447,20 +485,29 @@ impl Core {
         chunk: u64,
         exit: &ExitInfo,
         stderr_tail: &str,
-        spend_attempt: bool,
+        blamed: Option<u32>,
+        culprit_elsewhere: bool,
+        violated: bool,
         actions: &mut Actions,
     ) {
         let Some(rec) = self.chunks.remove(&chunk) else { return };
         let pending = rec.pending();
-        if pending.is_empty() {
-            return;
+        let (charged, free): (Vec<u32>, Vec<u32>) = match blamed {
+            // The worker died inside this chunk's task `culprit`: it alone
+            // is charged.
+            Some(culprit) => pending.iter().partition(|&&i| i == culprit),
+            // The worker broke the protocol while no task was running:
+            // any of its tasks may have done it. Each is charged and runs
+            // again alone, so the one that did it is soon found.
+            None if violated && !culprit_elsewhere => (pending, Vec::new()),
+            // The worker died inside another chunk's task, or while no task
+            // was running (a kill from outside): nobody here is to blame.
+            None => (Vec::new(), pending),
+        };
+        if !free.is_empty() {
+            self.requeue(rec.subset(&free, rec.attempt));
         }
-        if !spend_attempt {
-            let retry = rec.subset(&pending, rec.attempt);
-            let id = self.next_chunk;
-            self.next_chunk += 1;
-            self.chunks.insert(id, retry);
-            self.queue.push_front(id);
+        if charged.is_empty() {
             return;
         }
         if rec.attempt >= rec.max_attempts {
@@ -470,19 +517,25 @@ impl Core {
                 attempts: rec.attempt,
                 stderr_tail: stderr_tail.to_owned(),
             };
-            let indices = pending.iter().map(|&i| rec.job_index(i)).collect();
+            let indices = charged.iter().map(|&i| rec.job_index(i)).collect();
             actions.events.push((rec.sink.clone(), Event::Failed { indices, failure }));
-            return;
+        } else if blamed.is_some() {
+            self.requeue(rec.subset(&charged, rec.attempt + 1));
+        } else {
+            for &i in &charged {
+                let mut retry = rec.subset(&[i], rec.attempt + 1);
+                retry.isolated = true;
+                self.requeue(retry);
+            }
         }
-        // Retry each task on its own: a task that kills its worker every
-        // time then fails alone, without taking its chunk-mates with it.
-        for &i in &pending {
-            let retry = rec.subset(&[i], rec.attempt + 1);
-            let id = self.next_chunk;
-            self.next_chunk += 1;
-            self.chunks.insert(id, retry);
-            self.queue.push_front(id);
-        }
+    }
+
+    /// Puts a retried chunk at the front of the queue.
+    fn requeue(&mut self, rec: ChunkRec) {
+        let id = self.next_chunk;
+        self.next_chunk += 1;
+        self.chunks.insert(id, rec);
+        self.queue.push_front(id);
     }
 
     /// Fails everything pending with `failure` and stops taking work.
@@ -500,6 +553,9 @@ impl Core {
             w.chunks.clear();
             w.assigned = 0;
             w.retiring = true;
+            if w.alive {
+                actions.retire.push(w.id);
+            }
         }
     }
 
@@ -518,6 +574,9 @@ impl Core {
             {
                 w.assigned = w.assigned.saturating_sub(rec.remaining as usize);
                 w.chunks.retain(|c| c != id);
+                if w.chunks.is_empty() {
+                    w.isolating = false;
+                }
                 per_worker.entry(wid.slot).or_default().push(*id);
             }
         }

@@ -142,6 +142,9 @@ pub(crate) struct Job<T: Task, S> {
     options: CallOptions,
     /// Finished tasks not yet handed to the caller.
     ready: VecDeque<(u64, Result<T::Output, Error>)>,
+    /// Finished tasks the caller's stream holds back (an ordered map
+    /// waiting for an earlier result); they count against the window.
+    held: usize,
     _task: PhantomData<fn() -> T>,
 }
 
@@ -175,6 +178,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             chunker,
             options,
             ready: VecDeque::new(),
+            held: 0,
             _task: PhantomData,
         }
     }
@@ -195,8 +199,8 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     /// not yet handed out count against the window: a consumer that stops
     /// reading stops the inputs from being pulled.
     fn feed(&mut self, cx: &mut Context<'_>) {
-        while !self.exhausted && self.in_flight + self.ready.len() < self.window() {
-            let room = self.window() - self.in_flight - self.ready.len();
+        while !self.exhausted && self.outstanding() < self.window() {
+            let room = self.window() - self.outstanding();
             let want = self.chunker.size.min(room).max(1);
             let mut payload = Vec::new();
             let mut offsets = Vec::with_capacity(want + 1);
@@ -242,7 +246,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 }
             }
             if offsets.len() > 1 {
-                if payload.len() + 256 > self.pool.config.max_frame {
+                if payload.len() + run_header_bound::<T>() > self.pool.config.max_frame {
                     // Too big for one frame: send the tasks one by one,
                     // failing any single task that is still too big.
                     self.submit_split(payload, offsets, indices, base);
@@ -256,12 +260,17 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         }
     }
 
+    /// Inputs taken and not yet handed to the caller.
+    fn outstanding(&self) -> usize {
+        self.in_flight + self.ready.len() + self.held
+    }
+
     fn submit_split(&mut self, payload: Vec<u8>, offsets: Vec<u32>, indices: Option<Vec<u64>>, base: u64) {
         let max = self.pool.config.max_frame;
         for i in 0..offsets.len() - 1 {
             let index = indices.as_ref().map_or(base + i as u64, |ix| ix[i]);
             let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
-            if b - a + 256 > max {
+            if b - a + run_header_bound::<T>() > max {
                 let err = Error::serialization(
                     "arguments",
                     type_name::<T::Args>(),
@@ -291,6 +300,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             worker: None,
             dispatched: None,
             attempt: 1,
+            isolated: false,
             max_attempts: self.options.max_attempts.max(1),
         };
         let all: Vec<u64> = (0..count as u32).map(|i| rec.job_index(i)).collect();
@@ -378,6 +388,12 @@ impl<T: Task, S> Drop for Job<T, S> {
             self.pool.lock().cancel_job(self.id);
         }
     }
+}
+
+/// The most bytes a RUN frame's body takes besides its payload: tag,
+/// chunk id, task name, timeout, count.
+fn run_header_bound<T: Task>() -> usize {
+    1 + 10 + 5 + T::NAME.len() + 10 + 5
 }
 
 /// Turns one outcome into the caller's typed result.
@@ -477,6 +493,7 @@ impl<T: Task, S: Input<Item = T::Args>> Stream for Map<T, S> {
         loop {
             if let Some(Some(_)) = this.pending.front() {
                 this.emit += 1;
+                this.job.held -= 1;
                 return Poll::Ready(this.pending.pop_front().flatten());
             }
             match this.job.poll_next_done(cx) {
@@ -486,6 +503,7 @@ impl<T: Task, S: Input<Item = T::Args>> Stream for Map<T, S> {
                         this.pending.resize_with(at + 1, || None);
                     }
                     this.pending[at] = Some(result);
+                    this.job.held += 1;
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,

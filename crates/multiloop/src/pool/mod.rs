@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) concurrency: usize,
     pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) max_memory_per_child: Option<u64>,
     pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
     pub(crate) max_attempts: u32,
     pub(crate) timeout: Option<Duration>,
@@ -153,6 +154,7 @@ impl Default for PoolBuilder {
                 processes: cores,
                 concurrency: 16,
                 max_tasks_per_child: None,
+                max_memory_per_child: None,
                 initializer: None,
                 max_attempts: 3,
                 timeout: None,
@@ -187,6 +189,15 @@ impl PoolBuilder {
     /// finish first (default: never).
     pub fn max_tasks_per_child(mut self, n: u64) -> Self {
         self.config.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Replaces a worker whose resident memory passes `bytes`: it takes no
+    /// new work, finishes the tasks it holds, and a fresh worker takes its
+    /// place (default: no limit). Checked by the worker every few
+    /// milliseconds while it is busy.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.config.max_memory_per_child = Some(bytes);
         self
     }
 
@@ -275,6 +286,9 @@ impl PoolBuilder {
         }
         if c.concurrency > u32::MAX as usize {
             return Err(Error::usage("concurrency must fit in 32 bits"));
+        }
+        if c.max_memory_per_child == Some(0) {
+            return Err(Error::usage("max_memory_per_child must be at least 1 byte"));
         }
         if c.max_tasks_per_child == Some(0) {
             return Err(Error::usage("max_tasks_per_child must be at least 1"));

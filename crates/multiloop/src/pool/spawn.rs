@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStderr};
 
+use crate::beacon::Beacon;
 use crate::worker::ENV_MARKER;
 
 /// The pipe whose read end every worker of a pool holds and whose write end
@@ -51,7 +52,7 @@ pub(crate) struct Spawned {
 }
 
 /// Starts the current executable as a worker.
-pub(crate) fn spawn_worker(lifeline: &Lifeline, capture_stderr: bool) -> io::Result<Spawned> {
+pub(crate) fn spawn_worker(lifeline: &Lifeline, beacon: &Beacon, capture_stderr: bool) -> io::Result<Spawned> {
     let (parent_end, child_end) = StdUnixStream::pair()?;
     let exe = if std::path::Path::new("/proc/self/exe").exists() {
         std::path::PathBuf::from("/proc/self/exe")
@@ -66,7 +67,8 @@ pub(crate) fn spawn_worker(lifeline: &Lifeline, capture_stderr: bool) -> io::Res
     cmd.args(args);
     let child_fd: RawFd = child_end.as_raw_fd();
     let life_fd: RawFd = lifeline.read.as_raw_fd();
-    cmd.env(ENV_MARKER, format!("1:{}:{child_fd}:{life_fd}", std::process::id()));
+    let beacon_fd: RawFd = beacon.fd().as_raw_fd();
+    cmd.env(ENV_MARKER, format!("1:{}:{child_fd}:{life_fd}:{beacon_fd}", std::process::id()));
     cmd.stdin(Stdio::null());
     cmd.stdout(Stdio::inherit());
     cmd.stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() });
@@ -76,7 +78,7 @@ pub(crate) fn spawn_worker(lifeline: &Lifeline, capture_stderr: bool) -> io::Res
     // touches no lock.
     unsafe {
         cmd.pre_exec(move || {
-            for fd in [child_fd, life_fd] {
+            for fd in [child_fd, life_fd, beacon_fd] {
                 // Both descriptors are close-on-exec everywhere (so no other
                 // child inherits them); this child alone keeps them.
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {

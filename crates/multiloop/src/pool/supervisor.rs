@@ -12,6 +12,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use super::Inner;
 use super::core::{Actions, Outbox, WorkerId, WorkerSlot};
 use super::spawn::{self, StderrTail};
+use crate::beacon::Beacon;
 use crate::error::{Error, ExitInfo};
 use crate::task::Registry;
 use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION};
@@ -26,7 +27,8 @@ pub(crate) fn launch(
     slot: usize,
     ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) -> Result<(), Error> {
-    let spawned = match spawn::spawn_worker(&inner.lifeline, inner.config.capture_stderr) {
+    let beacon = Arc::new(Beacon::new().map_err(|e| Error::io("could not create a worker's beacon page", e))?);
+    let spawned = match spawn::spawn_worker(&inner.lifeline, &beacon, inner.config.capture_stderr) {
         Ok(s) => s,
         Err(e) => {
             let err = Error::io("could not start a worker process", e);
@@ -48,6 +50,7 @@ pub(crate) fn launch(
             assigned: 0,
             lifetime: 0,
             chunks: Vec::new(),
+            isolating: false,
         };
         if slot < core.workers.len() {
             core.workers[slot] = entry;
@@ -64,11 +67,12 @@ pub(crate) fn launch(
             concurrency: inner.config.concurrency as u32,
             max_frame: inner.config.max_frame as u32,
             grace_us: inner.config.timeout_grace.as_micros().min(u128::from(u64::MAX)) as u64,
+            max_rss: inner.config.max_memory_per_child.unwrap_or(0),
             initializer: inner.config.initializer.as_ref().map(|(n, a)| (*n, a.as_slice())),
         })
     });
     let weak = Arc::downgrade(inner);
-    inner.runtime.spawn(supervise(weak, id, spawned, outbox, ready));
+    inner.runtime.spawn(supervise(weak, id, spawned, outbox, beacon, ready));
     Ok(())
 }
 
@@ -77,6 +81,7 @@ async fn supervise(
     id: WorkerId,
     spawned: spawn::Spawned,
     outbox: Arc<Outbox>,
+    beacon: Arc<Beacon>,
     mut ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) {
     let spawn::Spawned { mut child, pid: _, stream, stderr } = spawned;
@@ -117,7 +122,7 @@ async fn supervise(
     let mut actions = Actions::default();
     {
         let mut core = inner.lock();
-        core.on_death(id, &exit, &tail_text, &mut actions);
+        core.on_death(id, &exit, &tail_text, beacon.read(), outcome.is_err(), &mut actions);
     }
     inner.after(actions);
     inner.worker_exited.notify_waiters();
@@ -217,6 +222,11 @@ async fn read_loop(
                         return Err(format!("bad results frame from worker: {e}"));
                     }
                 }
+                Message::Retire(_) if handshaken => {
+                    let mut actions = Actions::default();
+                    inner.lock().retire_worker(id, &mut actions);
+                    inner.after(actions);
+                }
                 other => return Err(format!("unexpected message from worker: {}", describe(&other))),
             }
         }
@@ -241,6 +251,7 @@ fn describe(m: &Message<'_>) -> &'static str {
         Message::Shutdown => "SHUTDOWN",
         Message::Ready(_) => "READY (twice)",
         Message::Results(_) => "RESULTS (before the handshake)",
+        Message::Retire(_) => "RETIRE (before the handshake)",
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) mod tag {
     pub(crate) const READY: u8 = 16;
     /// Worker → parent: a batch of task outcomes.
     pub(crate) const RESULTS: u8 = 17;
+    /// Worker → parent: my memory passed the limit; replace me.
+    pub(crate) const RETIRE: u8 = 18;
 }
 
 /// How one task ended, as sent back by the worker.
@@ -82,6 +84,9 @@ pub(crate) struct Setup<'a> {
     /// How long past its deadline a task's poll may run before the worker's
     /// watchdog ends the worker, in microseconds.
     pub(crate) grace_us: u64,
+    /// Resident memory in bytes past which the worker asks to be replaced;
+    /// 0 means no limit.
+    pub(crate) max_rss: u64,
     /// Name and serialized arguments of the initializer task, if any.
     pub(crate) initializer: Option<(&'a str, &'a [u8])>,
 }
@@ -128,6 +133,8 @@ pub(crate) enum Message<'a> {
     Ready(Ready<'a>),
     /// The outcomes, still encoded: iterate with [`Results::iter`].
     Results(Results<'a>),
+    /// The worker's resident memory (bytes) passed the limit.
+    Retire(u64),
 }
 
 /// The outcomes of a RESULTS frame, decoded lazily.
@@ -181,12 +188,13 @@ impl<'a> Message<'a> {
                 let concurrency = r.varint_u32()?;
                 let max_frame = r.varint_u32()?;
                 let grace_us = r.varint()?;
+                let max_rss = r.varint()?;
                 let initializer = match r.u8()? {
                     0 => None,
                     1 => Some((r.str()?, r.bytes()?)),
                     other => return Err(WireError::BadValue("initializer flag", u64::from(other))),
                 };
-                Message::Setup(Setup { protocol, fingerprint, concurrency, max_frame, grace_us, initializer })
+                Message::Setup(Setup { protocol, fingerprint, concurrency, max_frame, grace_us, max_rss, initializer })
             }
             tag::RUN => {
                 let chunk = r.varint()?;
@@ -218,6 +226,7 @@ impl<'a> Message<'a> {
                 Message::Ready(Ready { protocol, fingerprint, pid, error })
             }
             tag::RESULTS => Message::Results(Results { body: r.rest() }),
+            tag::RETIRE => Message::Retire(r.varint()?),
             other => return Err(WireError::BadValue("message tag", u64::from(other))),
         };
         if !r.is_empty() {
@@ -287,6 +296,7 @@ impl FrameWriter {
         put_varint(&mut self.buf, u64::from(s.concurrency));
         put_varint(&mut self.buf, u64::from(s.max_frame));
         put_varint(&mut self.buf, s.grace_us);
+        put_varint(&mut self.buf, s.max_rss);
         match s.initializer {
             None => self.buf.push(0),
             Some((name, args)) => {
@@ -330,6 +340,12 @@ impl FrameWriter {
         for &c in chunks {
             put_varint(&mut self.buf, c);
         }
+        self.finish(start);
+    }
+
+    pub(crate) fn retire(&mut self, rss: u64) {
+        let start = self.begin(tag::RETIRE);
+        put_varint(&mut self.buf, rss);
         self.finish(start);
     }
 

@@ -28,7 +28,6 @@ pub(crate) const ENV_MARKER: &str = "MULTILOOP_WORKER";
 pub(crate) const EXIT_ORPHANED: i32 = 70;
 /// Exit code of a worker that could not start or broke the protocol.
 pub(crate) const EXIT_SETUP: i32 = 71;
-pub(crate) use watchdog::EXIT_STUCK;
 
 type RuntimeHook = Box<dyn FnOnce(&mut tokio::runtime::Builder) + Send>;
 
@@ -81,6 +80,7 @@ pub fn init_with(hook: impl FnOnce(&mut tokio::runtime::Builder) + Send + 'stati
 pub(crate) struct Marker {
     pub(crate) socket: OwnedFd,
     pub(crate) lifeline: OwnedFd,
+    pub(crate) beacon: OwnedFd,
 }
 
 /// Reads and removes the worker marker, when this process is a worker.
@@ -94,6 +94,7 @@ fn take_marker() -> Option<Marker> {
     let ppid: u32 = parts.next()?.parse().ok()?;
     let socket: RawFd = parts.next()?.parse().ok()?;
     let lifeline: RawFd = parts.next()?.parse().ok()?;
+    let beacon: RawFd = parts.next()?.parse().ok()?;
     if version != "1" || std::os::unix::process::parent_id() != ppid {
         return None;
     }
@@ -101,21 +102,30 @@ fn take_marker() -> Option<Marker> {
     // from `init_before_main!`), before this process starts other threads,
     // so nothing reads the environment concurrently.
     unsafe { std::env::remove_var(ENV_MARKER) };
-    if !fd_is_open(socket) || !fd_is_open(lifeline) {
+    if !fd_is_open(socket) || !fd_is_open(lifeline) || !fd_is_open(beacon) {
         eprintln!("multiloop: {ENV_MARKER} names descriptors this process does not have; not starting as a worker");
         std::process::exit(EXIT_SETUP);
     }
     // SAFETY: the parent opened these descriptors for this process alone
     // (they were close-on-exec everywhere else) and nothing else in this
     // process knows their numbers, so we are their only owner.
-    let (socket, lifeline) = unsafe { (OwnedFd::from_raw_fd(socket), OwnedFd::from_raw_fd(lifeline)) };
-    Some(Marker { socket, lifeline })
+    let (socket, lifeline, beacon) =
+        unsafe { (OwnedFd::from_raw_fd(socket), OwnedFd::from_raw_fd(lifeline), OwnedFd::from_raw_fd(beacon)) };
+    Some(Marker { socket, lifeline, beacon })
 }
 
 fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a
     // valid argument and an unknown descriptor answers -1 (EBADF).
     fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
+}
+
+/// This worker's beacon (see `crate::beacon`), mapped at startup.
+static BEACON: std::sync::OnceLock<crate::beacon::Beacon> = std::sync::OnceLock::new();
+
+#[inline]
+pub(crate) fn beacon() -> Option<&'static crate::beacon::Beacon> {
+    BEACON.get()
 }
 
 /// A boxed future local to the worker's thread.

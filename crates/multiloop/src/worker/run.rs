@@ -98,6 +98,7 @@ impl Out {
                 start
             }
         };
+        let outcome_start = self.frames.buf().len();
         let at = self.frames.outcome_header(key.chunk, key.index, Status::Ok);
         let status = write(self.frames.buf());
         self.frames.outcome_set_status(at, status);
@@ -110,7 +111,18 @@ impl Out {
             self.frames.buf().extend_from_slice(msg.as_bytes());
         }
         self.frames.outcome_end(at);
-        if self.frames.body_len(start) > self.max_frame / 2 {
+        if self.frames.body_len(start) > self.max_frame && outcome_start > start + 5 {
+            // This outcome fits a frame on its own but not with the ones
+            // before it: it starts the next frame.
+            let tail = self.frames.buf().split_off(outcome_start);
+            self.frames.finish(start);
+            let next = self.frames.results_begin();
+            self.frames.buf().extend_from_slice(&tail);
+            self.open = Some(next);
+        }
+        if let Some(start) = self.open
+            && self.frames.body_len(start) > self.max_frame / 2
+        {
             self.close();
         }
     }
@@ -281,17 +293,11 @@ pub(crate) fn start<T: Task>(
         format!("could not deserialize the arguments of `{}` as `{}`: {e}", T::NAME, type_name::<T::Args>())
     })?;
     *input = rest;
-    let fut: LocalFuture<Result<T::Output, T::Error>> = Box::pin(T::default().call(args));
-    let mut fut: LocalFuture<Result<T::Output, T::Error>> = match timeout {
-        None => fut,
-        Some(limit) => Box::pin(Watched {
-            inner: fut,
-            key,
-            deadline: std::time::Instant::now() + limit,
-            limit,
-            watchdog: ctx.watchdog.clone(),
-        }),
-    };
+    let mut fut = Box::pin(Tracked {
+        inner: T::default().call(args),
+        key,
+        watch: timeout.map(|limit| (std::time::Instant::now() + limit, limit, ctx.watchdog.clone())),
+    });
     let mut cx = Context::from_waker(Waker::noop());
     match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
         Ok(Poll::Ready(result)) => {
@@ -322,33 +328,51 @@ pub(crate) fn start<T: Task>(
     }
 }
 
-/// A task with a deadline: each poll is announced to the watchdog, which
-/// ends the worker if one poll runs past the deadline plus the grace.
-struct Watched<O> {
-    inner: LocalFuture<O>,
-    key: Key,
-    deadline: std::time::Instant,
-    limit: Duration,
-    watchdog: Watchdog,
-}
-
-impl<O> Future for Watched<O> {
-    type Output = O;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
-        let this = &mut *self;
-        this.watchdog.enter(this.key, this.deadline, this.limit);
-        let _leave = Leave(&this.watchdog);
-        this.inner.as_mut().poll(cx)
+pin_project_lite::pin_project! {
+    /// A running task. Each poll is announced on the beacon (so that the
+    /// parent knows whom to blame if the worker dies during it) and, for a
+    /// task with a deadline, to the watchdog (which ends the worker if one
+    /// poll runs past the deadline plus the grace).
+    struct Tracked<F> {
+        #[pin]
+        inner: F,
+        key: Key,
+        watch: Option<(std::time::Instant, Duration, Watchdog)>,
     }
 }
 
-/// Tells the watchdog a poll ended, even when it ended by panicking.
-struct Leave<'a>(&'a Watchdog);
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let watch: &Option<_> = this.watch;
+        if let Some(b) = super::beacon() {
+            b.enter(this.key.chunk, this.key.index);
+        }
+        if let Some((deadline, limit, watchdog)) = watch {
+            watchdog.enter(*this.key, *deadline, *limit);
+        }
+        let _leave = Leave { watch: watch.as_ref().map(|w| &w.2) };
+        this.inner.poll(cx)
+    }
+}
+
+/// Tells the beacon and the watchdog a poll ended, even by panicking.
+struct Leave<'a> {
+    watch: Option<&'a Watchdog>,
+}
 
 impl Drop for Leave<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.0.leave();
+        if let Some(b) = super::beacon() {
+            b.leave();
+        }
+        if let Some(w) = self.watch {
+            w.leave();
+        }
     }
 }
 
@@ -418,6 +442,15 @@ fn watch_lifeline(lifeline: OwnedFd) {
 /// Runs the worker until the parent says stop or goes away; never returns.
 pub(crate) fn serve(marker: Marker, hook: Option<RuntimeHook>) -> ! {
     watch_lifeline(marker.lifeline);
+    match crate::beacon::Beacon::map(marker.beacon) {
+        Ok(b) => {
+            let _ = super::BEACON.set(b);
+        }
+        Err(e) => {
+            eprintln!("multiloop worker: could not map the beacon page: {e}");
+            std::process::exit(EXIT_SETUP);
+        }
+    }
     install_panic_hook();
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
@@ -511,6 +544,7 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
 
     let mut spare = Vec::new();
     let mut draining = false;
+    let mut memory = MemoryCheck::new(setup.max_rss);
     loop {
         while let Some(f) = wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame: {e}"))? {
             let frame = buf.split_to(f.len).freeze();
@@ -523,6 +557,13 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         }
         if draining && ctx.idle() {
             return Ok(());
+        }
+        if let Some(rss) = memory.over_limit() {
+            let mut w = FrameWriter::new();
+            w.retire(rss);
+            if ctx.channel.write_all(&w.take()).is_err() {
+                return Ok(());
+            }
         }
         tokio::select! {
             read = rd.read_buf(&mut buf) => {
@@ -539,6 +580,49 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
             buf.reserve(64 * 1024);
         }
     }
+}
+
+/// Watches this process's resident memory against the limit, reading it
+/// at most every few milliseconds.
+struct MemoryCheck {
+    limit: u64,
+    next: std::time::Instant,
+    reported: bool,
+}
+
+impl MemoryCheck {
+    const EVERY: Duration = Duration::from_millis(5);
+
+    fn new(limit: u64) -> Self {
+        MemoryCheck { limit, next: std::time::Instant::now(), reported: false }
+    }
+
+    /// The resident memory, the first time it is seen over the limit.
+    fn over_limit(&mut self) -> Option<u64> {
+        if self.limit == 0 || self.reported {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        if now < self.next {
+            return None;
+        }
+        self.next = now + Self::EVERY;
+        let rss = resident_bytes()?;
+        if rss > self.limit {
+            self.reported = true;
+            return Some(rss);
+        }
+        None
+    }
+}
+
+/// This process's resident memory, from `/proc/self/statm`.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 fn handle_frame(ctx: &Rc<Ctx>, registry: &Registry, mut frame: Bytes, draining: &mut bool) -> Result<(), String> {

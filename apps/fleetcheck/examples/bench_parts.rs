@@ -1,0 +1,87 @@
+//! Micro-benchmark of the CPU parts of a scan (no network): page rendering
+//! by the simulated fleet, and parse + checks by `scrape_round`.
+//!
+//! Run: `cargo run --release -p fleetcheck --example bench_parts`
+
+use std::time::Instant;
+
+use fleetcheck::checks::Checks;
+use fleetcheck::fleet::{Fleet, FleetConfig, STEP_SECS};
+use fleetcheck::state::{HostState, scrape_round};
+
+fn main() {
+    let hosts = 200u32;
+    let rounds = 10u64;
+    let fleet = Fleet::new(FleetConfig {
+        hosts,
+        series: 2000,
+        seed: 42,
+        rounds,
+        bad: Vec::new(),
+    });
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    let mut pages = Vec::new();
+    for r in 0..rounds {
+        for h in 0..hosts {
+            let mut out = Vec::new();
+            fleet.render(h, r, &mut out);
+            bytes += out.len();
+            if r < 2 && h < 100 {
+                pages.push(out);
+            }
+        }
+    }
+    let el = t.elapsed().as_secs_f64();
+    let pts = f64::from(hosts) * 2000.0 * rounds as f64;
+    println!(
+        "render: {:.1} M points/s, {:.0} MB/s",
+        pts / el / 1e6,
+        bytes as f64 / el / 1e6
+    );
+
+    let checks = Checks::builtin();
+    let mut states: Vec<HostState> = (0..hosts).map(HostState::new).collect();
+    let mut all = Vec::new();
+    for r in 0..rounds {
+        for h in 0..hosts {
+            let mut out = Vec::new();
+            fleet.render(h, r, &mut out);
+            all.push(out);
+        }
+    }
+    let t = Instant::now();
+    let mut points = 0u64;
+    let mut findings = 0usize;
+    for r in 0..rounds {
+        for h in 0..hosts {
+            let page = &all[(r * u64::from(hosts) + u64::from(h)) as usize];
+            let hr = scrape_round(
+                &mut states[h as usize],
+                &checks,
+                page,
+                r,
+                r as f64 * STEP_SECS,
+            );
+            points += hr.points;
+            findings += hr.findings.len();
+        }
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!(
+        "scrape_round: {:.1} M points/s ({points} points, {findings} findings)",
+        points as f64 / el / 1e6
+    );
+    let t = Instant::now();
+    let mut n = 0usize;
+    for p in &all {
+        for it in fleetcheck::expfmt::Parser::new(p) {
+            if let Ok(fleetcheck::expfmt::Item::Sample(_)) = it {
+                n += 1;
+            }
+        }
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!("parse only: {:.1} M points/s", n as f64 / el / 1e6);
+    drop(pages);
+}

@@ -1,0 +1,30 @@
+//! fleetcheck: scrape a fleet of Prometheus endpoints in rounds, run checks
+//! (built-in rule kinds and custom [`checks::Check`] implementations),
+//! aggregate anomalies into a mergeable [`report::Report`].
+//!
+//! The per-host logic ([`state::scrape_round`], [`scan::fetch_page`],
+//! [`scan::scrape_host`], [`worker::WorkerState::scrape`]) is plain code
+//! independent of where it runs: the in-process baseline
+//! ([`scan::scan_inprocess`]) and a process-pool runner share it.
+//!
+//! Pool integration sketch: each worker builds a [`worker::WorkerState`] from
+//! a serde [`worker::WorkerInit`] once; the task `scrape(HostSpec, round) ->
+//! HostRound` calls [`worker::WorkerState::scrape`]; hosts are routed by
+//! `HostSpec::id`; the reducer is [`Report`] (`Report::default`,
+//! [`Report::add`], [`Report::merge`]); after all hosts of a round are merged
+//! the parent calls [`Report::finish_round`] (fleet-level checks).
+
+pub mod checks;
+pub mod expfmt;
+pub mod fleet;
+pub mod http;
+pub mod report;
+pub mod rules;
+pub mod scan;
+pub mod state;
+pub mod worker;
+
+pub use checks::{Check, Checks};
+pub use report::Report;
+pub use rules::Rules;
+pub use state::{Finding, HostRound, HostState, scrape_round};

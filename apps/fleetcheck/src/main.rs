@@ -1,0 +1,433 @@
+//! fleetcheck command line. With no arguments: start the built-in simulated
+//! fleet in a child process, scan it for 10 rounds, print the report and
+//! verify the findings against the injected anomalies.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fleetcheck::checks::Checks;
+use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
+use fleetcheck::report::{RenderCtx, Report, render_json, render_table, verify};
+use fleetcheck::rules::Rules;
+use fleetcheck::scan::{
+    Clock, RoundObserver, ScanConfig, ScrapeOptions, host_specs, parse_targets, scan_inprocess,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fleetcheck",
+    version,
+    about = "Scrape a fleet of Prometheus endpoints in rounds, run checks, report anomalies."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// File with one target URL per line (`#` comments allowed).
+    #[arg(long)]
+    targets: Option<PathBuf>,
+    /// Target URL (repeatable).
+    #[arg(long = "target")]
+    target: Vec<String>,
+    /// Rules file (TOML); the built-in rules are used by default.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Print the built-in rules as TOML and exit.
+    #[arg(long)]
+    print_rules: bool,
+    /// Rounds to scan (0 = forever).
+    #[arg(long, default_value_t = 10)]
+    rounds: u64,
+    /// Seconds between round starts (0 = back to back).
+    #[arg(long, default_value_t = 0.0)]
+    interval: f64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Hosts of the built-in fleet.
+    #[arg(long, default_value_t = 1000)]
+    fleet_hosts: u32,
+    /// Series per host of the built-in fleet.
+    #[arg(long, default_value_t = 2000)]
+    fleet_series: u32,
+    /// Seed of the built-in fleet.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Shortcut: total points (e.g. 100M) = 1000 hosts x 2000 series x rounds.
+    #[arg(long)]
+    points: Option<String>,
+    /// Concurrent scrapes.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Maximum page size in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_page_bytes: usize,
+    /// Time source for rates: auto = logical for the built-in fleet, wall otherwise.
+    #[arg(long, value_enum, default_value_t = ClockArg::Auto)]
+    clock: ClockArg,
+    /// Never show the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Rows of findings listed in the table output.
+    #[arg(long, default_value_t = 40)]
+    max_listed: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the simulated fleet alone (prints `listening http://ADDR` and the targets).
+    ServeFleet {
+        /// Hosts.
+        #[arg(long, default_value_t = 1000)]
+        hosts: u32,
+        /// Series per host.
+        #[arg(long, default_value_t = 2000)]
+        series: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Rounds the injection schedule spans.
+        #[arg(long, default_value_t = 10)]
+        rounds: u64,
+        /// Port on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Write the target URLs to this file.
+        #[arg(long)]
+        targets_out: Option<PathBuf>,
+        /// Print every target URL on stdout.
+        #[arg(long)]
+        print_targets: bool,
+        /// Exit when stdin is closed (used when started by fleetcheck).
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum ClockArg {
+    Auto,
+    Wall,
+    Logical,
+}
+
+fn parse_count(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1_000),
+        'm' | 'M' => (&s[..s.len() - 1], 1_000_000),
+        'g' | 'G' => (&s[..s.len() - 1], 1_000_000_000),
+        _ => (s, 1),
+    };
+    let v: f64 = num.parse().ok()?;
+    (v >= 0.0).then_some((v * mul as f64) as u64)
+}
+
+struct Progress {
+    pb: ProgressBar,
+    /// Cumulative report after the last finished round (printed on Ctrl-C).
+    last: Option<Report>,
+    forever: bool,
+}
+
+impl RoundObserver for Progress {
+    fn host_done(&self) {
+        self.pb.inc(1);
+    }
+    fn round_done(&mut self, round: u64, r: &Report) {
+        self.pb.set_message(format!(
+            "round {} done, {} anomalies",
+            round + 1,
+            r.anomalies
+        ));
+        if self.forever {
+            self.pb.suspend(|| {
+                eprintln!(
+                    "round {}: {} points, {} anomalies, {} scrape problems so far",
+                    round + 1,
+                    r.points,
+                    r.anomalies,
+                    r.scrape_failures
+                )
+            });
+        }
+        self.last = Some(r.clone());
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("fleetcheck: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start tokio runtime: {e}"))
+}
+
+fn run(mut cli: Cli) -> Result<u8, String> {
+    if let Some(Cmd::ServeFleet {
+        hosts,
+        series,
+        seed,
+        rounds,
+        port,
+        targets_out,
+        print_targets,
+        exit_on_stdin_eof,
+    }) = cli.cmd.take()
+    {
+        let cfg = FleetConfig {
+            hosts,
+            series,
+            seed,
+            rounds,
+            bad: Vec::new(),
+        };
+        return serve_fleet(cfg, port, targets_out, print_targets, exit_on_stdin_eof).map(|()| 0);
+    }
+    if cli.print_rules {
+        print!("{}", Rules::builtin().to_toml());
+        return Ok(0);
+    }
+    let rules = match &cli.rules {
+        Some(p) => Rules::load(p)?,
+        None => Rules::builtin(),
+    };
+    let checks = Arc::new(Checks::from_rules(&rules));
+    if let Some(p) = &cli.points {
+        let n =
+            parse_count(p).ok_or_else(|| format!("--points: cannot parse {p:?} (e.g. 100M)"))?;
+        cli.fleet_hosts = 1000;
+        cli.fleet_series = 2000;
+        cli.rounds = n.div_ceil(2_000_000).max(1);
+    }
+    let mut urls = cli.target.clone();
+    if let Some(p) = &cli.targets {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        urls.extend(parse_targets(&text));
+    }
+    let builtin = urls.is_empty();
+    if builtin && cli.rounds == 0 {
+        return Err("the built-in fleet needs a finite --rounds".into());
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let fleet_cfg = FleetConfig {
+            hosts: cli.fleet_hosts,
+            series: cli.fleet_series,
+            seed: cli.seed,
+            rounds: cli.rounds,
+            bad: Vec::new(),
+        };
+        let mut child = None;
+        if builtin {
+            let (c, addr) = spawn_fleet(&fleet_cfg).await?;
+            child = Some(c);
+            urls = (0..fleet_cfg.hosts)
+                .map(|i| format!("http://{addr}/host/{i}/metrics"))
+                .collect();
+        }
+        let clock = match (cli.clock, builtin) {
+            (ClockArg::Wall, _) | (ClockArg::Auto, false) => Clock::Wall,
+            (ClockArg::Logical, _) | (ClockArg::Auto, true) => Clock::Logical { step: STEP_SECS },
+        };
+        let cfg = ScanConfig {
+            targets: host_specs(&urls),
+            rounds: cli.rounds,
+            interval: Duration::from_secs_f64(cli.interval.max(0.0)),
+            concurrency: cli.concurrency,
+            opts: ScrapeOptions {
+                timeout_ms: cli.timeout_ms,
+                max_bytes: cli.max_page_bytes,
+                round_query: builtin,
+                clock,
+            },
+        };
+        let show = !cli.no_progress && std::io::stderr().is_terminal();
+        let pb = if show {
+            let len = if cli.rounds == 0 {
+                None
+            } else {
+                Some(cli.rounds * urls.len() as u64)
+            };
+            let pb = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
+            if let Ok(st) = ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} scrapes {per_sec} {msg}",
+            ) {
+                pb.set_style(st.progress_chars("=> "));
+            }
+            pb
+        } else {
+            ProgressBar::hidden()
+        };
+        let obs = Arc::new(Mutex::new(Progress {
+            pb: pb.clone(),
+            last: None,
+            forever: cli.rounds == 0,
+        }));
+        let start = Instant::now();
+        // Ctrl-C: stop and report what the finished rounds found.
+        let report = tokio::select! {
+            r = scan_inprocess(&cfg, checks, obs.clone()) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("fleetcheck: interrupted; reporting finished rounds");
+                obs.lock().ok().and_then(|mut o| o.last.take()).unwrap_or_default()
+            }
+        };
+        let elapsed = start.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+        if let Some(mut c) = child {
+            let _ = c.kill().await;
+        }
+        let verification = builtin.then(|| {
+            let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
+            verify(&report.findings, &truth)
+        });
+        let ctx = RenderCtx {
+            targets: &urls,
+            elapsed_secs: elapsed,
+            verification: verification.as_ref(),
+            max_listed: cli.max_listed,
+        };
+        let out = match cli.format {
+            Format::Table => render_table(&report, &ctx),
+            Format::Json => render_json(&report, &ctx),
+        };
+        let mut so = std::io::stdout().lock();
+        let _ = writeln!(so, "{out}");
+        let _ = so.flush();
+        if let Some(v) = &verification {
+            if !v.passed() {
+                return Err(format!(
+                    "verification against injected anomalies failed: precision {:.4}, recall {:.4}",
+                    v.precision, v.recall
+                ));
+            }
+        }
+        Ok(report.exit_code() as u8)
+    })
+}
+
+/// Start `fleetcheck serve-fleet` as a child process and read its address.
+async fn spawn_fleet(cfg: &FleetConfig) -> Result<(tokio::process::Child, String), String> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve-fleet", "--port", "0", "--exit-on-stdin-eof"])
+        .args([
+            "--hosts",
+            &cfg.hosts.to_string(),
+            "--series",
+            &cfg.series.to_string(),
+        ])
+        .args([
+            "--seed",
+            &cfg.seed.to_string(),
+            "--rounds",
+            &cfg.rounds.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start fleet process: {e}"))?;
+    let stdout = child.stdout.take().ok_or("fleet process has no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .map_err(|_| "fleet process did not report its address in 60 s".to_string())?
+        .map_err(|e| format!("reading fleet process output: {e}"))?
+        .ok_or("fleet process exited before reporting its address")?;
+    let addr = line
+        .strip_prefix("listening http://")
+        .ok_or_else(|| format!("unexpected fleet process output {line:?}"))?
+        .trim()
+        .to_string();
+    // Keep draining its stdout so it never blocks.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
+
+fn serve_fleet(
+    cfg: FleetConfig,
+    port: u16,
+    targets_out: Option<PathBuf>,
+    print_targets: bool,
+    exit_on_stdin_eof: bool,
+) -> Result<(), String> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let fleet = Arc::new(Fleet::new(cfg));
+        let server = FleetServer::start(fleet.clone(), port)
+            .await
+            .map_err(|e| format!("cannot bind 127.0.0.1:{port}: {e}"))?;
+        let urls = server.target_urls();
+        if let Some(p) = targets_out {
+            let mut text = String::from("# fleetcheck simulated fleet\n");
+            for u in &urls {
+                text.push_str(u);
+                text.push('\n');
+            }
+            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        {
+            let mut so = std::io::stdout().lock();
+            let _ = writeln!(so, "listening http://{}", server.addr);
+            let _ = writeln!(
+                so,
+                "{} hosts: http://{}/host/{{0..{}}}/metrics (add ?round=N to pick a round)",
+                urls.len(),
+                server.addr,
+                urls.len().saturating_sub(1)
+            );
+            if print_targets {
+                for u in &urls {
+                    let _ = writeln!(so, "{u}");
+                }
+            }
+            let _ = so.flush();
+        }
+        if exit_on_stdin_eof {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let stdin = std::io::stdin();
+                let mut lock = stdin.lock();
+                while matches!(lock.read_line(&mut s), Ok(n) if n > 0) {
+                    s.clear();
+                }
+                let _ = tx.send(());
+            });
+            tokio::select! {
+                _ = rx => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        drop(server);
+        Ok(())
+    })
+}

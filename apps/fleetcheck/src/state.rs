@@ -1,0 +1,599 @@
+//! Per-host state and the per-host, per-round pure function [`scrape_round`].
+//!
+//! Series are interned by a 64-bit hash of their `name{labels}` text; per
+//! series state lives in flat `Vec`s indexed by a dense series index. Checks
+//! are bound to series once, when a series first appears; histories exist only
+//! for bound series of checks that ask for them, so memory is flat across
+//! rounds.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{
+    Checks, History, HostView, Observation, PageLookup, Prev, SeriesInfo, SeriesView,
+};
+use crate::expfmt::{Hinted, Item, Parser};
+
+/// Kind string of findings about a target that could not be scraped.
+pub const SCRAPE_KIND: &str = "scrape";
+
+/// One finding: an anomaly of a check on a host's series in a round, or a
+/// scrape problem (kind [`SCRAPE_KIND`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Host id.
+    pub host: u32,
+    /// Round.
+    pub round: u64,
+    /// Check (rule) name; for scrape problems one of `unreachable`,
+    /// `timeout`, `http_status`, `oversize`, `malformed`, `bad_url`, `http`.
+    pub check: String,
+    /// Check kind (`threshold`, `rate`, ..., `scrape`).
+    pub kind: String,
+    /// Series key `name{labels}` (metric name for `absent`, empty for scrape).
+    pub series: String,
+    /// Offending value (0 when not applicable).
+    pub value: f64,
+    /// Explanation.
+    pub message: String,
+}
+
+/// A value contributed by a host to a fleet-level check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetValue {
+    /// Index of the check in the [`Checks`] registry.
+    pub check: u32,
+    /// Series key.
+    pub series: String,
+    /// Host id.
+    pub host: u32,
+    /// Value.
+    pub value: f64,
+}
+
+/// The result of scraping one host in one round (small, serde; crosses processes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostRound {
+    /// Host id.
+    pub host: u32,
+    /// Round.
+    pub round: u64,
+    /// Samples parsed.
+    pub points: u64,
+    /// Page bytes.
+    pub bytes: u64,
+    /// True when the scrape failed (see findings).
+    pub failed: bool,
+    /// Findings of this host (anomalies and scrape problems).
+    pub findings: Vec<Finding>,
+    /// Values for fleet-level checks.
+    pub fleet_values: Vec<FleetValue>,
+}
+
+impl HostRound {
+    /// A failed scrape: one finding of kind [`SCRAPE_KIND`].
+    pub fn failed(host: u32, round: u64, check: &str, message: String) -> Self {
+        HostRound {
+            host,
+            round,
+            failed: true,
+            findings: vec![Finding {
+                host,
+                round,
+                check: check.to_string(),
+                kind: SCRAPE_KIND.to_string(),
+                series: String::new(),
+                value: 0.0,
+                message,
+            }],
+            ..HostRound::default()
+        }
+    }
+}
+
+/// Identity hasher for already-hashed u64 keys.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// 64-bit hash of a series key (fast, well mixed).
+#[inline]
+pub fn hash_key(b: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h: u64 = (b.len() as u64).wrapping_mul(K);
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(a)).wrapping_mul(K);
+    }
+    let rem = chunks.remainder();
+    if !rem.is_empty() {
+        let mut a = [0u8; 8];
+        a[..rem.len()].copy_from_slice(rem);
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(a)).wrapping_mul(K);
+    }
+    // fmix64
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+const NEVER: u64 = u64::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    key_start: u32,
+    key_len: u32,
+    name_len: u32,
+    fam: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Binding {
+    series: u32,
+    hist: u32,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    keys: String,
+    meta: Vec<Meta>,
+    slots: Vec<Slot>,
+}
+
+/// Hot per-series state, one cache line per series.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    value: f64,
+    time: f64,
+    last_seen: u64,
+    prev_value: f64,
+    prev_time: f64,
+    prev_seen: u64,
+    mark: u64,
+}
+
+impl Table {
+    fn key(&self, i: usize) -> &str {
+        let m = self.meta[i];
+        self.keys
+            .get(m.key_start as usize..(m.key_start + m.key_len) as usize)
+            .unwrap_or("")
+    }
+    fn name(&self, i: usize) -> &str {
+        let m = self.meta[i];
+        self.keys
+            .get(m.key_start as usize..(m.key_start + m.name_len) as usize)
+            .unwrap_or("")
+    }
+}
+
+struct Lookup<'a> {
+    t: &'a Table,
+    round: u64,
+}
+
+impl PageLookup for Lookup<'_> {
+    fn value_of(&self, key: &str) -> Option<f64> {
+        let i = *self.t.index.get(&hash_key(key.as_bytes()))? as usize;
+        (self.t.slots[i].last_seen == self.round && self.t.key(i) == key)
+            .then(|| self.t.slots[i].value)
+    }
+}
+
+/// State of one host: its series and the checks' per-series state.
+#[derive(Debug)]
+pub struct HostState {
+    host: u32,
+    t: Table,
+    order: Vec<u32>,
+    bindings: Vec<Vec<Binding>>,
+    hists: Vec<History>,
+    pending: Vec<(u32, f64, f64)>,
+    prev_round: Option<u64>,
+    scrapes: u64,
+}
+
+impl HostState {
+    /// Fresh state for `host`.
+    pub fn new(host: u32) -> Self {
+        HostState {
+            host,
+            t: Table::default(),
+            order: Vec::new(),
+            bindings: Vec::new(),
+            hists: Vec::new(),
+            pending: Vec::new(),
+            prev_round: None,
+            scrapes: 0,
+        }
+    }
+
+    /// Host id.
+    pub fn host(&self) -> u32 {
+        self.host
+    }
+
+    /// Number of interned series.
+    pub fn series_count(&self) -> usize {
+        self.t.meta.len()
+    }
+
+    /// Round of the last successful scrape.
+    pub fn last_round(&self) -> Option<u64> {
+        self.prev_round
+    }
+
+    /// Current value of a series (`name{labels}`), if it was ever seen.
+    pub fn value_of(&self, key: &str) -> Option<f64> {
+        let i = *self.t.index.get(&hash_key(key.as_bytes()))? as usize;
+        (self.t.key(i) == key && self.t.slots[i].last_seen != NEVER).then(|| self.t.slots[i].value)
+    }
+
+    fn intern(&mut self, checks: &Checks, info: &SeriesInfo<'_>, h: u64) -> u32 {
+        let idx = self.t.meta.len() as u32;
+        let key_start = self.t.keys.len() as u32;
+        self.t.keys.push_str(info.key);
+        self.t.meta.push(Meta {
+            key_start,
+            key_len: info.key.len() as u32,
+            name_len: info.name.len() as u32,
+            fam: 0,
+        });
+        self.t.slots.push(Slot {
+            value: f64::NAN,
+            time: 0.0,
+            last_seen: NEVER,
+            prev_value: f64::NAN,
+            prev_time: 0.0,
+            prev_seen: NEVER,
+            mark: NEVER,
+        });
+        self.t.index.insert(h, idx);
+        if self.bindings.len() < checks.len() {
+            self.bindings.resize_with(checks.len(), Vec::new);
+        }
+        for (ci, c) in checks.iter().enumerate() {
+            if c.watches(info) {
+                let hl = c.history_len();
+                let hist = if hl > 0 {
+                    self.hists.push(History::with_capacity(hl));
+                    (self.hists.len() - 1) as u32
+                } else {
+                    u32::MAX
+                };
+                self.bindings[ci].push(Binding { series: idx, hist });
+            }
+        }
+        idx
+    }
+}
+
+struct View<'a> {
+    st: &'a HostState,
+    check: usize,
+    round: u64,
+    prev_round: Option<u64>,
+}
+
+impl HostView for View<'_> {
+    fn host(&self) -> u32 {
+        self.st.host
+    }
+    fn round(&self) -> u64 {
+        self.round
+    }
+    fn prev_round(&self) -> Option<u64> {
+        self.prev_round
+    }
+    fn watched(&self) -> Box<dyn Iterator<Item = SeriesView<'_>> + '_> {
+        let t = &self.st.t;
+        let b = self
+            .st
+            .bindings
+            .get(self.check)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        Box::new(b.iter().map(move |b| {
+            let i = b.series as usize;
+            SeriesView {
+                key: t.key(i),
+                name: t.name(i),
+                value: t.slots[i].value,
+                last_seen: (t.slots[i].last_seen != NEVER).then_some(t.slots[i].last_seen),
+            }
+        }))
+    }
+}
+
+/// Parse one page of `state`'s host for `round` (time `now`, seconds), update
+/// the host's state and run every check. A malformed page yields one
+/// `malformed` scrape finding and leaves the series values untouched.
+pub fn scrape_round(
+    state: &mut HostState,
+    checks: &Checks,
+    page: &[u8],
+    round: u64,
+    now: f64,
+) -> HostRound {
+    let host = state.host;
+    state.scrapes += 1;
+    let scrape = state.scrapes;
+    let mut pending = std::mem::take(&mut state.pending);
+    pending.clear();
+    let mut pos = 0usize;
+    let mut err = None;
+    let mut parser = Parser::new(page);
+    loop {
+        let hint_idx = state.order.get(pos).copied();
+        let hint = hint_idx.map(|i| {
+            let m = state.t.meta[i as usize];
+            (
+                &state.t.keys.as_bytes()[m.key_start as usize..(m.key_start + m.key_len) as usize],
+                m.fam,
+            )
+        });
+        let (idx, value, ts, line) = match parser.next_hinted(hint) {
+            None => break,
+            Some(Ok(Hinted::Known {
+                value,
+                timestamp_ms,
+                line,
+            })) => match hint_idx {
+                Some(i) => (i, value, timestamp_ms, line),
+                None => break,
+            },
+            Some(Ok(Hinted::Item(Item::Sample(s)))) => {
+                let h = hash_key(s.key.as_bytes());
+                let idx = match state.t.index.get(&h) {
+                    Some(&i) => i,
+                    None => {
+                        let info = SeriesInfo {
+                            name: s.name,
+                            labels: s.labels,
+                            key: s.key,
+                            family_type: s.family_type,
+                        };
+                        state.intern(checks, &info, h)
+                    }
+                };
+                state.t.meta[idx as usize].fam = parser.family_context();
+                (idx, s.value, s.timestamp_ms, s.line)
+            }
+            Some(Ok(Hinted::Item(_))) => continue,
+            Some(Err(e)) => {
+                err = Some(e.to_string());
+                break;
+            }
+        };
+        if pos < state.order.len() {
+            state.order[pos] = idx;
+        } else {
+            state.order.push(idx);
+        }
+        pos += 1;
+        let m = &mut state.t.slots[idx as usize].mark;
+        if *m == scrape {
+            err = Some(format!(
+                "line {line}: duplicate series {}",
+                state.t.key(idx as usize)
+            ));
+            break;
+        }
+        *m = scrape;
+        let t = match ts {
+            None => now,
+            Some(ms) => ms as f64 * 0.001,
+        };
+        pending.push((idx, value, t));
+    }
+    state.order.truncate(pos);
+    if let Some(e) = err {
+        state.pending = pending;
+        let mut hr = HostRound::failed(host, round, "malformed", e);
+        hr.bytes = page.len() as u64;
+        return hr;
+    }
+    let t = &mut state.t;
+    for &(i, v, tm) in &pending {
+        let i = i as usize;
+        let sl = &mut t.slots[i];
+        sl.prev_value = sl.value;
+        sl.prev_time = sl.time;
+        sl.prev_seen = sl.last_seen;
+        sl.value = v;
+        sl.time = tm;
+        sl.last_seen = round;
+    }
+    let mut out = HostRound {
+        host,
+        round,
+        points: pending.len() as u64,
+        bytes: page.len() as u64,
+        ..HostRound::default()
+    };
+    state.pending = pending;
+    let prev_round = state.prev_round;
+    let mut ends = Vec::new();
+    for (ci, c) in checks.iter().enumerate() {
+        let Some(binds) = state.bindings.get(ci) else {
+            continue;
+        };
+        let lookup = Lookup { t: &state.t, round };
+        for b in binds {
+            let i = b.series as usize;
+            let t = &state.t;
+            if t.slots[i].last_seen != round {
+                continue;
+            }
+            let empty = History::default();
+            let hist = state.hists.get(b.hist as usize).unwrap_or(&empty);
+            let obs = Observation {
+                host,
+                round,
+                key: t.key(i),
+                name: t.name(i),
+                value: t.slots[i].value,
+                time: t.slots[i].time,
+                prev: (t.slots[i].prev_seen != NEVER).then(|| Prev {
+                    value: t.slots[i].prev_value,
+                    time: t.slots[i].prev_time,
+                }),
+                history: hist,
+                page: &lookup,
+            };
+            if let Some(a) = c.evaluate(&obs) {
+                out.findings.push(Finding {
+                    host,
+                    round,
+                    check: c.name().to_string(),
+                    kind: c.kind().to_string(),
+                    series: obs.key.to_string(),
+                    value: a.value,
+                    message: a.message,
+                });
+            }
+            if let Some(v) = c.fleet_value(&obs) {
+                out.fleet_values.push(FleetValue {
+                    check: ci as u32,
+                    series: obs.key.to_string(),
+                    host,
+                    value: v,
+                });
+            }
+        }
+        // push current values into histories
+        for b in binds {
+            if let Some(h) = state.hists.get_mut(b.hist as usize) {
+                let i = b.series as usize;
+                if state.t.slots[i].last_seen == round {
+                    h.push(state.t.slots[i].value);
+                }
+            }
+        }
+        ends.clear();
+        let view = View {
+            st: state,
+            check: ci,
+            round,
+            prev_round,
+        };
+        c.end_round(&view, &mut ends);
+        for (series, a) in ends.drain(..) {
+            out.findings.push(Finding {
+                host,
+                round,
+                check: c.name().to_string(),
+                kind: c.kind().to_string(),
+                series,
+                value: a.value,
+                message: a.message,
+            });
+        }
+    }
+    state.prev_round = Some(round);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_differs() {
+        assert_ne!(hash_key(b"a{x=\"1\"}"), hash_key(b"a{x=\"2\"}"));
+        assert_ne!(hash_key(b""), hash_key(b"\0"));
+    }
+
+    #[test]
+    fn state_tracks_series_and_order_changes() {
+        let checks = Checks::new();
+        let mut st = HostState::new(7);
+        let r = scrape_round(&mut st, &checks, b"a 1\nb{x=\"1\"} 2\n", 0, 0.0);
+        assert_eq!(r.points, 2);
+        assert_eq!(st.series_count(), 2);
+        let r = scrape_round(&mut st, &checks, b"c 3\nb{x=\"1\"} 5\na 4\n", 1, 15.0);
+        assert_eq!(r.points, 3);
+        assert_eq!(st.series_count(), 3);
+        assert_eq!(st.value_of("a"), Some(4.0));
+        assert_eq!(st.value_of("b{x=\"1\"}"), Some(5.0));
+        // malformed page: finding, state untouched
+        let r = scrape_round(&mut st, &checks, b"a 9\nb{x=\"1\" 2\n", 2, 30.0);
+        assert!(r.failed);
+        assert_eq!(r.findings[0].check, "malformed");
+        assert!(r.findings[0].message.contains("line 2"), "{:?}", r.findings);
+        assert_eq!(st.value_of("a"), Some(4.0));
+        // duplicate series
+        let r = scrape_round(&mut st, &checks, b"a 9\na 2\n", 3, 45.0);
+        assert!(r.failed);
+        assert!(r.findings[0].message.contains("duplicate"));
+    }
+
+    #[test]
+    fn hinted_fast_path_revalidates_when_context_changes() {
+        let checks = Checks::new();
+        let mut st = HostState::new(0);
+        let ok = scrape_round(
+            &mut st,
+            &checks,
+            b"# TYPE h gauge\nh_bucket{x=\"1\"} 1\n",
+            0,
+            0.0,
+        );
+        assert!(!ok.failed, "{ok:?}");
+        // same key bytes, now inside a histogram family: must be re-parsed and refused
+        let r = scrape_round(
+            &mut st,
+            &checks,
+            b"# TYPE h histogram\nh_bucket{x=\"1\"} 1\n",
+            1,
+            15.0,
+        );
+        assert!(r.failed);
+        assert!(r.findings[0].message.contains("without 'le'"), "{r:?}");
+        // known key with a bad value is still an error with its line
+        let r = scrape_round(
+            &mut st,
+            &checks,
+            b"# TYPE h gauge\nh_bucket{x=\"1\"} abc\n",
+            2,
+            30.0,
+        );
+        assert!(r.failed);
+        assert!(
+            r.findings[0].message.starts_with("line 2: invalid value"),
+            "{r:?}"
+        );
+        // a key that is a prefix of the next line's key is not taken for it
+        let mut st = HostState::new(1);
+        scrape_round(&mut st, &checks, b"a 1\nab 2\n", 0, 0.0);
+        let r = scrape_round(&mut st, &checks, b"ab 3\na 4\n", 1, 15.0);
+        assert_eq!(r.points, 2);
+        assert_eq!(st.value_of("ab"), Some(3.0));
+        assert_eq!(st.value_of("a"), Some(4.0));
+        // timestamps on known keys
+        let r = scrape_round(&mut st, &checks, b"ab 5 1000\na 6\n", 2, 30.0);
+        assert!(!r.failed);
+        assert_eq!(st.value_of("ab"), Some(5.0));
+    }
+}

@@ -1,0 +1,180 @@
+//! Per-worker state for running scrapes in a process pool (or any runner).
+//!
+//! A worker process builds one [`WorkerState`] (from a serde [`WorkerInit`],
+//! plus any custom checks registered in code) and then serves
+//! `scrape(host, round)` calls for the hosts routed to it. Host state stays in
+//! the worker across rounds; the per-host result ([`HostRound`]) is small and
+//! serde, and folds into a [`crate::report::Report`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checks::Checks;
+use crate::http::HttpClient;
+use crate::rules::Rules;
+use crate::scan::{HostSpec, ScrapeOptions, fetch_page, process_page};
+use crate::state::{HostRound, HostState};
+
+/// What a worker needs to build its state (sent once per worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInit {
+    /// Rules (built-in kinds). Custom checks are added in code.
+    pub rules: Rules,
+    /// Scrape options.
+    pub opts: ScrapeOptions,
+}
+
+/// State of one worker: checks, HTTP client, and the state of every host
+/// routed to it.
+#[derive(Debug)]
+pub struct WorkerState {
+    checks: Checks,
+    client: HttpClient,
+    opts: ScrapeOptions,
+    hosts: Mutex<HashMap<u32, HostState>>,
+}
+
+impl WorkerState {
+    /// Build from rules and options (custom checks: see [`WorkerState::with_checks`]).
+    pub fn new(init: &WorkerInit) -> Self {
+        WorkerState::with_checks(Checks::from_rules(&init.rules), init.opts)
+    }
+
+    /// Build from an explicit check registry.
+    pub fn with_checks(checks: Checks, opts: ScrapeOptions) -> Self {
+        WorkerState {
+            checks,
+            client: HttpClient::new(),
+            opts,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The checks.
+    pub fn checks(&self) -> &Checks {
+        &self.checks
+    }
+
+    /// Number of hosts with state in this worker.
+    pub fn host_count(&self) -> usize {
+        self.hosts.lock().map_or(0, |h| h.len())
+    }
+
+    /// Fetch, parse and check `spec` for `round`. The host lock is never
+    /// held across an `.await`; concurrent calls for different hosts are fine
+    /// (calls for the same host must not overlap — route by host and run
+    /// rounds in order).
+    pub async fn scrape(&self, spec: &HostSpec, round: u64) -> HostRound {
+        let page = fetch_page(&self.client, spec, round, &self.opts).await;
+        let now = self.opts.clock.now(round);
+        let mut st = {
+            let Ok(mut hosts) = self.hosts.lock() else {
+                return HostRound::failed(
+                    spec.id,
+                    round,
+                    "internal",
+                    "worker state poisoned".into(),
+                );
+            };
+            hosts
+                .remove(&spec.id)
+                .unwrap_or_else(|| HostState::new(spec.id))
+        };
+        let hr = process_page(&mut st, &self.checks, round, now, page);
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.insert(spec.id, st);
+        }
+        hr
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
+    use crate::report::{Report, verify};
+    use crate::scan::{Clock, host_specs};
+    use std::sync::Arc;
+
+    #[test]
+    fn worker_types_are_send_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<WorkerState>();
+        assert_send_sync::<WorkerInit>();
+        assert_send_sync::<HostRound>();
+        assert_send_sync::<Report>();
+    }
+
+    #[test]
+    fn targets_file_and_round_query() {
+        let t = crate::scan::parse_targets("# fleet\nhttp://a/metrics\n\n  http://b/m?x=1  # b\n");
+        assert_eq!(
+            t,
+            vec!["http://a/metrics".to_string(), "http://b/m?x=1".to_string()]
+        );
+        let specs = host_specs(&t);
+        let o = ScrapeOptions {
+            round_query: true,
+            ..Default::default()
+        };
+        assert_eq!(o.url(&specs[0], 3), "http://a/metrics?round=3");
+        assert_eq!(o.url(&specs[1], 4), "http://b/m?x=1&round=4");
+        assert_eq!(
+            ScrapeOptions::default().url(&specs[0], 3),
+            "http://a/metrics"
+        );
+    }
+
+    /// Simulates the pool: two workers, hosts routed by id, one reduce per round.
+    #[tokio::test(flavor = "current_thread")]
+    async fn two_workers_fold_and_merge() {
+        let rounds = 5;
+        let fleet = Arc::new(Fleet::new(FleetConfig {
+            hosts: 12,
+            series: 60,
+            seed: 9,
+            rounds,
+            bad: Vec::new(),
+        }));
+        let server = FleetServer::start(fleet.clone(), 0).await.unwrap();
+        let specs = host_specs(&server.target_urls());
+        let init = WorkerInit {
+            rules: Rules::builtin(),
+            opts: ScrapeOptions {
+                round_query: true,
+                clock: Clock::Logical { step: STEP_SECS },
+                ..Default::default()
+            },
+        };
+        let init: WorkerInit =
+            serde_json::from_str(&serde_json::to_string(&init).unwrap()).unwrap();
+        let workers = [WorkerState::new(&init), WorkerState::new(&init)];
+        let parent_checks = Checks::from_rules(&init.rules);
+        let mut total = Report::default();
+        for round in 0..rounds {
+            let mut parts = [Report::default(), Report::default()];
+            for s in &specs {
+                let w = (s.id % 2) as usize;
+                let hr = workers[w].scrape(s, round).await;
+                // crosses the process boundary as serde
+                let hr: HostRound =
+                    serde_json::from_str(&serde_json::to_string(&hr).unwrap()).unwrap();
+                parts[w].add(hr);
+            }
+            let mut round_rep = Report::default();
+            for p in parts {
+                round_rep.merge(p);
+            }
+            round_rep.finish_round(&parent_checks, round);
+            total.merge(round_rep);
+        }
+        assert_eq!(workers[0].host_count(), 6);
+        assert_eq!(total.rounds, rounds);
+        let v = verify(&total.findings, &fleet.ground_truth(rounds));
+        assert!(v.passed(), "{v:?}");
+        assert_eq!(v.precision, 1.0);
+    }
+}

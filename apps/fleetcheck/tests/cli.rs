@@ -1,0 +1,136 @@
+//! The binary: built-in fleet in a child process, JSON output, exit codes,
+//! rules-file errors, serve-fleet.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fleetcheck"))
+}
+
+#[test]
+fn builtin_fleet_json_verifies_and_exits_1() {
+    let out = bin()
+        .args([
+            "--fleet-hosts",
+            "30",
+            "--fleet-series",
+            "120",
+            "--rounds",
+            "5",
+            "--format",
+            "json",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["rounds"], 5);
+    assert_eq!(v["summary"]["scrape_failures"], 0);
+    assert!(v["summary"]["anomalies"].as_u64().unwrap() > 0);
+    assert_eq!(v["verification"]["passed"], true);
+    assert_eq!(v["verification"]["recall"], 1.0);
+    assert!(v["findings"].as_array().unwrap().iter().all(|f| {
+        f["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    }));
+}
+
+#[test]
+fn malformed_rules_refused_with_line() {
+    let dir = std::env::temp_dir().join(format!("fleetcheck-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("bad.toml");
+    std::fs::write(
+        &p,
+        "[[rule]]\nname = \"x\"\nkind = \"threshold\"\nmetric = \"m\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--rules", p.to_str().unwrap(), "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") && err.contains("above"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unreachable_target_is_a_finding() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let out = bin()
+        .args([
+            "--target",
+            &format!("http://{addr}/metrics"),
+            "--rounds",
+            "2",
+            "--format",
+            "json",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["scrape_failures"], 2);
+    assert_eq!(v["findings"][0]["check"], "unreachable");
+    assert!(v["verification"].is_null());
+}
+
+#[test]
+fn serve_fleet_then_scan_it_from_a_targets_file() {
+    let dir = std::env::temp_dir().join(format!("fleetcheck-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let targets = dir.join("targets.txt");
+    let mut child = bin()
+        .args([
+            "serve-fleet",
+            "--hosts",
+            "5",
+            "--series",
+            "80",
+            "--port",
+            "0",
+            "--exit-on-stdin-eof",
+        ])
+        .args(["--targets-out", targets.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("listening http://127.0.0.1:"), "{first}");
+    // The targets file is complete before the banner is printed.
+    let out = bin()
+        .args([
+            "--targets",
+            targets.to_str().unwrap(),
+            "--rounds",
+            "3",
+            "--format",
+            "json",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    drop(child.stdin.take()); // closes stdin: the fleet exits
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["scrapes"], 15, "{v}");
+    assert!(v["summary"]["points"].as_u64().unwrap() >= 15 * 80);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,303 @@
+//! What happens when things go wrong, with real processes: workers killed
+//! at random, poison tasks, stuck tasks, restart storms, cancellation,
+//! orphaned workers, leaking workers, a worker that corrupts its channel.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use multiloop::Pool;
+
+multiloop::init_before_main!();
+
+#[multiloop::task]
+async fn slow_square(x: u64) -> u64 {
+    tokio::time::sleep(Duration::from_micros(500)).await;
+    x * x
+}
+
+#[multiloop::task]
+async fn poison(x: u64) -> u64 {
+    if x == 13 {
+        eprintln!("poison task {x} aborting its worker");
+        std::process::abort();
+    }
+    x
+}
+
+#[multiloop::task]
+async fn always_abort(_x: u64) -> u64 {
+    std::process::abort()
+}
+
+#[multiloop::task]
+async fn spin_if_zero(x: u64) -> u64 {
+    if x == 0 {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            std::hint::spin_loop();
+        }
+    }
+    x
+}
+
+/// Appends one byte to `path` (to count, from the parent, how many tasks
+/// really ran), then naps.
+#[multiloop::task]
+async fn count_and_nap(path: String) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&path).unwrap();
+    f.write_all(b"x").unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    1
+}
+
+#[multiloop::task]
+async fn leak(mib: usize) -> u32 {
+    let mut v = vec![0u8; mib << 20];
+    // Touch every page so it is resident.
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    std::mem::forget(v);
+    std::process::id()
+}
+
+/// Writes garbage into every socket this process holds: the worker's
+/// channel to its parent among them.
+#[multiloop::task]
+async fn corrupt_channel(x: u64) -> u64 {
+    if x == 7 {
+        for fd in 3..256 {
+            // SAFETY: fstat on any integer is fine; it fails on a closed fd.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstat(fd, &mut st) } == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK {
+                let garbage = [0xffu8, 0xff, 0xff, 0x7f, 1, 2, 3];
+                // SAFETY: writing a valid buffer to an open descriptor.
+                unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    x
+}
+
+fn pid_gone_within(pid: u32, limit: Duration) -> bool {
+    // pidfd: woken by the process's exit, no polling.
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as libc::c_int;
+    if fd < 0 {
+        return true; // no such process any more
+    }
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as libc::c_int) };
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    n == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_random_sigkills_lose_nothing() {
+    let pool = Arc::new(
+        Pool::builder()
+            .processes(2)
+            .concurrency(256)
+            .max_attempts(1000)
+            .restart_intensity(100_000, Duration::from_secs(1))
+            .build()
+            .await
+            .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (pool, stop, kills) = (Arc::clone(&pool), Arc::clone(&stop), Arc::clone(&kills));
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                // The chaos itself is paced by time: a kill every few ms.
+                std::thread::sleep(Duration::from_millis(10));
+                let pids = pool.worker_pids();
+                if pids.is_empty() {
+                    continue;
+                }
+                n = n.wrapping_mul(31).wrapping_add(7);
+                let pid = pids[n % pids.len()];
+                // SAFETY: kill has no memory-safety preconditions.
+                if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                    kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    const N: u64 = 100_000;
+    let mut seen = vec![false; N as usize];
+    let mut stream = pool.map_unordered(slow_square, 0..N);
+    let mut delivered = 0u64;
+    while let Some((i, r)) = stream.next().await {
+        assert!(!seen[i as usize], "result {i} delivered twice");
+        seen[i as usize] = true;
+        assert_eq!(r.unwrap(), i * i);
+        delivered += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    assert_eq!(delivered, N);
+    let kills = kills.load(Ordering::Relaxed);
+    eprintln!("chaos: {N} tasks, {kills} workers SIGKILLed, {delivered} results checked");
+    assert!(kills >= 10, "the chaos killed only {kills} workers");
+}
+
+#[tokio::test]
+async fn poison_task_fails_alone_with_its_crash() {
+    let pool = Pool::builder().processes(2).build().await.unwrap();
+    let results: Vec<_> = pool.map(poison, 0..1000u64).collect().await;
+    for (i, r) in results.iter().enumerate() {
+        if i == 13 {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.is_crash(), "{e}");
+            assert_eq!(e.exit_info().unwrap().signal, Some(libc::SIGABRT));
+            assert!(e.stderr_tail().unwrap().contains("poison task 13"), "{e}");
+            assert!(e.to_string().contains("attempt 3 of 3"), "{e}");
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+    assert_eq!(pool.apply(poison, 1).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn stuck_task_gets_hard_timeout_and_worker_is_replaced() {
+    let pool = Pool::builder().processes(2).timeout_grace(Duration::from_millis(250)).build().await.unwrap();
+    let before: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    let deadline = Duration::from_millis(300);
+    let start = Instant::now();
+    let results: Vec<_> = pool.map(spin_if_zero, 0..100u64).timeout(deadline).collect().await;
+    let elapsed = start.elapsed();
+    let e = results[0].as_ref().unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert!(e.to_string().contains("killed"), "a hard timeout says so: {e}");
+    for (i, r) in results.iter().enumerate().skip(1) {
+        assert_eq!(*r.as_ref().unwrap(), i as u64, "sibling {i} completes");
+    }
+    assert!(elapsed < deadline + Duration::from_millis(250) + Duration::from_millis(700), "{elapsed:?}");
+    let after: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    assert!(before.difference(&after).count() >= 1, "the stuck worker is gone");
+    assert!(before.iter().filter(|p| !after.contains(p)).all(|&p| pid_gone_within(p, Duration::from_secs(1))));
+}
+
+#[tokio::test]
+async fn restart_storm_stops_the_pool_with_a_named_error() {
+    let pool = Pool::builder()
+        .processes(2)
+        .max_attempts(100)
+        .restart_intensity(3, Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let results: Vec<_> = pool.map(always_abort, 0..20u64).collect().await;
+    assert!(results.iter().all(|r| r.is_err()));
+    let e = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_restart_intensity())).unwrap();
+    assert!(e.to_string().contains("more than the pool allows"), "{e}");
+    // It stopped spawning: no live workers remain, and new calls fail.
+    let gone = pool.worker_pids();
+    assert!(gone.iter().all(|&p| pid_gone_within(p, Duration::from_secs(2))));
+    let e = pool.apply(always_abort, 1).await.unwrap_err();
+    assert!(e.is_restart_intensity(), "{e}");
+}
+
+#[tokio::test]
+async fn dropping_a_map_stream_cancels_its_queued_tasks() {
+    let dir = std::env::temp_dir().join(format!("multiloop-cancel-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let path = dir.to_string_lossy().into_owned();
+    let pool = Pool::builder().processes(2).concurrency(8).build().await.unwrap();
+    const N: usize = 100_000;
+    {
+        let mut stream = pool.map(count_and_nap, std::iter::repeat_n(path.clone(), N));
+        for _ in 0..50 {
+            stream.next().await.unwrap().unwrap();
+        }
+    } // dropped midway
+    assert_eq!(pool.apply(slow_square, 12).await.unwrap(), 144, "the pool serves the next caller");
+    pool.close().await.unwrap(); // workers exited: the count is final
+    let ran = std::fs::metadata(&dir).map(|m| m.len() as usize).unwrap_or(0);
+    let _ = std::fs::remove_file(&dir);
+    eprintln!("cancel: {ran} of {N} tasks ran after taking 50 results");
+    assert!(ran >= 50 && ran < 1_000, "{ran} tasks ran");
+}
+
+#[tokio::test]
+async fn leaking_worker_is_recycled_without_losing_tasks() {
+    let pool = Pool::builder()
+        .processes(2)
+        .concurrency(1)
+        .max_memory_per_child(150 << 20)
+        .build()
+        .await
+        .unwrap();
+    let pids: Vec<u32> = pool.map(leak, vec![20usize; 40]).await.unwrap();
+    assert_eq!(pids.len(), 40);
+    let distinct: HashSet<u32> = pids.into_iter().collect();
+    assert!(distinct.len() > 2, "workers were replaced: {distinct:?}");
+}
+
+#[tokio::test]
+async fn corrupt_frame_replaces_the_worker_and_retries_its_tasks() {
+    let pool = Pool::builder().processes(2).max_attempts(2).build().await.unwrap();
+    let results: Vec<_> = pool.map(corrupt_channel, 0..200u64).collect().await;
+    for (i, r) in results.iter().enumerate() {
+        if i == 7 {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.is_crash(), "{e}");
+            assert!(e.to_string().contains("bad frame"), "{e}");
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+}
+
+/// Runs only when started by `orphaned_workers_exit_when_the_parent_is_killed`.
+#[tokio::test]
+#[ignore = "helper process for the orphan test"]
+async fn orphan_parent_role() {
+    if std::env::var_os("MULTILOOP_TEST_ORPHAN_ROLE").is_none() {
+        return;
+    }
+    let pool = Pool::builder().processes(2).build().await.unwrap();
+    let pids = pool.worker_pids();
+    println!("PIDS {}", pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "));
+    // Keep a stuck task in flight too: its worker must still go.
+    let _stuck = pool.apply(spin_if_zero, 0);
+    std::future::pending::<()>().await;
+}
+
+#[test]
+fn orphaned_workers_exit_when_the_parent_is_killed() {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", "orphan_parent_role", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("MULTILOOP_TEST_ORPHAN_ROLE", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut pids = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("PIDS ") {
+            pids = rest.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for pid in pids {
+        assert!(pid_gone_within(pid, Duration::from_secs(1)), "worker {pid} outlived its parent");
+    }
+}
