@@ -48,13 +48,15 @@ mod beacon;
 mod error;
 mod pool;
 mod process;
+pub mod reduce;
 mod task;
 mod wire;
 mod worker;
 
 pub use error::{Error, ExitInfo, Result};
 pub use multiloop_macros::task;
-pub use pool::{Apply, Collect, Input, IterInput, Map, MapUnordered, Pool, PoolBuilder, StreamInput};
+pub use pool::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder, StreamInput};
+pub use reduce::{Reduced, Reducer};
 pub use process::{Process, Worker};
 pub use task::{NoError, Task};
 pub use worker::{init, init_with, set_worker_state, worker_state};
@@ -83,6 +85,7 @@ macro_rules! init_before_main {
 #[doc(hidden)]
 pub mod __private {
     //! Used by the code that the macros generate; not a public API.
+    pub use crate::reduce::{REDUCERS, ReducerEntry};
     pub use crate::task::{TASKS, TaskEntry};
     pub use ctor;
     pub use linkme;

@@ -234,7 +234,7 @@ async fn drive(stream: UnixStream, task: &'static str, args: Vec<u8>) -> Result<
         max_rss: 0,
         initializer: None,
     });
-    let start = out.run_header(1, task, 0, 1);
+    let start = out.run_header(1, task, 0, 1, None);
     out.buf().extend_from_slice(&args);
     out.finish(start);
     out.shutdown();

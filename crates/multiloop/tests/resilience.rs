@@ -289,7 +289,8 @@ fn orphaned_workers_exit_when_the_parent_is_killed() {
     let mut pids = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("PIDS ") {
+        // libtest may print "test orphan_parent_role ... " on the same line.
+        if let Some(rest) = line.split("PIDS ").nth(1) {
             pids = rest.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
             break;
         }

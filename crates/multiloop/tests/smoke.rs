@@ -70,3 +70,29 @@ async fn stuck_task_times_out_hard_and_siblings_complete() {
     assert!(pids.iter().any(|p| !now.contains(p)), "the stuck worker was replaced");
     pool.close().await.unwrap();
 }
+
+#[multiloop::task]
+async fn square_or_fail(x: u64) -> Result<u64, MyErr> {
+    if x % 1000 == 999 { Err(MyErr::Odd(x)) } else { Ok(x * x) }
+}
+
+#[tokio::test]
+async fn map_reduce_folds_in_workers() {
+    let pool = multiloop::Pool::builder().processes(2).build().await.unwrap();
+    let out = pool.map_reduce(square_or_fail, 0..100_000u64, multiloop::reduce::Sum::<u64>::new()).await.unwrap();
+    let expect: u64 = (0..100_000u64).filter(|x| x % 1000 != 999).map(|x| x * x).sum();
+    assert_eq!(out.value, expect);
+    assert_eq!(out.errors.len(), 100);
+    assert_eq!(out.folded, 99_900);
+    let top = pool.map_reduce(inc, 0..1000u64, multiloop::reduce::TopK::new(3)).await.unwrap();
+    assert_eq!(top.value, vec![1000, 999, 998]);
+    let routed: Vec<u32> = pool.map(pid_of, 0..64u64).route_by(|x| *x % 4).await.unwrap();
+    for (i, p) in routed.iter().enumerate() {
+        assert_eq!(*p, routed[i % 4], "key {} always on one worker", i % 4);
+    }
+}
+
+#[multiloop::task]
+async fn pid_of(_x: u64) -> u32 {
+    std::process::id()
+}

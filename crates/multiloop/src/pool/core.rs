@@ -27,6 +27,8 @@ pub(crate) enum Event {
 /// One outcome: where its data lies in the frame.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Item {
+    /// The task's input index; for a [`Status::Partial`], how many tasks
+    /// the partial folds.
     pub(crate) index: u64,
     pub(crate) status: Status,
     pub(crate) start: u32,
@@ -90,6 +92,11 @@ pub(crate) struct ChunkRec {
     /// Run on a worker with nothing else to do (a suspect after a crash
     /// nobody could be blamed for).
     pub(crate) isolated: bool,
+    /// Only the worker in this slot may run it (routing by key).
+    pub(crate) affinity: Option<usize>,
+    /// The reducer folding the chunk's results in the worker: its registry
+    /// name and serialized value.
+    pub(crate) reduce: Option<(&'static str, Bytes)>,
     pub(crate) max_attempts: u32,
 }
 
@@ -143,6 +150,8 @@ impl ChunkRec {
             dispatched: None,
             attempt,
             isolated: false,
+            affinity: self.affinity,
+            reduce: self.reduce.clone(),
             max_attempts: self.max_attempts,
         }
     }
@@ -303,60 +312,82 @@ impl Core {
 
     /// Gives queued chunks to the workers with the most free capacity.
     pub(crate) fn dispatch(&mut self) {
-        while let Some(&id) = self.queue.front() {
+        let mut i = 0;
+        while i < self.queue.len() {
             let cap = self.cap();
-            let isolated = self.chunks.get(&id).is_some_and(|r| r.isolated);
+            if !self.workers.iter().any(|w| self.takes_work(w, cap)) {
+                return;
+            }
+            let id = self.queue[i];
+            let Some(rec) = self.chunks.get(&id).filter(|r| r.remaining > 0) else {
+                self.queue.remove(i);
+                continue;
+            };
+            let (isolated, affinity) = (rec.isolated, rec.affinity);
             let best = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| w.ready && w.alive && !w.retiring && !w.isolating)
-                .filter(|(_, w)| if isolated { w.chunks.is_empty() } else { w.assigned < cap || w.chunks.len() < 2 })
+                .filter(|(s, w)| affinity.is_none_or(|a| a == *s) && self.takes_work(w, cap))
+                .filter(|(_, w)| !isolated || w.chunks.is_empty())
                 .min_by_key(|(_, w)| w.assigned)
-                .map(|(i, _)| i);
-            let Some(slot) = best else { return };
-            self.queue.pop_front();
-            let Some(rec) = self.chunks.get(&id) else { continue };
-            if rec.remaining == 0 {
+                .map(|(s, _)| s);
+            // This chunk waits for its worker; later ones may go elsewhere.
+            let Some(slot) = best else {
+                i += 1;
                 continue;
-            }
-            // Recycling: never give a worker more tasks than it has left.
-            if let Some(max) = self.limits.max_tasks_per_child {
-                let left = max.saturating_sub(self.workers[slot].lifetime);
-                if u64::from(rec.count()) > left && left > 0 {
-                    let count = rec.count();
-                    let head: Vec<u32> = (0..left as u32).collect();
-                    let tail: Vec<u32> = (left as u32..count).collect();
-                    let (head, tail) = (rec.subset(&head, rec.attempt), rec.subset(&tail, rec.attempt));
-                    self.chunks.remove(&id);
-                    let tail_id = self.next_chunk;
-                    self.next_chunk += 1;
-                    self.chunks.insert(tail_id, tail);
-                    self.queue.push_front(tail_id);
-                    self.chunks.insert(id, head);
-                }
-            }
-            let Some(rec) = self.chunks.get_mut(&id) else { continue };
-            let worker = &mut self.workers[slot];
-            worker.isolating = rec.isolated;
-            rec.worker = Some(worker.id);
-            rec.dispatched = Some(Instant::now());
-            let count = rec.count();
-            worker.assigned += rec.remaining as usize;
-            worker.lifetime += u64::from(count);
-            worker.chunks.push(id);
-            let timeout_us = rec.timeout.map_or(0, |d| d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
-            let (task, payload) = (rec.task, rec.payload.clone());
-            worker.outbox.with(|w| {
-                let start = w.run_header(id, task, timeout_us, count);
-                w.buf().extend_from_slice(&payload);
-                w.finish(start);
-            });
-            if let Some(max) = self.limits.max_tasks_per_child
-                && worker.lifetime >= max
-            {
-                worker.retiring = true;
-            }
+            };
+            self.queue.remove(i);
+            self.split_for_recycling(id, slot);
+            self.assign(id, slot);
+        }
+    }
+
+    /// Whether worker `w` may be given another chunk.
+    fn takes_work(&self, w: &WorkerSlot, cap: usize) -> bool {
+        w.ready && w.alive && !w.retiring && !w.isolating && (w.assigned < cap || w.chunks.len() < 2)
+    }
+
+    /// Recycling: never give a worker more tasks than it has left; the rest
+    /// of the chunk goes back to the front of the queue.
+    fn split_for_recycling(&mut self, id: u64, slot: usize) {
+        let Some(max) = self.limits.max_tasks_per_child else { return };
+        let left = max.saturating_sub(self.workers[slot].lifetime);
+        let Some(rec) = self.chunks.get(&id) else { return };
+        let count = rec.count();
+        if u64::from(count) <= left || left == 0 {
+            return;
+        }
+        let head: Vec<u32> = (0..left as u32).collect();
+        let tail: Vec<u32> = (left as u32..count).collect();
+        let (head, tail) = (rec.subset(&head, rec.attempt), rec.subset(&tail, rec.attempt));
+        self.chunks.insert(id, head);
+        self.requeue(tail);
+    }
+
+    /// Gives chunk `id` to the worker in `slot`: writes its RUN frame.
+    fn assign(&mut self, id: u64, slot: usize) {
+        let Some(rec) = self.chunks.get_mut(&id) else { return };
+        let worker = &mut self.workers[slot];
+        worker.isolating = rec.isolated;
+        rec.worker = Some(worker.id);
+        rec.dispatched = Some(Instant::now());
+        let count = rec.count();
+        worker.assigned += rec.remaining as usize;
+        worker.lifetime += u64::from(count);
+        worker.chunks.push(id);
+        let timeout_us = rec.timeout.map_or(0, |d| d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
+        let (task, payload, reduce) = (rec.task, &rec.payload, &rec.reduce);
+        worker.outbox.with(|w| {
+            let reducer = reduce.as_ref().map(|(name, value)| (*name, value.as_ref()));
+            let start = w.run_header(id, task, timeout_us, count, reducer);
+            w.buf().extend_from_slice(payload);
+            w.finish(start);
+        });
+        if let Some(max) = self.limits.max_tasks_per_child
+            && worker.lifetime >= max
+        {
+            worker.retiring = true;
         }
     }
 
@@ -373,15 +404,33 @@ impl Core {
         let mut freed = 0usize;
         for (chunk, index, status, start, end) in outcomes {
             let Some(rec) = self.chunks.get_mut(&chunk) else { continue };
-            // Only the worker running the chunk now may answer, once per
-            // task: a late answer from an earlier attempt is dropped.
-            if rec.worker != Some(from) || index >= rec.count() || rec.is_done(index) {
+            if rec.worker != Some(from) {
                 continue;
             }
-            rec.set_done(index);
-            rec.remaining -= 1;
-            freed += 1;
-            let item = Item { index: rec.job_index(index), status, start, end };
+            let item = if status == Status::Partial {
+                // A reduced chunk's folded results: every task not answered
+                // on its own is in it. The index carries how many.
+                if index != rec.count() || rec.reduce.is_none() || rec.remaining == 0 {
+                    continue;
+                }
+                let folded = rec.remaining;
+                for i in 0..rec.count() {
+                    rec.set_done(i);
+                }
+                rec.remaining = 0;
+                freed += folded as usize;
+                Item { index: u64::from(folded), status, start, end }
+            } else {
+                // Only the worker running the chunk now may answer, once per
+                // task: a late answer from an earlier attempt is dropped.
+                if index >= rec.count() || rec.is_done(index) {
+                    continue;
+                }
+                rec.set_done(index);
+                rec.remaining -= 1;
+                freed += 1;
+                Item { index: rec.job_index(index), status, start, end }
+            };
             match &mut current {
                 Some((job, _, items)) if *job == rec.job => items.push(item),
                 _ => {

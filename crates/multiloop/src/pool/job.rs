@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::Inner;
 use super::core::{ChunkRec, Event, Item};
 use crate::error::{Error, Kind};
+use crate::reduce::{Reduced, Reducer};
 use crate::task::Task;
 use crate::wire::{self, Status};
 
@@ -145,6 +146,17 @@ pub(crate) struct Job<T: Task, S> {
     /// Finished tasks the caller's stream holds back (an ordered map
     /// waiting for an earlier result); they count against the window.
     held: usize,
+    /// Routing by key: the same key always goes to the same worker slot.
+    route: Option<fn(&T::Args) -> u64>,
+    /// The reducer folding results in the workers (map-reduce).
+    reduce: Option<(&'static str, Bytes)>,
+    /// Folded results from the workers, still serialized: (frame, start,
+    /// end).
+    pub(crate) partials: VecDeque<(Bytes, u32, u32)>,
+    /// Tasks folded into the partials received.
+    folded: u64,
+    /// Why the whole call was refused before it started.
+    refusal: Option<Error>,
     _task: PhantomData<fn() -> T>,
 }
 
@@ -179,6 +191,11 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             options,
             ready: VecDeque::new(),
             held: 0,
+            route: None,
+            reduce: None,
+            partials: VecDeque::new(),
+            folded: 0,
+            refusal: None,
             _task: PhantomData,
         }
     }
@@ -199,6 +216,9 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     /// not yet handed out count against the window: a consumer that stops
     /// reading stops the inputs from being pulled.
     fn feed(&mut self, cx: &mut Context<'_>) {
+        if let Some(route) = self.route {
+            return self.feed_routed(cx, route);
+        }
         while !self.exhausted && self.outstanding() < self.window() {
             let room = self.window() - self.outstanding();
             let want = self.chunker.size.min(room).max(1);
@@ -251,13 +271,76 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                     // failing any single task that is still too big.
                     self.submit_split(payload, offsets, indices, base);
                 } else {
-                    self.submit(Bytes::from(payload), offsets, indices, base);
+                    self.submit(Bytes::from(payload), offsets, indices, base, None);
                 }
             }
             if source_pending {
                 return;
             }
         }
+    }
+
+    /// [`feed`](Job::feed) for routed calls: one chunk under construction
+    /// per worker slot, each input going to the slot its key names.
+    fn feed_routed(&mut self, cx: &mut Context<'_>, route: fn(&T::Args) -> u64) {
+        struct Building {
+            payload: Vec<u8>,
+            offsets: Vec<u32>,
+            indices: Vec<u64>,
+        }
+        let slots = self.pool.config.processes;
+        let mut building: Vec<Building> =
+            (0..slots).map(|_| Building { payload: Vec::new(), offsets: vec![0], indices: Vec::new() }).collect();
+        let mut unsent = 0;
+        while !self.exhausted && self.outstanding() + unsent < self.window() {
+            let item = match self.source.poll_input(cx) {
+                Poll::Ready(Some(item)) => item,
+                Poll::Ready(None) => {
+                    self.exhausted = true;
+                    break;
+                }
+                Poll::Pending => break,
+            };
+            let index = self.next_index;
+            self.next_index += 1;
+            if let Some(failure) = &self.refused {
+                self.ready.push_back((index, Err(failure.to_error())));
+                continue;
+            }
+            let slot = (mix(route(&item)) % slots as u64) as usize;
+            let b = &mut building[slot];
+            if let Err(e) = wire::append_value(&mut b.payload, &item) {
+                let err = Error::serialization("arguments", type_name::<T::Args>(), e);
+                self.ready.push_back((index, Err(err)));
+                continue;
+            }
+            b.offsets.push(b.payload.len() as u32);
+            b.indices.push(index);
+            unsent += 1;
+            if b.indices.len() >= self.chunker.size {
+                let b = std::mem::replace(b, Building { payload: Vec::new(), offsets: vec![0], indices: Vec::new() });
+                unsent -= b.indices.len();
+                self.submit_routed(b.payload, b.offsets, b.indices, slot);
+            }
+        }
+        for (slot, b) in building.into_iter().enumerate() {
+            if !b.indices.is_empty() {
+                self.submit_routed(b.payload, b.offsets, b.indices, slot);
+            }
+        }
+    }
+
+    fn submit_routed(&mut self, payload: Vec<u8>, offsets: Vec<u32>, indices: Vec<u64>, slot: usize) {
+        if payload.len() + run_header_bound::<T>() > self.pool.config.max_frame {
+            // Rare: split one by one (each still routed to its slot).
+            for (i, &index) in indices.iter().enumerate() {
+                let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
+                let one = Bytes::copy_from_slice(&payload[a..b]);
+                self.submit(one, vec![0, (b - a) as u32], Some(vec![index]), 0, Some(slot));
+            }
+            return;
+        }
+        self.submit(Bytes::from(payload), offsets, Some(indices), 0, Some(slot));
     }
 
     /// Inputs taken and not yet handed to the caller.
@@ -280,11 +363,18 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 continue;
             }
             let one = Bytes::copy_from_slice(&payload[a..b]);
-            self.submit(one, vec![0, (b - a) as u32], Some(vec![index]), 0);
+            self.submit(one, vec![0, (b - a) as u32], Some(vec![index]), 0, None);
         }
     }
 
-    fn submit(&mut self, payload: Bytes, offsets: Vec<u32>, indices: Option<Vec<u64>>, base: u64) {
+    fn submit(
+        &mut self,
+        payload: Bytes,
+        offsets: Vec<u32>,
+        indices: Option<Vec<u64>>,
+        base: u64,
+        affinity: Option<usize>,
+    ) {
         let count = offsets.len() - 1;
         let rec = ChunkRec {
             job: self.id,
@@ -301,6 +391,8 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             dispatched: None,
             attempt: 1,
             isolated: false,
+            affinity,
+            reduce: self.reduce.clone(),
             max_attempts: self.options.max_attempts.max(1),
         };
         let all: Vec<u64> = (0..count as u32).map(|i| rec.job_index(i)).collect();
@@ -322,8 +414,15 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Outcomes { frame, items } => {
-                let n = items.len();
+                let mut n = 0;
                 for item in items {
+                    if item.status == Status::Partial {
+                        n += item.index as usize;
+                        self.folded += item.index;
+                        self.partials.push_back((frame.clone(), item.start, item.end));
+                        continue;
+                    }
+                    n += 1;
                     let result = decode::<T>(&frame, &item, self.options.timeout);
                     self.ready.push_back((item.index, result));
                 }
@@ -337,6 +436,28 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 }
             }
         }
+    }
+
+    /// Fails the whole call before it starts.
+    pub(crate) fn refused_with(&mut self, error: Error) {
+        self.refusal.get_or_insert(error);
+        self.exhausted = true;
+    }
+
+    pub(crate) fn take_refusal(&mut self) -> Option<Error> {
+        self.refusal.take()
+    }
+
+    pub(crate) fn folded(&self) -> u64 {
+        self.folded
+    }
+
+    pub(crate) fn set_route(&mut self, route: fn(&T::Args) -> u64) {
+        self.route = Some(route);
+    }
+
+    pub(crate) fn set_reduce(&mut self, name: &'static str, value: Bytes) {
+        self.reduce = Some((name, value));
     }
 
     /// The next finished task, in completion order.
@@ -390,6 +511,14 @@ impl<T: Task, S> Drop for Job<T, S> {
     }
 }
 
+/// Spreads routing keys over the worker slots (splitmix64's finalizer).
+fn mix(key: u64) -> u64 {
+    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The most bytes a RUN frame's body takes besides its payload: tag,
 /// chunk id, task name, timeout, count.
 fn run_header_bound<T: Task>() -> usize {
@@ -429,6 +558,7 @@ pub(crate) fn decode_outcome<T: Task>(status: Status, data: &[u8], timeout: Opti
         }
         Status::EncodeFailed => Err(Error::serialization("result", type_name::<T::Output>(), text())),
         Status::DecodeFailed => Err(Error::serialization("arguments", type_name::<T::Args>(), text())),
+        Status::Partial => Err(Error::protocol("a folded result arrived for a call without a reducer")),
         Status::UnknownTask => Err(Error::protocol(format!(
             "the worker has no task named `{}`: is `#[multiloop::task]` code compiled out of the worker?",
             text()
@@ -458,6 +588,17 @@ macro_rules! call_options {
         pub fn chunk_size(mut self, size: usize) -> Self {
             self.job.options().chunk_size = Some(size.max(1));
             self.job.apply_options();
+            self
+        }
+
+        /// Routes each input by the key `route` computes from it: inputs
+        /// with the same key always run on the same worker slot, so a
+        /// worker can keep state per key (see
+        /// [`worker_state`](crate::worker_state)). When a worker is
+        /// replaced, its slot's keys go to the new worker, which starts
+        /// with empty state; no task is lost.
+        pub fn route_by(mut self, route: fn(&T::Args) -> u64) -> Self {
+            self.job.set_route(route);
             self
         }
     };
@@ -604,6 +745,105 @@ impl<T: Task> Future for Apply<T> {
             Poll::Ready(Some((_, result))) => Poll::Ready(result),
             Poll::Ready(None) => Poll::Ready(Err(Error::protocol("the task ended without an outcome"))),
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The result of [`Pool::map_reduce`](crate::Pool::map_reduce): every
+/// result folded in the workers, the partials merged here.
+#[must_use = "futures do nothing unless awaited"]
+pub struct MapReduce<T: Task, S, R: Reducer> {
+    job: Job<T, S>,
+    reducer: R,
+    acc: Option<R::Acc>,
+    errors: Vec<(u64, Error)>,
+    folded: u64,
+}
+
+impl<T: Task, S, R: Reducer> Unpin for MapReduce<T, S, R> {}
+
+impl<T, S, R> MapReduce<T, S, R>
+where
+    T: Task,
+    S: Input<Item = T::Args>,
+    R: Reducer<Item = T::Output>,
+{
+    pub(crate) fn new(mut job: Job<T, S>, reducer: R) -> Self {
+        let mut value = Vec::new();
+        match wire::append_value(&mut value, &reducer) {
+            Ok(()) => job.set_reduce(crate::reduce::reducer_name::<R>(), Bytes::from(value)),
+            Err(e) => job.refused_with(Error::serialization("reducer", type_name::<R>(), e)),
+        }
+        if crate::reduce::lookup(crate::reduce::reducer_name::<R>()).is_none() {
+            job.refused_with(Error::usage(format!(
+                "the reducer `{}` is not registered: add `multiloop::register_reducer!({});` at the top level of a module",
+                type_name::<R>(),
+                type_name::<R>()
+            )));
+        }
+        let acc = Some(reducer.identity());
+        MapReduce { job, reducer, acc, errors: Vec::new(), folded: 0 }
+    }
+
+    call_options!();
+
+    fn merge_partials(&mut self) {
+        while let Some((frame, start, end)) = self.job.partials.pop_front() {
+            let data = frame.get(start as usize..end as usize).unwrap_or_default();
+            match postcard::from_bytes::<R::Acc>(data) {
+                Ok(partial) => {
+                    if let Some(acc) = &mut self.acc {
+                        self.reducer.merge(acc, partial);
+                    }
+                }
+                Err(e) => self.errors.push((u64::MAX, Error::serialization("partial result", type_name::<R::Acc>(), e))),
+            }
+        }
+    }
+}
+
+impl<T, S, R> Future for MapReduce<T, S, R>
+where
+    T: Task,
+    S: Input<Item = T::Args>,
+    R: Reducer<Item = T::Output>,
+{
+    type Output = Result<Reduced<R::Acc>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let next = this.job.poll_next_done(cx);
+            this.merge_partials();
+            match next {
+                Poll::Ready(Some((index, Ok(value)))) => {
+                    // Not folded in a worker (cannot happen today); fold here.
+                    if let Some(acc) = &mut this.acc {
+                        this.reducer.fold(acc, value);
+                    }
+                    this.folded += 1;
+                    let _ = index;
+                }
+                Poll::Ready(Some((index, Err(e)))) => {
+                    if let Some(refusal) = this.job.take_refusal() {
+                        return Poll::Ready(Err(refusal));
+                    }
+                    this.errors.push((index, e));
+                }
+                Poll::Ready(None) => {
+                    if let Some(refusal) = this.job.take_refusal() {
+                        return Poll::Ready(Err(refusal));
+                    }
+                    let value = this.acc.take().unwrap_or_else(|| this.reducer.identity());
+                    let folded = this.job.folded();
+                    return Poll::Ready(Ok(Reduced {
+                        value,
+                        errors: std::mem::take(&mut this.errors),
+                        folded: folded + this.folded,
+                    }));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

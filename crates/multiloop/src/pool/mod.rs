@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 
 use self::core::{Actions, Core, Failure, Limits, Phase};
 pub(crate) use self::job::decode_outcome;
-pub use self::job::{Apply, Collect, Input, IterInput, Map, MapUnordered, StreamInput};
+pub use self::job::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, StreamInput};
+use crate::reduce::Reducer;
 use crate::error::Error;
 use crate::task::Task;
 
@@ -429,6 +430,54 @@ impl Pool {
     {
         let _ = task;
         MapUnordered::new(job::Job::new(Arc::clone(&self.inner), StreamInput(inputs)))
+    }
+
+    /// Runs the task once per input and folds the results with `reducer`:
+    /// each worker folds the results of its chunks and sends back one
+    /// partial per chunk; the parent merges the partials.
+    ///
+    /// Failed tasks are not folded: they are listed, with their input
+    /// index, in [`Reduced::errors`](crate::Reduced). A worker that dies
+    /// loses only the partial of the chunk it was running, and that chunk
+    /// runs again: nothing is folded twice.
+    ///
+    /// ```
+    /// # multiloop::init_before_main!();
+    /// #[multiloop::task]
+    /// async fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), multiloop::Error> {
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let pool = multiloop::Pool::builder().processes(2).build().await?;
+    /// let sum = pool.map_reduce(square, 1..=100, multiloop::reduce::Sum::new()).await?;
+    /// assert_eq!(sum.value, 338_350);
+    /// assert!(sum.errors.is_empty());
+    /// # pool.close().await
+    /// # })
+    /// # }
+    /// ```
+    pub fn map_reduce<T, I, R>(&self, task: T, inputs: I, reducer: R) -> MapReduce<T, IterInput<I::IntoIter>, R>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+        R: Reducer<Item = T::Output>,
+    {
+        let _ = task;
+        MapReduce::new(job::Job::new(Arc::clone(&self.inner), IterInput(inputs.into_iter())), reducer)
+    }
+
+    /// Like [`map_reduce`](Pool::map_reduce), with the inputs taken from a
+    /// stream.
+    pub fn map_reduce_stream<T, S, R>(&self, task: T, inputs: S, reducer: R) -> MapReduce<T, StreamInput<S>, R>
+    where
+        T: Task,
+        S: Stream<Item = T::Args> + Unpin,
+        R: Reducer<Item = T::Output>,
+    {
+        let _ = task;
+        MapReduce::new(job::Job::new(Arc::clone(&self.inner), StreamInput(inputs)), reducer)
     }
 
     /// The process ids of the live workers.

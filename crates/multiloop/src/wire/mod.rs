@@ -57,6 +57,9 @@ pub(crate) enum Status {
     DecodeFailed = 5,
     /// The worker has no task of that name; the payload is the name.
     UnknownTask = 6,
+    /// The folded results of a whole chunk run with a reducer; the payload
+    /// is the serialized accumulator and the index is the chunk's count.
+    Partial = 7,
 }
 
 impl Status {
@@ -69,6 +72,7 @@ impl Status {
             4 => Status::EncodeFailed,
             5 => Status::DecodeFailed,
             6 => Status::UnknownTask,
+            7 => Status::Partial,
             other => return Err(WireError::BadValue("status", u64::from(other))),
         })
     }
@@ -111,6 +115,9 @@ pub(crate) struct Run<'a> {
     /// Soft deadline per task in microseconds; 0 means none.
     pub(crate) timeout_us: u64,
     pub(crate) count: u32,
+    /// Name and serialized value of the reducer folding this chunk's
+    /// results, if any.
+    pub(crate) reducer: Option<(&'a str, &'a [u8])>,
     pub(crate) payload: &'a [u8],
 }
 
@@ -201,8 +208,13 @@ impl<'a> Message<'a> {
                 let task = r.str()?;
                 let timeout_us = r.varint()?;
                 let count = r.varint_u32()?;
+                let reducer = match r.u8()? {
+                    0 => None,
+                    1 => Some((r.str()?, r.bytes()?)),
+                    other => return Err(WireError::BadValue("reducer flag", u64::from(other))),
+                };
                 let payload = r.rest();
-                Message::Run(Run { chunk, task, timeout_us, count, payload })
+                Message::Run(Run { chunk, task, timeout_us, count, reducer, payload })
             }
             tag::CANCEL => {
                 let n = r.varint()?;
@@ -319,17 +331,32 @@ impl FrameWriter {
 
     /// Writes a RUN frame header; the caller appends the payload and calls
     /// [`finish`](FrameWriter::finish).
-    pub(crate) fn run_header(&mut self, chunk: u64, task: &str, timeout_us: u64, count: u32) -> usize {
+    pub(crate) fn run_header(
+        &mut self,
+        chunk: u64,
+        task: &str,
+        timeout_us: u64,
+        count: u32,
+        reducer: Option<(&str, &[u8])>,
+    ) -> usize {
         let start = self.begin(tag::RUN);
         put_varint(&mut self.buf, chunk);
         put_bytes(&mut self.buf, task.as_bytes());
         put_varint(&mut self.buf, timeout_us);
         put_varint(&mut self.buf, u64::from(count));
+        match reducer {
+            None => self.buf.push(0),
+            Some((name, value)) => {
+                self.buf.push(1);
+                put_bytes(&mut self.buf, name.as_bytes());
+                put_bytes(&mut self.buf, value);
+            }
+        }
         start
     }
 
     pub(crate) fn run(&mut self, r: &Run<'_>) {
-        let start = self.run_header(r.chunk, r.task, r.timeout_us, r.count);
+        let start = self.run_header(r.chunk, r.task, r.timeout_us, r.count, r.reducer);
         self.buf.extend_from_slice(r.payload);
         self.finish(start);
     }

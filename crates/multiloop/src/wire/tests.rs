@@ -52,7 +52,7 @@ impl Owned {
                 initializer: initializer.as_ref().map(|(n, a)| (n.as_str(), a.as_slice())),
             }),
             Owned::Run { chunk, task, timeout_us, count, payload } => {
-                w.run(&Run { chunk: *chunk, task, timeout_us: *timeout_us, count: *count, payload })
+                w.run(&Run { chunk: *chunk, task, timeout_us: *timeout_us, count: *count, reducer: None, payload })
             }
             Owned::Cancel(ids) => w.cancel(ids),
             Owned::Shutdown => w.shutdown(),
@@ -249,9 +249,9 @@ fn outcome_header_and_patching_build_the_same_frame_as_outcome() {
 #[test]
 fn run_header_then_payload_equals_run() {
     let mut a = FrameWriter::new();
-    a.run(&Run { chunk: 5, task: "t", timeout_us: 10, count: 2, payload: b"xy" });
+    a.run(&Run { chunk: 5, task: "t", timeout_us: 10, count: 2, reducer: None, payload: b"xy" });
     let mut b = FrameWriter::new();
-    let start = b.run_header(5, "t", 10, 2);
+    let start = b.run_header(5, "t", 10, 2, None);
     b.buf().extend_from_slice(b"xy");
     b.finish(start);
     assert_eq!(a.take(), b.take());

@@ -75,6 +75,9 @@ pub(crate) struct Ctx {
     concurrency: usize,
     waiting: RefCell<HashMap<Key, AbortHandle>>,
     wake_loop: Notify,
+    /// Chunks whose results are folded here (map-reduce).
+    folds: RefCell<HashMap<u64, Folding>>,
+    scratch: RefCell<Vec<u8>>,
     channel: Arc<Channel>,
     pub(crate) watchdog: Watchdog,
 }
@@ -140,6 +143,55 @@ impl Ctx {
     }
 
     pub(crate) fn push_result<T: Task>(&self, key: Key, result: Result<Result<T::Output, T::Error>, String>) {
+        let result = match result {
+            Ok(Ok(value)) if self.folds.borrow().contains_key(&key.chunk) => match self.fold(key, &value) {
+                None => return self.settle(key),
+                Some(reason) => {
+                    self.push_failure(key, Status::EncodeFailed, &reason);
+                    return;
+                }
+            },
+            other => other,
+        };
+        self.push_outcome::<T>(key, result);
+        self.settle(key);
+    }
+
+    /// Folds a result into its chunk's accumulator: `None` when folded, or
+    /// why folding failed.
+    fn fold<V: Serialize>(&self, key: Key, value: &V) -> Option<String> {
+        let mut folds = self.folds.borrow_mut();
+        let f = folds.get_mut(&key.chunk)?;
+        let mut scratch = self.scratch.borrow_mut();
+        scratch.clear();
+        if let Err(e) = wire::append_value(&mut *scratch, value) {
+            return Some(format!("could not serialize the result of type `{}`: {e}", type_name::<V>()));
+        }
+        f.fold.fold_bytes(&scratch).err()
+    }
+
+    /// One more task of `key`'s chunk has ended; a folded chunk whose tasks
+    /// have all ended sends its accumulator.
+    fn settle(&self, key: Key) {
+        let mut folds = self.folds.borrow_mut();
+        let Some(f) = folds.get_mut(&key.chunk) else { return };
+        f.remaining = f.remaining.saturating_sub(1);
+        if f.remaining > 0 {
+            return;
+        }
+        let Some(mut f) = folds.remove(&key.chunk) else { return };
+        drop(folds);
+        let partial = Key { chunk: key.chunk, index: f.count };
+        self.out.borrow_mut().push(partial, |buf| match f.fold.finish(buf) {
+            Ok(()) => Status::Partial,
+            Err(reason) => {
+                buf.extend_from_slice(reason.as_bytes());
+                Status::EncodeFailed
+            }
+        });
+    }
+
+    fn push_outcome<T: Task>(&self, key: Key, result: Result<Result<T::Output, T::Error>, String>) {
         let mut out = self.out.borrow_mut();
         match result {
             Ok(Ok(value)) => out.push(key, |buf| encode_into(buf, &value, Status::Ok)),
@@ -157,6 +209,7 @@ impl Ctx {
             wire::encode_panic(buf, &message, location.as_deref());
             Status::Panic
         });
+        self.settle(key);
     }
 
     fn push_failure(&self, key: Key, status: Status, message: &str) {
@@ -164,6 +217,7 @@ impl Ctx {
             buf.extend_from_slice(message.as_bytes());
             status
         });
+        self.settle(key);
     }
 
     /// Starts queued tasks while there are free slots.
@@ -221,6 +275,7 @@ impl Ctx {
     /// Drops every queued and running task of these chunks.
     fn cancel(&self, chunks: &[u64]) {
         self.queue.borrow_mut().retain(|q| !chunks.contains(&q.chunk));
+        self.folds.borrow_mut().retain(|c, _| !chunks.contains(c));
         let handles: Vec<AbortHandle> = {
             let mut waiting = self.waiting.borrow_mut();
             let keys: Vec<Key> = waiting.keys().filter(|k| chunks.contains(&k.chunk)).copied().collect();
@@ -249,6 +304,13 @@ impl Ctx {
         spare.clear();
         r
     }
+}
+
+/// A chunk being folded: its reducer and how many tasks have yet to end.
+struct Folding {
+    fold: Box<dyn crate::reduce::Fold>,
+    count: u32,
+    remaining: u32,
 }
 
 /// Marks a spawned task as running; frees its slot when it ends or is
@@ -537,6 +599,8 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         concurrency: setup.concurrency.max(1) as usize,
         waiting: RefCell::new(HashMap::new()),
         wake_loop: Notify::new(),
+        folds: RefCell::new(HashMap::new()),
+        scratch: RefCell::new(Vec::new()),
         channel,
         watchdog,
     });
@@ -633,8 +697,25 @@ fn handle_frame(ctx: &Rc<Ctx>, registry: &Registry, mut frame: Bytes, draining: 
             let chunk = run.chunk;
             let count = run.count;
             let timeout = timeout_from_us(run.timeout_us);
+            let fold = match run.reducer.map(|(name, value)| (name, crate::reduce::lookup(name), value)) {
+                None => None,
+                Some((_, Some(entry), value)) => Some(crate::reduce::make(entry, value)),
+                Some((name, None, _)) => Some(Err(format!("no reducer named `{name}` is registered in this executable"))),
+            };
+            let fold = match fold.transpose() {
+                Ok(fold) => fold,
+                Err(reason) => {
+                    for index in 0..count {
+                        ctx.push_failure(Key { chunk, index }, Status::DecodeFailed, &reason);
+                    }
+                    return Ok(());
+                }
+            };
             match registry.lookup(run.task) {
                 Some(entry) => {
+                    if let Some(fold) = fold {
+                        ctx.folds.borrow_mut().insert(chunk, Folding { fold, count, remaining: count });
+                    }
                     frame.advance(frame.len() - payload_len);
                     ctx.queue.borrow_mut().push_back(Queued {
                         chunk,
