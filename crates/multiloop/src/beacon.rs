@@ -71,7 +71,10 @@ impl Beacon {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Beacon { ptr: ptr.cast(), fd })
+        Ok(Beacon {
+            ptr: ptr.cast(),
+            fd,
+        })
     }
 
     fn slot(&self) -> &Slot {
@@ -91,7 +94,8 @@ impl Beacon {
     pub(crate) fn enter(&self, chunk: u64, index: u32) {
         let s = self.slot();
         s.chunk.store(chunk, Ordering::Relaxed);
-        s.index_plus_one.store(u64::from(index) + 1, Ordering::Release);
+        s.index_plus_one
+            .store(u64::from(index) + 1, Ordering::Release);
     }
 
     /// The poll returned.
@@ -107,11 +111,6 @@ impl Beacon {
         let index = s.index_plus_one.load(Ordering::Acquire);
         let chunk = s.chunk.load(Ordering::Acquire);
         (index > 0).then(|| (chunk, (index - 1) as u32))
-    }
-
-    /// Clears the page for a new worker.
-    pub(crate) fn reset(&self) {
-        self.slot().index_plus_one.store(0, Ordering::Release);
     }
 }
 

@@ -23,23 +23,43 @@ pub struct Error {
 
 pub(crate) enum Kind {
     /// The task returned `Err(e)`; `value` holds the user's `E`.
-    Task { value: Box<dyn Any + Send + Sync>, debug: String },
+    Task {
+        value: Box<dyn Any + Send + Sync>,
+        debug: String,
+    },
     /// The task panicked.
-    Panic { message: String, location: Option<String> },
+    Panic {
+        message: String,
+        location: Option<String>,
+    },
     /// The worker running the task died on the task's last attempt.
-    Crash { task: Option<&'static str>, exit: ExitInfo, attempts: u32, stderr_tail: String },
+    Crash {
+        task: Option<&'static str>,
+        exit: ExitInfo,
+        attempts: u32,
+        stderr_tail: String,
+    },
     /// The task ran past its deadline.
     Timeout { after: Duration, hard: bool },
     /// The pool is closed or terminated.
     PoolClosed { terminated: bool },
     /// A value could not be serialized or deserialized.
-    Serialization { what: String, type_name: &'static str, reason: String },
-    /// The task's future was cancelled.
-    Cancelled,
+    Serialization {
+        what: String,
+        type_name: &'static str,
+        reason: String,
+    },
     /// The pool gave up restarting workers.
-    RestartIntensity { restarts: u32, within: Duration, last: ExitInfo },
+    RestartIntensity {
+        restarts: u32,
+        within: Duration,
+        last: ExitInfo,
+    },
     /// Starting or talking to a worker failed at the OS level.
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     /// A worker or parent broke the protocol (bad frame, wrong version).
     Protocol { reason: String },
     /// The caller used the API wrongly (bad configuration, join before start...).
@@ -84,11 +104,9 @@ fn signal_name(sig: i32) -> &'static str {
 
 impl Error {
     pub(crate) fn new(kind: Kind) -> Self {
-        Error { kind: Box::new(kind) }
-    }
-
-    pub(crate) fn kind(&self) -> &Kind {
-        &self.kind
+        Error {
+            kind: Box::new(kind),
+        }
     }
 
     /// The error for using a pool after `close()` or `terminate()`.
@@ -101,24 +119,42 @@ impl Error {
     }
 
     pub(crate) fn usage(reason: impl Into<String>) -> Self {
-        Error::new(Kind::Usage { reason: reason.into() })
+        Error::new(Kind::Usage {
+            reason: reason.into(),
+        })
     }
 
     pub(crate) fn protocol(reason: impl Into<String>) -> Self {
-        Error::new(Kind::Protocol { reason: reason.into() })
+        Error::new(Kind::Protocol {
+            reason: reason.into(),
+        })
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::new(Kind::Io { context: context.into(), source })
+        Error::new(Kind::Io {
+            context: context.into(),
+            source,
+        })
     }
 
-    pub(crate) fn serialization(what: impl Into<String>, type_name: &'static str, reason: impl fmt::Display) -> Self {
-        Error::new(Kind::Serialization { what: what.into(), type_name, reason: reason.to_string() })
+    pub(crate) fn serialization(
+        what: impl Into<String>,
+        type_name: &'static str,
+        reason: impl fmt::Display,
+    ) -> Self {
+        Error::new(Kind::Serialization {
+            what: what.into(),
+            type_name,
+            reason: reason.to_string(),
+        })
     }
 
     pub(crate) fn task<E: fmt::Debug + Send + Sync + 'static>(value: E) -> Self {
         let debug = format!("{value:?}");
-        Error::new(Kind::Task { value: Box::new(value), debug })
+        Error::new(Kind::Task {
+            value: Box::new(value),
+            debug,
+        })
     }
 
     /// True when the task itself returned an error; get it with
@@ -146,7 +182,9 @@ impl Error {
                 Ok(e) => Ok(*e),
                 Err(value) => Err(Error::new(Kind::Task { value, debug })),
             },
-            kind => Err(Error { kind: Box::new(kind) }),
+            kind => Err(Error {
+                kind: Box::new(kind),
+            }),
         }
     }
 
@@ -210,11 +248,6 @@ impl Error {
         matches!(*self.kind, Kind::Serialization { .. })
     }
 
-    /// True when the task was cancelled.
-    pub fn is_cancelled(&self) -> bool {
-        matches!(*self.kind, Kind::Cancelled)
-    }
-
     /// True when the pool stopped restarting workers because they died too
     /// often.
     pub fn is_restart_intensity(&self) -> bool {
@@ -243,9 +276,20 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.kind {
             Kind::Task { debug, .. } => write!(f, "the task failed: {debug}"),
-            Kind::Panic { message, location: Some(loc) } => write!(f, "the task panicked at {loc}: {message}"),
-            Kind::Panic { message, location: None } => write!(f, "the task panicked: {message}"),
-            Kind::Crash { task, exit, attempts, stderr_tail } => {
+            Kind::Panic {
+                message,
+                location: Some(loc),
+            } => write!(f, "the task panicked at {loc}: {message}"),
+            Kind::Panic {
+                message,
+                location: None,
+            } => write!(f, "the task panicked: {message}"),
+            Kind::Crash {
+                task,
+                exit,
+                attempts,
+                stderr_tail,
+            } => {
                 match task {
                     Some(name) => write!(f, "the worker running task `{name}` {exit}")?,
                     None => write!(f, "the worker {exit}")?,
@@ -259,20 +303,39 @@ impl fmt::Display for Error {
             }
             Kind::Timeout { after, hard: false } => write!(f, "the task timed out after {after:?}"),
             Kind::Timeout { after, hard: true } => {
-                write!(f, "the task timed out after {after:?} and its worker did not answer, so it was killed")
+                write!(
+                    f,
+                    "the task timed out after {after:?} and its worker did not answer, so it was killed"
+                )
             }
-            Kind::PoolClosed { terminated: false } => f.write_str("the pool is closed: no new tasks are accepted"),
-            Kind::PoolClosed { terminated: true } => f.write_str("the pool was terminated before the task finished"),
-            Kind::Serialization { what, type_name, reason } => {
-                write!(f, "could not serialize or deserialize the {what} (type `{type_name}`): {reason}")
+            Kind::PoolClosed { terminated: false } => {
+                f.write_str("the pool is closed: no new tasks are accepted")
             }
-            Kind::Cancelled => f.write_str("the task was cancelled"),
-            Kind::RestartIntensity { restarts, within, last } => write!(
+            Kind::PoolClosed { terminated: true } => {
+                f.write_str("the pool was terminated before the task finished")
+            }
+            Kind::Serialization {
+                what,
+                type_name,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "could not serialize or deserialize the {what} (type `{type_name}`): {reason}"
+                )
+            }
+            Kind::RestartIntensity {
+                restarts,
+                within,
+                last,
+            } => write!(
                 f,
                 "workers died {restarts} times within {within:?}, more than the pool allows; it stopped restarting them (the last one {last})"
             ),
             Kind::Io { context, source } => write!(f, "{context}: {source}"),
-            Kind::Protocol { reason } => write!(f, "protocol error between parent and worker: {reason}"),
+            Kind::Protocol { reason } => {
+                write!(f, "protocol error between parent and worker: {reason}")
+            }
             Kind::Usage { reason } => f.write_str(reason),
             Kind::Initializer { reason } => write!(f, "the worker initializer failed: {reason}"),
         }

@@ -55,9 +55,11 @@ mod worker;
 
 pub use error::{Error, ExitInfo, Result};
 pub use multiloop_macros::task;
-pub use pool::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder, StreamInput};
-pub use reduce::{Reduced, Reducer};
+pub use pool::{
+    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder, StreamInput,
+};
 pub use process::{Process, Worker};
+pub use reduce::{Reduced, Reducer};
 pub use task::{NoError, Task};
 pub use worker::{init, init_with, set_worker_state, worker_state};
 

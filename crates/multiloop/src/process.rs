@@ -103,13 +103,18 @@ impl Process {
     /// Launches the process. Must be called inside a tokio runtime, once.
     pub fn start(&mut self) -> Result<(), Error> {
         if self.child.is_some() || self.exit.is_some() {
-            return Err(Error::usage(format!("process `{}` was already started", self.name)));
+            return Err(Error::usage(format!(
+                "process `{}` was already started",
+                self.name
+            )));
         }
         tokio::runtime::Handle::try_current()
             .map_err(|_| Error::usage("Process::start must be called inside a tokio runtime"))?;
         crate::worker::refuse_unhandled_worker();
-        let lifeline = Lifeline::new().map_err(|e| Error::io("could not create the lifeline pipe", e))?;
-        let beacon = crate::beacon::Beacon::new().map_err(|e| Error::io("could not create the beacon page", e))?;
+        let lifeline =
+            Lifeline::new().map_err(|e| Error::io("could not create the lifeline pipe", e))?;
+        let beacon = crate::beacon::Beacon::new()
+            .map_err(|e| Error::io("could not create the beacon page", e))?;
         let spawned = spawn::spawn_worker(&lifeline, &beacon, false)
             .map_err(|e| Error::io(format!("could not start process `{}`", self.name), e))?;
         self.pid = Some(spawned.pid);
@@ -156,13 +161,19 @@ impl Process {
     }
 
     fn signal(&self, sig: libc::c_int) -> Result<(), Error> {
-        let child = self.child.as_ref().ok_or_else(|| Error::usage(format!("process `{}` was not started", self.name)))?;
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| Error::usage(format!("process `{}` was not started", self.name)))?;
         // `id()` is `None` once the child has been reaped, so the pid we
         // signal is still our child.
         if let Some(pid) = child.id() {
             // SAFETY: kill has no memory-safety preconditions.
             if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
-                return Err(Error::io("could not signal the process", std::io::Error::last_os_error()));
+                return Err(Error::io(
+                    "could not signal the process",
+                    std::io::Error::last_os_error(),
+                ));
             }
         }
         Ok(())
@@ -179,22 +190,33 @@ impl Process {
         {
             return Ok(exit.clone());
         }
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| Error::usage(format!("cannot join process `{}`: it was not started", self.name)))?;
+        let child = self.child.as_mut().ok_or_else(|| {
+            Error::usage(format!(
+                "cannot join process `{}`: it was not started",
+                self.name
+            ))
+        })?;
         let status = match timeout {
             None => child.wait().await,
             Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
                 Ok(status) => status,
-                Err(_) => return Err(Error::new(Kind::Timeout { after: limit, hard: false })),
+                Err(_) => {
+                    return Err(Error::new(Kind::Timeout {
+                        after: limit,
+                        hard: false,
+                    }));
+                }
             },
         };
         let status = status.map_err(|e| Error::io("could not wait for the process", e))?;
         let exit = spawn::exit_info(status);
         self.exit = Some(exit.clone());
         if let Some(driver) = self.driver.take() {
-            self.outcome = Some(driver.await.unwrap_or_else(|e| Err(format!("driver failed: {e}"))));
+            self.outcome = Some(
+                driver
+                    .await
+                    .unwrap_or_else(|e| Err(format!("driver failed: {e}"))),
+            );
         }
         self.lifeline = None;
         Ok(exit)
@@ -245,7 +267,9 @@ async fn drive(stream: UnixStream, task: &'static str, args: Vec<u8>) -> Result<
     let mut buf = BytesMut::with_capacity(4096);
     let mut outcome = None;
     loop {
-        while let Some(f) = wire::check_frame(&buf, wire::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())? {
+        while let Some(f) =
+            wire::check_frame(&buf, wire::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?
+        {
             let frame = buf.split_to(f.len).freeze();
             match Message::decode(&frame[4..]).map_err(|e| e.to_string())? {
                 Message::Ready(r) if !r.error.is_empty() => return Err(r.error.to_owned()),
@@ -292,14 +316,19 @@ pub struct Worker<T: Task> {
 
 impl<T: Task> std::fmt::Debug for Worker<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("process", &self.process).finish()
+        f.debug_struct("Worker")
+            .field("process", &self.process)
+            .finish()
     }
 }
 
 impl<T: Task> Worker<T> {
     /// A worker that will run `task(args)` once it is started.
     pub fn new(task: T, args: T::Args) -> Result<Self, Error> {
-        Ok(Worker { process: Process::new(task, args)?, _task: PhantomData })
+        Ok(Worker {
+            process: Process::new(task, args)?,
+            _task: PhantomData,
+        })
     }
 
     /// The underlying process (start, join, signals, pid).

@@ -84,13 +84,19 @@ pub struct Reduced<A> {
 #[doc(hidden)]
 pub struct ReducerEntry {
     name: fn() -> &'static str,
-    make: fn(&[u8]) -> Result<Box<dyn Fold>, String>,
+    make: MakeFold,
 }
+
+/// Builds a reducer's fold from its serialized value.
+type MakeFold = fn(&[u8]) -> Result<Box<dyn Fold>, String>;
 
 impl ReducerEntry {
     #[doc(hidden)]
     pub const fn new<R: Reducer>() -> Self {
-        ReducerEntry { name: type_name::<R>, make: make_fold::<R> }
+        ReducerEntry {
+            name: type_name::<R>,
+            make: make_fold::<R>,
+        }
     }
 }
 
@@ -107,7 +113,10 @@ pub(crate) fn reducer_name<R: Reducer>() -> &'static str {
 
 pub(crate) fn lookup(name: &str) -> Option<&'static ReducerEntry> {
     static BY_NAME: OnceLock<HashMap<&'static str, &'static ReducerEntry>> = OnceLock::new();
-    BY_NAME.get_or_init(|| REDUCERS.iter().map(|e| ((e.name)(), e)).collect()).get(name).copied()
+    BY_NAME
+        .get_or_init(|| REDUCERS.iter().map(|e| ((e.name)(), e)).collect())
+        .get(name)
+        .copied()
 }
 
 /// A reducer at work in a worker: folds serialized results.
@@ -128,16 +137,24 @@ struct Folder<R: Reducer> {
 }
 
 fn make_fold<R: Reducer>(config: &[u8]) -> Result<Box<dyn Fold>, String> {
-    let reducer: R = postcard::from_bytes(config)
-        .map_err(|e| format!("could not deserialize the reducer `{}`: {e}", type_name::<R>()))?;
+    let reducer: R = postcard::from_bytes(config).map_err(|e| {
+        format!(
+            "could not deserialize the reducer `{}`: {e}",
+            type_name::<R>()
+        )
+    })?;
     let acc = Some(reducer.identity());
     Ok(Box::new(Folder { reducer, acc }))
 }
 
 impl<R: Reducer> Fold for Folder<R> {
     fn fold_bytes(&mut self, item: &[u8]) -> Result<(), String> {
-        let item: R::Item = postcard::from_bytes(item)
-            .map_err(|e| format!("could not deserialize a result as `{}`: {e}", type_name::<R::Item>()))?;
+        let item: R::Item = postcard::from_bytes(item).map_err(|e| {
+            format!(
+                "could not deserialize a result as `{}`: {e}",
+                type_name::<R::Item>()
+            )
+        })?;
         if let Some(acc) = &mut self.acc {
             self.reducer.fold(acc, item);
         }
@@ -146,8 +163,12 @@ impl<R: Reducer> Fold for Folder<R> {
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
         let acc = self.acc.take().unwrap_or_else(|| self.reducer.identity());
-        crate::wire::append_value(out, &acc)
-            .map_err(|e| format!("could not serialize the accumulator `{}`: {e}", type_name::<R::Acc>()))
+        crate::wire::append_value(out, &acc).map_err(|e| {
+            format!(
+                "could not serialize the accumulator `{}`: {e}",
+                type_name::<R::Acc>()
+            )
+        })
     }
 }
 
@@ -234,7 +255,10 @@ unit_constructor!(Sum, Count, Min, Max);
 impl<T> TopK<T> {
     /// Keeps the `k` largest results.
     pub fn new(k: usize) -> Self {
-        TopK { k, _item: PhantomData }
+        TopK {
+            k,
+            _item: PhantomData,
+        }
     }
 }
 
@@ -252,7 +276,9 @@ impl<K, V> Default for GroupBy<K, V> {
 }
 
 /// Numbers the built-in reducers work on.
-pub trait Number: Serialize + DeserializeOwned + Copy + PartialOrd + Default + Send + Sync + 'static {
+pub trait Number:
+    Serialize + DeserializeOwned + Copy + PartialOrd + Default + Send + Sync + 'static
+{
     /// `self + other` (wrapping for integers, so a sum never panics).
     fn add(self, other: Self) -> Self;
 }
@@ -344,7 +370,11 @@ impl<T: Serialize + DeserializeOwned + Ord + Send + Sync + 'static> Reducer for 
         while heap.len() > self.k {
             heap.pop();
         }
-        *acc = heap.into_sorted_vec().into_iter().map(|Reverse(t)| t).collect();
+        *acc = heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse(t)| t)
+            .collect();
     }
 }
 
@@ -373,7 +403,9 @@ macro_rules! register_builtin {
         crate::register_reducer!(Sum<$t>, Count<$t>, Min<$t>, Max<$t>);
     )*};
 }
-register_builtin!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+register_builtin!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+);
 crate::register_reducer!(
     TopK<u8>, TopK<u16>, TopK<u32>, TopK<u64>, TopK<usize>, TopK<i32>, TopK<i64>, TopK<String>,
     Count<String>, Count<()>, Count<bool>, GroupBy<String, u64>, GroupBy<u64, u64>, GroupBy<String, String>

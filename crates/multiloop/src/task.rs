@@ -39,7 +39,10 @@ pub trait Task: Copy + Default + Send + Sync + 'static {
     type Error: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static;
 
     /// Starts the task on the current (worker) event loop.
-    fn call(self, args: Self::Args) -> impl Future<Output = Result<Self::Output, Self::Error>> + 'static;
+    fn call(
+        self,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + 'static;
 }
 
 /// The error type of a task that cannot fail: it has no values.
@@ -67,7 +70,11 @@ impl TaskEntry {
     /// The entry for task type `T`.
     #[doc(hidden)]
     pub const fn new<T: Task>() -> Self {
-        TaskEntry { name: T::NAME, start: crate::worker::start::<T>, init: crate::worker::init_task::<T> }
+        TaskEntry {
+            name: T::NAME,
+            start: crate::worker::start::<T>,
+            init: crate::worker::init_task::<T>,
+        }
     }
 }
 
@@ -108,7 +115,11 @@ impl Registry {
                     fingerprint = fingerprint.wrapping_mul(0x0100_0000_01b3);
                 }
             }
-            Registry { by_name, duplicates, fingerprint }
+            Registry {
+                by_name,
+                duplicates,
+                fingerprint,
+            }
         })
     }
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 //! Acceptance tests: aiomultiprocess's own test suite (`test_core.py`,
 //! `test_pool.py`, `test_scheduler.py`, ...) translated to multiloop, plus the
 //! failure modes a process pool must survive. Every crash, timeout and
@@ -31,7 +32,10 @@ async fn within<F: IntoFuture>(secs: u64, what: &str, fut: F) -> F::Output {
 /// without waiting for it. The stream must not be ready yet.
 async fn poll_stream_once<S: futures_util::Stream + Unpin>(s: &mut S) {
     std::future::poll_fn(|cx| {
-        assert!(s.poll_next_unpin(cx).is_pending(), "the stream was expected to be pending");
+        assert!(
+            s.poll_next_unpin(cx).is_pending(),
+            "the stream was expected to be pending"
+        );
         Poll::Ready(())
     })
     .await
@@ -40,7 +44,10 @@ async fn poll_stream_once<S: futures_util::Stream + Unpin>(s: &mut S) {
 /// Polls a future exactly once (so an `apply` submits its task).
 async fn poll_future_once<F: Future + Unpin>(f: &mut F) {
     std::future::poll_fn(|cx| {
-        assert!(std::pin::Pin::new(&mut *f).poll(cx).is_pending(), "the future was expected to be pending");
+        assert!(
+            std::pin::Pin::new(&mut *f).poll(cx).is_pending(),
+            "the future was expected to be pending"
+        );
         Poll::Ready(())
     })
     .await
@@ -55,7 +62,12 @@ fn pid_exists(pid: u32) -> bool {
 fn send_signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
     let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    assert_eq!(r, 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}) failed: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// True when `pid` is a zombie: dead, waiting for a parent that is not us
@@ -63,7 +75,10 @@ fn send_signal(pid: u32, sig: libc::c_int) {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -84,7 +99,13 @@ async fn assert_pids_gone(pids: &[u32], limit: Duration) {
 }
 
 async fn pool(processes: usize) -> Pool {
-    within(60, "Pool::build", Pool::builder().processes(processes).build()).await.unwrap()
+    within(
+        60,
+        "Pool::build",
+        Pool::builder().processes(processes).build(),
+    )
+    .await
+    .unwrap()
 }
 
 // ---------------------------------------------------------------- tasks
@@ -136,7 +157,10 @@ async fn add_with_pid(a: u64, b: u64) -> (u64, u32) {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// Sleeps longer for earlier inputs, so tasks complete in reverse order;
@@ -162,7 +186,10 @@ enum MyErr {
 #[multiloop::task]
 async fn even_only(x: u64) -> Result<u64, MyErr> {
     if x > 1000 {
-        Err(MyErr::TooBig { value: x, limit: 1000 })
+        Err(MyErr::TooBig {
+            value: x,
+            limit: 1000,
+        })
     } else if x % 2 == 1 {
         Err(MyErr::Odd(x))
     } else {
@@ -185,7 +212,12 @@ async fn detailed_failure(code: u32) -> Result<String, Detailed> {
         code,
         message: format!("failed with {code}"),
         path: vec!["a".into(), "b".into()],
-        cause: Some(Box::new(Detailed { code: 1, message: "root".into(), path: vec![], cause: None })),
+        cause: Some(Box::new(Detailed {
+            code: 1,
+            message: "root".into(),
+            path: vec![],
+            cause: None,
+        })),
     })
 }
 
@@ -213,7 +245,10 @@ async fn chatty(x: u64) -> u64 {
         writeln!(out, "chatty {x}: line {i} of noise").unwrap();
         if i % 100 == 0 {
             // Bytes that look like frames of the protocol, and not UTF-8.
-            out.write_all(&[0x05, 0, 0, 0, 0x11, 0, 0, 0, 0xff, 0xfe, 0x00, 0x80, 0x10, b'\n']).unwrap();
+            out.write_all(&[
+                0x05, 0, 0, 0, 0x11, 0, 0, 0, 0xff, 0xfe, 0x00, 0x80, 0x10, b'\n',
+            ])
+            .unwrap();
             out.write_all(&[0xff; 64]).unwrap();
             out.write_all(b"\n").unwrap();
         }
@@ -264,7 +299,10 @@ impl Serialize for Picky {
         let mut t = s.serialize_tuple(2)?;
         t.serialize_element(&self.0)?;
         if self.0 % 3 == 0 {
-            return Err(S::Error::custom(format!("Picky({}) refuses to be serialized", self.0)));
+            return Err(S::Error::custom(format!(
+                "Picky({}) refuses to be serialized",
+                self.0
+            )));
         }
         t.serialize_element(&self.0)?;
         t.end()
@@ -312,7 +350,9 @@ async fn blob_len(b: Vec<u8>) -> usize {
     b.len()
 }
 
-#[multiloop::task(name = "acceptance::a_task_whose_registered_name_is_very_long_because_its_author_wanted_to_keep_a_stable_versioned_name_across_refactorings_of_the_module_tree_and_chose_to_spell_out_everything_about_it_including_the_version_v1_and_the_team_owning_it_billing_and_payments")]
+#[multiloop::task(
+    name = "acceptance::a_task_whose_registered_name_is_very_long_because_its_author_wanted_to_keep_a_stable_versioned_name_across_refactorings_of_the_module_tree_and_chose_to_spell_out_everything_about_it_including_the_version_v1_and_the_team_owning_it_billing_and_payments"
+)]
 async fn long_named(b: Vec<u8>) -> usize {
     b.len()
 }
@@ -345,10 +385,18 @@ async fn spin_ms(ms: u64) -> u64 {
 #[multiloop::task]
 async fn pool_then_hang(socket_path: String) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
-    let pool = Pool::builder().processes(2).build().await.map_err(|e| e.to_string())?;
+    let pool = Pool::builder()
+        .processes(2)
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
     let pids: Vec<String> = pool.worker_pids().iter().map(|p| p.to_string()).collect();
-    let mut s = tokio::net::UnixStream::connect(&socket_path).await.map_err(|e| e.to_string())?;
-    s.write_all(pids.join(",").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut s = tokio::net::UnixStream::connect(&socket_path)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(pids.join(",").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     s.shutdown().await.map_err(|e| e.to_string())?;
     std::future::pending::<()>().await;
     drop(pool);
@@ -371,7 +419,9 @@ async fn panicking_init() {
 #[multiloop::task]
 async fn spawns_inside(x: u64) -> u64 {
     let a = tokio::spawn(async move { x + 1 }).await.unwrap();
-    let b = tokio::task::spawn_local(async move { x * 2 }).await.unwrap();
+    let b = tokio::task::spawn_local(async move { x * 2 })
+        .await
+        .unwrap();
     a + b
 }
 
@@ -398,11 +448,29 @@ impl<'de> Deserialize<'de> for PickyErr {
 
 #[multiloop::task]
 async fn nested_sum(n: u64) -> Result<(u64, u32, Vec<u32>), String> {
-    let pool = Pool::builder().processes(2).build().await.map_err(|e| format!("nested build: {e}"))?;
-    let values = pool.map(inc, 0..n).await.map_err(|e| format!("nested map: {e}"))?;
-    let pids: BTreeSet<u32> = pool.map(whoami, vec![(); 8]).await.map_err(|e| format!("nested whoami: {e}"))?.into_iter().collect();
-    pool.close().await.map_err(|e| format!("nested close: {e}"))?;
-    Ok((values.iter().sum(), std::process::id(), pids.into_iter().collect()))
+    let pool = Pool::builder()
+        .processes(2)
+        .build()
+        .await
+        .map_err(|e| format!("nested build: {e}"))?;
+    let values = pool
+        .map(inc, 0..n)
+        .await
+        .map_err(|e| format!("nested map: {e}"))?;
+    let pids: BTreeSet<u32> = pool
+        .map(whoami, vec![(); 8])
+        .await
+        .map_err(|e| format!("nested whoami: {e}"))?
+        .into_iter()
+        .collect();
+    pool.close()
+        .await
+        .map_err(|e| format!("nested close: {e}"))?;
+    Ok((
+        values.iter().sum(),
+        std::process::id(),
+        pids.into_iter().collect(),
+    ))
 }
 
 // ---------------------------------------------------------------- Process
@@ -443,7 +511,9 @@ async fn process_start_twice_is_a_usage_error() {
 
 #[tokio::test]
 async fn process_await_starts_and_joins() {
-    let exit = within(30, "process.await", Process::new(square, 12).unwrap()).await.unwrap();
+    let exit = within(30, "process.await", Process::new(square, 12).unwrap())
+        .await
+        .unwrap();
     assert_eq!(exit.code, Some(0));
     assert_eq!(exit.signal, None);
 }
@@ -470,7 +540,9 @@ async fn process_terminate_gives_sigterm_exit() {
     p.start().unwrap();
     let pid = p.pid().unwrap();
     p.terminate().unwrap();
-    let exit = within(30, "join after terminate", p.join(None)).await.unwrap();
+    let exit = within(30, "join after terminate", p.join(None))
+        .await
+        .unwrap();
     assert_eq!(exit.signal, Some(libc::SIGTERM));
     assert_eq!(exit.code, None);
     assert!(!p.is_alive());
@@ -491,7 +563,13 @@ async fn process_kill_gives_sigkill_exit() {
 async fn process_join_timeout_leaves_it_running() {
     let mut p = Process::new(sleep_ms, 60_000).unwrap();
     p.start().unwrap();
-    let err = within(30, "join with timeout", p.join(Some(Duration::from_millis(200)))).await.unwrap_err();
+    let err = within(
+        30,
+        "join with timeout",
+        p.join(Some(Duration::from_millis(200))),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(p.is_alive());
     assert!(pid_exists(p.pid().unwrap()));
@@ -523,14 +601,31 @@ async fn worker_result_before_join_is_an_error() {
 
 #[tokio::test]
 async fn worker_await_gives_the_value() {
-    assert_eq!(within(30, "worker.await", Worker::new(square, 12).unwrap()).await.unwrap(), 144);
-    assert_eq!(within(30, "worker.await", Worker::new(answer, ()).unwrap()).await.unwrap(), 42);
-    assert_eq!(within(30, "worker.await", Worker::new(add, (2, 3)).unwrap()).await.unwrap(), 5);
+    assert_eq!(
+        within(30, "worker.await", Worker::new(square, 12).unwrap())
+            .await
+            .unwrap(),
+        144
+    );
+    assert_eq!(
+        within(30, "worker.await", Worker::new(answer, ()).unwrap())
+            .await
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        within(30, "worker.await", Worker::new(add, (2, 3)).unwrap())
+            .await
+            .unwrap(),
+        5
+    );
 }
 
 #[tokio::test]
 async fn worker_task_error_is_typed() {
-    let err = within(30, "worker.await", Worker::new(even_only, 5).unwrap()).await.unwrap_err();
+    let err = within(30, "worker.await", Worker::new(even_only, 5).unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(err.task_error::<MyErr>(), Some(&MyErr::Odd(5)));
 }
 
@@ -541,7 +636,14 @@ fn wait_exited_no_reap(pid: u32) {
     // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid writes only into `info`.
-    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        )
+    };
     assert_eq!(r, 0, "waitid({pid}): {}", std::io::Error::last_os_error());
 }
 
@@ -563,7 +665,9 @@ async fn worker_killed_is_a_crash() {
 
 #[tokio::test]
 async fn worker_abort_is_a_crash() {
-    let err = within(30, "worker.await", Worker::new(abort_now, ()).unwrap()).await.unwrap_err();
+    let err = within(30, "worker.await", Worker::new(abort_now, ()).unwrap())
+        .await
+        .unwrap_err();
     assert!(err.is_crash(), "{err}");
     assert_eq!(err.exit_info().unwrap().signal, Some(libc::SIGABRT));
 }
@@ -584,10 +688,18 @@ async fn initializer_runs_before_tasks_in_every_worker() {
     .await
     .unwrap();
     // Recycled workers run the initializer too.
-    let seen = within(60, "map", pool.map(read_greeting, vec![(); 30])).await.unwrap();
+    let seen = within(60, "map", pool.map(read_greeting, vec![(); 30]))
+        .await
+        .unwrap();
     assert_eq!(seen.len(), 30);
-    assert!(seen.iter().all(|s| s.as_deref() == Some("hello from init")), "{seen:?}");
-    assert_eq!(pool.apply(read_greeting, ()).await.unwrap().as_deref(), Some("hello from init"));
+    assert!(
+        seen.iter().all(|s| s.as_deref() == Some("hello from init")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        pool.apply(read_greeting, ()).await.unwrap().as_deref(),
+        Some("hello from init")
+    );
     within(30, "close", pool.close()).await.unwrap();
 }
 
@@ -600,16 +712,28 @@ async fn without_initializer_there_is_no_state() {
 
 #[tokio::test]
 async fn failing_initializer_fails_build() {
-    let err = within(60, "build", Pool::builder().processes(2).initializer(failing_init, ()).build())
-        .await
-        .unwrap_err();
+    let err = within(
+        60,
+        "build",
+        Pool::builder()
+            .processes(2)
+            .initializer(failing_init, ())
+            .build(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_initializer(), "{err}");
     assert!(err.to_string().contains("the database is down"), "{err}");
 }
 
 #[tokio::test]
 async fn initializer_arguments_that_fail_to_serialize_fail_build() {
-    let err = Pool::builder().processes(1).initializer(init_picky, Picky(3)).build().await.unwrap_err();
+    let err = Pool::builder()
+        .processes(1)
+        .initializer(init_picky, Picky(3))
+        .build()
+        .await
+        .unwrap_err();
     assert!(err.is_serialization(), "{err}");
 }
 
@@ -625,7 +749,13 @@ async fn task_error_reaches_the_caller_typed() {
     let err = pool.apply(even_only, 5000).await.unwrap_err();
     // Asking for the wrong type gives the error back intact.
     let err = err.into_task_error::<String>().unwrap_err();
-    assert_eq!(err.into_task_error::<MyErr>().unwrap(), MyErr::TooBig { value: 5000, limit: 1000 });
+    assert_eq!(
+        err.into_task_error::<MyErr>().unwrap(),
+        MyErr::TooBig {
+            value: 5000,
+            limit: 1000
+        }
+    );
     assert_eq!(pool.apply(even_only, 4).await.unwrap(), 4);
     // In a map, the first error in input order fails the awaited call.
     let err = pool.map(even_only, [2, 4, 7, 9]).await.unwrap_err();
@@ -641,7 +771,12 @@ async fn struct_task_error_round_trips() {
         code: 77,
         message: "failed with 77".into(),
         path: vec!["a".into(), "b".into()],
-        cause: Some(Box::new(Detailed { code: 1, message: "root".into(), path: vec![], cause: None })),
+        cause: Some(Box::new(Detailed {
+            code: 1,
+            message: "root".into(),
+            path: vec![],
+            cause: None,
+        })),
     };
     assert_eq!(err.task_error::<Detailed>(), Some(&expected));
     assert!(err.to_string().contains("failed with 77"), "{err}");
@@ -655,8 +790,14 @@ async fn struct_task_error_round_trips() {
 async fn panic_message_and_location_reach_the_caller() {
     let pool = pool(2).await;
     for (what, err) in [
-        ("on the first poll", pool.apply(panics_now, 3).await.unwrap_err()),
-        ("after an await", pool.apply(panics_later, 3).await.unwrap_err()),
+        (
+            "on the first poll",
+            pool.apply(panics_now, 3).await.unwrap_err(),
+        ),
+        (
+            "after an await",
+            pool.apply(panics_later, 3).await.unwrap_err(),
+        ),
     ] {
         assert!(err.is_panic(), "{what}: {err}");
         let message = err.panic_message().unwrap();
@@ -665,7 +806,8 @@ async fn panic_message_and_location_reach_the_caller() {
         assert!(location.contains("acceptance.rs"), "{what}: {location}");
     }
     // A panicking task does not take its neighbours or its worker down.
-    let mut results: Vec<(u64, Result<u64, Error>)> = pool.map_unordered(panics_later, 0..8).collect().await;
+    let mut results: Vec<(u64, Result<u64, Error>)> =
+        pool.map_unordered(panics_later, 0..8).collect().await;
     results.sort_by_key(|(i, _)| *i);
     for (i, r) in results {
         if i == 3 {
@@ -683,7 +825,9 @@ async fn panic_message_and_location_reach_the_caller() {
 #[tokio::test]
 async fn printing_tasks_still_return_correct_results() {
     let pool = pool(2).await;
-    let out = within(120, "map chatty", pool.map(chatty, 0..6)).await.unwrap();
+    let out = within(120, "map chatty", pool.map(chatty, 0..6))
+        .await
+        .unwrap();
     assert_eq!(out, (0..6).map(|x| x * 3).collect::<Vec<_>>());
     assert_eq!(pool.apply(inc, 9).await.unwrap(), 10);
     pool.close().await.unwrap();
@@ -694,15 +838,33 @@ async fn printing_tasks_still_return_correct_results() {
 #[tokio::test]
 async fn aborting_task_is_a_crash_and_the_pool_survives() {
     let pool = pool(2).await;
-    let err = within(60, "apply abort", pool.apply(abort_now, ()).max_attempts(1)).await.unwrap_err();
+    let err = within(60, "apply abort", pool.apply(abort_now, ()).max_attempts(1))
+        .await
+        .unwrap_err();
     assert!(err.is_crash(), "{err}");
     assert_eq!(err.exit_info().unwrap().signal, Some(libc::SIGABRT));
     // With retries it still ends, as a crash, once the attempts are used up.
-    let err = within(60, "apply abort x3", pool.apply(abort_now, ()).max_attempts(3)).await.unwrap_err();
+    let err = within(
+        60,
+        "apply abort x3",
+        pool.apply(abort_now, ()).max_attempts(3),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_crash(), "{err}");
     // The pool replaced its workers and still serves.
-    assert_eq!(within(60, "apply after crash", pool.apply(inc, 41)).await.unwrap(), 42);
-    assert_eq!(within(60, "map after crash", pool.map(square, 0..100)).await.unwrap()[99], 99 * 99);
+    assert_eq!(
+        within(60, "apply after crash", pool.apply(inc, 41))
+            .await
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        within(60, "map after crash", pool.map(square, 0..100))
+            .await
+            .unwrap()[99],
+        99 * 99
+    );
     assert_eq!(pool.worker_pids().len(), 2);
     pool.close().await.unwrap();
 }
@@ -710,18 +872,31 @@ async fn aborting_task_is_a_crash_and_the_pool_survives() {
 #[tokio::test]
 async fn exiting_task_is_a_crash_with_its_exit_code() {
     let pool = pool(1).await;
-    let err = within(60, "apply exit", pool.apply(exit_three, ()).max_attempts(1)).await.unwrap_err();
+    let err = within(60, "apply exit", pool.apply(exit_three, ()).max_attempts(1))
+        .await
+        .unwrap_err();
     assert!(err.is_crash(), "{err}");
     assert_eq!(err.exit_info().unwrap().code, Some(3));
-    assert_eq!(within(60, "apply after crash", pool.apply(inc, 1)).await.unwrap(), 2);
+    assert_eq!(
+        within(60, "apply after crash", pool.apply(inc, 1))
+            .await
+            .unwrap(),
+        2
+    );
     pool.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_crash_fails_only_the_crashing_task_of_a_map() {
     let pool = pool(2).await;
-    let mut results: Vec<(u64, Result<u64, Error>)> =
-        within(120, "map with crash", pool.map_unordered(abort_on_five, 0..20).chunk_size(4).collect::<Vec<_>>()).await;
+    let mut results: Vec<(u64, Result<u64, Error>)> = within(
+        120,
+        "map with crash",
+        pool.map_unordered(abort_on_five, 0..20)
+            .chunk_size(4)
+            .collect::<Vec<_>>(),
+    )
+    .await;
     results.sort_by_key(|(i, _)| *i);
     assert_eq!(results.len(), 20);
     let mut bystanders_failed = Vec::new();
@@ -770,18 +945,34 @@ async fn killed_worker_task_without_retries_is_a_crash() {
     let err = within(60, "crashed apply", call).await.unwrap_err();
     assert!(err.is_crash(), "{err}");
     assert_eq!(err.exit_info().unwrap().signal, Some(libc::SIGKILL));
-    assert_eq!(within(60, "apply after crash", pool.apply(inc, 1)).await.unwrap(), 2);
+    assert_eq!(
+        within(60, "apply after crash", pool.apply(inc, 1))
+            .await
+            .unwrap(),
+        2
+    );
     pool.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn task_timeout_is_reported() {
     let pool = pool(1).await;
-    let err = within(60, "apply with timeout", pool.apply(sleep_ms, 60_000).timeout(Duration::from_millis(100)))
-        .await
-        .unwrap_err();
+    let err = within(
+        60,
+        "apply with timeout",
+        pool.apply(sleep_ms, 60_000)
+            .timeout(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    assert_eq!(pool.apply(sleep_ms, 1).timeout(Duration::from_secs(30)).await.unwrap(), 1);
+    assert_eq!(
+        pool.apply(sleep_ms, 1)
+            .timeout(Duration::from_secs(30))
+            .await
+            .unwrap(),
+        1
+    );
     pool.close().await.unwrap();
 }
 
@@ -821,37 +1012,72 @@ async fn no_worker_left_after_close() {
 
 #[tokio::test]
 async fn max_tasks_per_child_recycles_workers_with_apply() {
-    let pool = within(60, "build", Pool::builder().processes(2).max_tasks_per_child(2).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(2).max_tasks_per_child(2).build(),
+    )
+    .await
+    .unwrap();
     let mut pids = HashSet::new();
     for _ in 0..10 {
         pids.insert(within(60, "apply", pool.apply(whoami, ())).await.unwrap());
     }
-    assert!(pids.len() > 2, "only {} distinct worker pids: {pids:?}", pids.len());
+    assert!(
+        pids.len() > 2,
+        "only {} distinct worker pids: {pids:?}",
+        pids.len()
+    );
     assert!(!pids.contains(&std::process::id()));
     within(30, "close", pool.close()).await.unwrap();
 }
 
 #[tokio::test]
 async fn max_tasks_per_child_recycles_workers_with_map() {
-    let pool = within(60, "build", Pool::builder().processes(2).max_tasks_per_child(10).build()).await.unwrap();
-    let out = within(120, "map", pool.map(double_with_pid, 0..200)).await.unwrap();
-    assert_eq!(out.iter().map(|(v, _)| *v).collect::<Vec<_>>(), (0..200).map(|x| x * 2).collect::<Vec<_>>());
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(2).max_tasks_per_child(10).build(),
+    )
+    .await
+    .unwrap();
+    let out = within(120, "map", pool.map(double_with_pid, 0..200))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..200).map(|x| x * 2).collect::<Vec<_>>()
+    );
     let pids: HashSet<u32> = out.iter().map(|(_, p)| *p).collect();
     assert!(pids.len() > 2, "only {} distinct worker pids", pids.len());
     // No worker ran more than its share.
     for pid in &pids {
         let n = out.iter().filter(|(_, p)| p == pid).count();
-        assert!(n <= 10, "worker {pid} ran {n} tasks, more than max_tasks_per_child = 10");
+        assert!(
+            n <= 10,
+            "worker {pid} ran {n} tasks, more than max_tasks_per_child = 10"
+        );
     }
     within(30, "close", pool.close()).await.unwrap();
 }
 
 #[tokio::test]
 async fn max_tasks_per_child_recycles_workers_with_starmap() {
-    let pool = within(60, "build", Pool::builder().processes(2).max_tasks_per_child(5).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(2).max_tasks_per_child(5).build(),
+    )
+    .await
+    .unwrap();
     let inputs: Vec<(u64, u64)> = (0..60).map(|i| (i, 1000 * i)).collect();
-    let out = within(120, "starmap", pool.starmap(add_with_pid, inputs.clone())).await.unwrap();
-    assert_eq!(out.iter().map(|(v, _)| *v).collect::<Vec<_>>(), inputs.iter().map(|(a, b)| a + b).collect::<Vec<_>>());
+    let out = within(120, "starmap", pool.starmap(add_with_pid, inputs.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        inputs.iter().map(|(a, b)| a + b).collect::<Vec<_>>()
+    );
     let pids: HashSet<u32> = out.iter().map(|(_, p)| *p).collect();
     assert!(pids.len() > 2, "only {} distinct worker pids", pids.len());
     within(30, "close", pool.close()).await.unwrap();
@@ -870,7 +1096,10 @@ fn assert_completed_out_of_order(out: &[(u64, u128)]) {
 async fn map_awaited_keeps_input_order() {
     let pool = pool(2).await;
     let out = within(60, "map", pool.map(late1, 0..16)).await.unwrap();
-    assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
+    assert_eq!(
+        out.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..16).collect::<Vec<_>>()
+    );
     assert_completed_out_of_order(&out);
     pool.close().await.unwrap();
 }
@@ -883,7 +1112,10 @@ async fn map_streamed_keeps_input_order() {
     while let Some(r) = within(60, "map next", stream.next()).await {
         out.push(r.unwrap());
     }
-    assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
+    assert_eq!(
+        out.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..16).collect::<Vec<_>>()
+    );
     assert_completed_out_of_order(&out);
     pool.close().await.unwrap();
 }
@@ -891,8 +1123,13 @@ async fn map_streamed_keeps_input_order() {
 #[tokio::test]
 async fn starmap_keeps_input_order() {
     let pool = pool(2).await;
-    let out = within(60, "starmap", pool.starmap(late, (0..16).map(|i| (i, 16)))).await.unwrap();
-    assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
+    let out = within(60, "starmap", pool.starmap(late, (0..16).map(|i| (i, 16))))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..16).collect::<Vec<_>>()
+    );
     assert_completed_out_of_order(&out);
     pool.close().await.unwrap();
 }
@@ -900,9 +1137,15 @@ async fn starmap_keeps_input_order() {
 #[tokio::test]
 async fn starmap_with_two_and_three_arguments() {
     let pool = pool(2).await;
-    let out = pool.starmap(add, (0..50).map(|i| (i, i * 100))).await.unwrap();
+    let out = pool
+        .starmap(add, (0..50).map(|i| (i, i * 100)))
+        .await
+        .unwrap();
     assert_eq!(out, (0..50).map(|i| i * 101).collect::<Vec<_>>());
-    let out = pool.starmap(fma, (-20..20).map(|i| (i, i, -i))).await.unwrap();
+    let out = pool
+        .starmap(fma, (-20..20).map(|i| (i, i, -i)))
+        .await
+        .unwrap();
     assert_eq!(out, (-20..20i64).map(|i| i * i - i).collect::<Vec<_>>());
     assert_eq!(pool.apply(fma, (2, 3, 4)).await.unwrap(), 10);
     pool.close().await.unwrap();
@@ -919,7 +1162,10 @@ async fn apply_zero_argument_task() {
 #[tokio::test]
 async fn map_of_nothing_is_empty() {
     let pool = pool(1).await;
-    assert_eq!(pool.map(inc, Vec::<u64>::new()).await.unwrap(), Vec::<u64>::new());
+    assert_eq!(
+        pool.map(inc, Vec::<u64>::new()).await.unwrap(),
+        Vec::<u64>::new()
+    );
     assert_eq!(pool.map_unordered(inc, Vec::<u64>::new()).count().await, 0);
     pool.close().await.unwrap();
 }
@@ -928,7 +1174,13 @@ async fn map_of_nothing_is_empty() {
 async fn map_unordered_covers_every_index_once() {
     let pool = pool(2).await;
     let inputs: Vec<u64> = (0..500).map(|i| (i * 7919) % 1000).collect();
-    let pairs: Vec<(u64, Result<u64, Error>)> = within(60, "map_unordered", pool.map_unordered(square, inputs.clone()).collect::<Vec<_>>()).await;
+    let pairs: Vec<(u64, Result<u64, Error>)> = within(
+        60,
+        "map_unordered",
+        pool.map_unordered(square, inputs.clone())
+            .collect::<Vec<_>>(),
+    )
+    .await;
     assert_eq!(pairs.len(), inputs.len());
     let mut seen = vec![false; inputs.len()];
     for (i, r) in pairs {
@@ -939,7 +1191,12 @@ async fn map_unordered_covers_every_index_once() {
     }
     assert!(seen.iter().all(|&s| s));
     // With varying durations, it yields in completion order.
-    let pairs: Vec<(u64, Result<(u64, u128), Error>)> = within(60, "map_unordered late", pool.map_unordered(late1, 0..16).collect::<Vec<_>>()).await;
+    let pairs: Vec<(u64, Result<(u64, u128), Error>)> = within(
+        60,
+        "map_unordered late",
+        pool.map_unordered(late1, 0..16).collect::<Vec<_>>(),
+    )
+    .await;
     let indices: Vec<u64> = pairs.iter().map(|(i, _)| *i).collect();
     assert_ne!(indices, (0..16).collect::<Vec<_>>());
     let mut sorted = indices.clone();
@@ -951,7 +1208,10 @@ async fn map_unordered_covers_every_index_once() {
 #[tokio::test]
 async fn map_stream_input() {
     let pool = pool(2).await;
-    let out = pool.map_stream(inc, futures_util::stream::iter(0..100u64)).await.unwrap();
+    let out = pool
+        .map_stream(inc, futures_util::stream::iter(0..100u64))
+        .await
+        .unwrap();
     assert_eq!(out, (1..=100).collect::<Vec<_>>());
     pool.close().await.unwrap();
 }
@@ -959,7 +1219,9 @@ async fn map_stream_input() {
 #[tokio::test]
 async fn map_of_100k_trivial_tasks_on_two_workers() {
     let pool = pool(2).await;
-    let out = within(300, "map 100k", pool.map(inc, 0..100_000u64)).await.unwrap();
+    let out = within(300, "map 100k", pool.map(inc, 0..100_000u64))
+        .await
+        .unwrap();
     assert_eq!(out.len(), 100_000);
     assert!(out.iter().enumerate().all(|(i, &x)| x == i as u64 + 1));
     pool.close().await.unwrap();
@@ -978,10 +1240,18 @@ async fn closed_pool_refuses_new_calls() {
     assert!(err.is_pool_closed(), "{err}");
     let items: Vec<Result<u64, Error>> = pool.map(inc, 0..3).collect().await;
     assert_eq!(items.len(), 3);
-    assert!(items.iter().all(|r| r.as_ref().unwrap_err().is_pool_closed()));
+    assert!(
+        items
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().is_pool_closed())
+    );
     let pairs: Vec<(u64, Result<u64, Error>)> = pool.map_unordered(inc, 0..3).collect().await;
     assert_eq!(pairs.len(), 3);
-    assert!(pairs.iter().all(|(_, r)| r.as_ref().unwrap_err().is_pool_closed()));
+    assert!(
+        pairs
+            .iter()
+            .all(|(_, r)| r.as_ref().unwrap_err().is_pool_closed())
+    );
     // close and join again are harmless.
     within(30, "close again", pool.close()).await.unwrap();
     within(30, "join", pool.join()).await.unwrap();
@@ -1015,7 +1285,8 @@ async fn terminate_fails_pending_tasks() {
     let mut a = pool.apply(sleep_ms, 60_000);
     poll_future_once(&mut a).await;
     within(30, "terminate", pool.terminate()).await.unwrap();
-    let out: Vec<Result<u64, Error>> = within(30, "map after terminate", m.collect::<Vec<_>>()).await;
+    let out: Vec<Result<u64, Error>> =
+        within(30, "map after terminate", m.collect::<Vec<_>>()).await;
     assert_eq!(out.len(), 10);
     for r in out {
         let err = r.unwrap_err();
@@ -1035,15 +1306,40 @@ async fn terminate_fails_pending_tasks() {
 async fn zero_processes_or_concurrency_is_a_usage_error() {
     let err = Pool::builder().processes(0).build().await.unwrap_err();
     assert!(err.is_usage(), "{err}");
-    let err = Pool::builder().processes(1).concurrency(0).build().await.unwrap_err();
+    let err = Pool::builder()
+        .processes(1)
+        .concurrency(0)
+        .build()
+        .await
+        .unwrap_err();
     assert!(err.is_usage(), "{err}");
-    let err = Pool::builder().processes(1).max_attempts(0).build().await.unwrap_err();
+    let err = Pool::builder()
+        .processes(1)
+        .max_attempts(0)
+        .build()
+        .await
+        .unwrap_err();
     assert!(err.is_usage(), "{err}");
-    let err = Pool::builder().processes(1).max_tasks_per_child(0).build().await.unwrap_err();
+    let err = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(0)
+        .build()
+        .await
+        .unwrap_err();
     assert!(err.is_usage(), "{err}");
-    let err = Pool::builder().processes(1).chunk_size(0).build().await.unwrap_err();
+    let err = Pool::builder()
+        .processes(1)
+        .chunk_size(0)
+        .build()
+        .await
+        .unwrap_err();
     assert!(err.is_usage(), "{err}");
-    let err = Pool::builder().processes(1).max_frame_bytes(1023).build().await.unwrap_err();
+    let err = Pool::builder()
+        .processes(1)
+        .max_frame_bytes(1023)
+        .build()
+        .await
+        .unwrap_err();
     assert!(err.is_usage(), "{err}");
 }
 
@@ -1061,14 +1357,19 @@ async fn result_that_fails_to_serialize_fails_only_that_task() {
             Some(n) => call.chunk_size(n),
             None => call,
         };
-        let out: Vec<Result<Picky, Error>> = within(60, "map picky", call.collect::<Vec<_>>()).await;
+        let out: Vec<Result<Picky, Error>> =
+            within(60, "map picky", call.collect::<Vec<_>>()).await;
         assert_eq!(out.len(), 30);
         for (i, r) in out.into_iter().enumerate() {
             if i % 3 == 0 {
                 let err = r.unwrap_err();
                 assert!(err.is_serialization(), "input {i}: {err}");
             } else {
-                assert_eq!(r.unwrap(), Picky(i as u64), "input {i} (chunk size {chunk:?})");
+                assert_eq!(
+                    r.unwrap(),
+                    Picky(i as u64),
+                    "input {i} (chunk size {chunk:?})"
+                );
             }
         }
     }
@@ -1087,25 +1388,35 @@ async fn arguments_that_fail_to_serialize_fail_only_that_call() {
             Some(n) => call.chunk_size(n),
             None => call,
         };
-        let out: Vec<Result<u64, Error>> = within(60, "map picky args", call.collect::<Vec<_>>()).await;
+        let out: Vec<Result<u64, Error>> =
+            within(60, "map picky args", call.collect::<Vec<_>>()).await;
         assert_eq!(out.len(), 40);
         for (i, r) in out.into_iter().enumerate() {
             if i % 3 == 0 {
                 let err = r.unwrap_err();
                 assert!(err.is_serialization(), "input {i}: {err}");
             } else {
-                assert_eq!(r.unwrap(), i as u64 * 10, "input {i} (chunk size {chunk:?})");
+                assert_eq!(
+                    r.unwrap(),
+                    i as u64 * 10,
+                    "input {i} (chunk size {chunk:?})"
+                );
             }
         }
         // Unordered: the same, by index.
         let mut pairs: Vec<(u64, Result<u64, Error>)> = within(
             60,
             "map_unordered picky args",
-            pool.map_unordered(take_picky, (0..40).map(Picky)).chunk_size(chunk.unwrap_or(1)).collect::<Vec<_>>(),
+            pool.map_unordered(take_picky, (0..40).map(Picky))
+                .chunk_size(chunk.unwrap_or(1))
+                .collect::<Vec<_>>(),
         )
         .await;
         pairs.sort_by_key(|(i, _)| *i);
-        assert_eq!(pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..40).collect::<Vec<_>>());
+        assert_eq!(
+            pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..40).collect::<Vec<_>>()
+        );
         for (i, r) in pairs {
             assert_eq!(r.is_err(), i % 3 == 0, "input {i}");
         }
@@ -1122,7 +1433,10 @@ async fn a_task_can_build_its_own_pool_inside_a_worker() {
     let result = within(120, "nested pool", pool.apply(nested_sum, 100)).await;
     let (sum, ran_in, inner_pids) = match result {
         Ok(v) => v,
-        Err(e) => panic!("the nested pool failed: {:?} / {e}", e.task_error::<String>()),
+        Err(e) => panic!(
+            "the nested pool failed: {:?} / {e}",
+            e.task_error::<String>()
+        ),
     };
     assert_eq!(sum, (1..=100).sum::<u64>());
     assert_eq!(ran_in, outer);
@@ -1136,41 +1450,76 @@ async fn a_task_can_build_its_own_pool_inside_a_worker() {
 
 #[tokio::test]
 async fn dropping_an_apply_cancels_its_task() {
-    let pool = within(60, "build", Pool::builder().processes(1).concurrency(1).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).concurrency(1).build(),
+    )
+    .await
+    .unwrap();
     let pid = pool.worker_pids()[0];
     let mut long = pool.apply(sleep_ms, 60_000);
     poll_future_once(&mut long).await;
     drop(long);
     // The worker's only slot is free again at once, and the worker lives.
-    assert_eq!(within(15, "apply after cancel", pool.apply(inc, 1)).await.unwrap(), 2);
+    assert_eq!(
+        within(15, "apply after cancel", pool.apply(inc, 1))
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(pool.worker_pids(), vec![pid]);
-    within(15, "close after cancel", pool.close()).await.unwrap();
+    within(15, "close after cancel", pool.close())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn dropping_a_map_cancels_its_tasks() {
-    let pool = within(60, "build", Pool::builder().processes(1).concurrency(2).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).concurrency(2).build(),
+    )
+    .await
+    .unwrap();
     let pid = pool.worker_pids()[0];
     let mut m = pool.map(sleep_ms, vec![60_000; 6]);
     poll_stream_once(&mut m).await;
     drop(m);
-    assert_eq!(within(15, "map after cancel", pool.map(inc, 0..4)).await.unwrap(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        within(15, "map after cancel", pool.map(inc, 0..4))
+            .await
+            .unwrap(),
+        vec![1, 2, 3, 4]
+    );
     assert_eq!(pool.worker_pids(), vec![pid]);
-    within(15, "close after cancel", pool.close()).await.unwrap();
+    within(15, "close after cancel", pool.close())
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------- laziness and limits
 
 #[tokio::test]
 async fn close_fails_the_inputs_a_lazy_map_had_not_submitted() {
-    let pool = within(60, "build", Pool::builder().processes(1).concurrency(2).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).concurrency(2).build(),
+    )
+    .await
+    .unwrap();
     let mut m = pool.map(inc, 0..1000u64).chunk_size(1);
     poll_stream_once(&mut m).await;
     within(30, "close", pool.close()).await.unwrap();
     let out: Vec<Result<u64, Error>> = within(30, "rest of the map", m.collect::<Vec<_>>()).await;
     assert_eq!(out.len(), 1000);
     let done = out.iter().take_while(|r| r.is_ok()).count();
-    assert!(done > 0 && done < 1000, "{done} inputs were submitted before close");
+    assert!(
+        done > 0 && done < 1000,
+        "{done} inputs were submitted before close"
+    );
     for (i, r) in out.into_iter().enumerate() {
         match r {
             Ok(v) => assert_eq!(v, i as u64 + 1),
@@ -1183,12 +1532,16 @@ async fn close_fails_the_inputs_a_lazy_map_had_not_submitted() {
 async fn map_stream_yields_results_while_inputs_still_arrive() {
     let pool = pool(2).await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let inputs = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
+    let inputs =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
     let mut m = pool.map_stream(square, Box::pin(inputs));
     for i in 0..20u64 {
         tx.send(i).unwrap();
         // The result of input i comes before input i + 1 exists.
-        assert_eq!(within(30, "ping-pong", m.next()).await.unwrap().unwrap(), i * i);
+        assert_eq!(
+            within(30, "ping-pong", m.next()).await.unwrap().unwrap(),
+            i * i
+        );
     }
     drop(tx);
     assert!(within(30, "end of stream", m.next()).await.is_none());
@@ -1197,10 +1550,21 @@ async fn map_stream_yields_results_while_inputs_still_arrive() {
 
 #[tokio::test]
 async fn concurrency_bounds_the_tasks_running_in_a_worker() {
-    let pool = within(60, "build", Pool::builder().processes(1).concurrency(3).build()).await.unwrap();
-    let seen = within(60, "map", pool.map(track_concurrency, vec![40; 24])).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).concurrency(3).build(),
+    )
+    .await
+    .unwrap();
+    let seen = within(60, "map", pool.map(track_concurrency, vec![40; 24]))
+        .await
+        .unwrap();
     let max = seen.into_iter().max().unwrap();
-    assert_eq!(max, 3, "the worker ran {max} tasks at once with concurrency 3");
+    assert_eq!(
+        max, 3,
+        "the worker ran {max} tasks at once with concurrency 3"
+    );
     pool.close().await.unwrap();
 }
 
@@ -1209,13 +1573,20 @@ async fn a_crash_loop_stops_at_the_restart_intensity() {
     let pool = within(
         60,
         "build",
-        Pool::builder().processes(1).restart_intensity(2, Duration::from_secs(60)).build(),
+        Pool::builder()
+            .processes(1)
+            .restart_intensity(2, Duration::from_secs(60))
+            .build(),
     )
     .await
     .unwrap();
-    let err = within(60, "crash loop", pool.apply(abort_now, ()).max_attempts(10)).await.unwrap_err();
+    let err = within(60, "crash loop", pool.apply(abort_now, ()).max_attempts(10))
+        .await
+        .unwrap_err();
     assert!(err.is_restart_intensity(), "{err}");
-    let err = within(60, "apply on a broken pool", pool.apply(inc, 1)).await.unwrap_err();
+    let err = within(60, "apply on a broken pool", pool.apply(inc, 1))
+        .await
+        .unwrap_err();
     assert!(err.is_restart_intensity(), "{err}");
 }
 
@@ -1223,16 +1594,31 @@ async fn a_crash_loop_stops_at_the_restart_intensity() {
 
 #[tokio::test]
 async fn oversized_arguments_fail_alone() {
-    let pool = within(60, "build", Pool::builder().processes(1).max_frame_bytes(1024).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).max_frame_bytes(1024).build(),
+    )
+    .await
+    .unwrap();
     for chunk in [1, 3] {
         let out: Vec<Result<usize, Error>> = within(
             60,
             "map",
-            pool.map(blob_len, vec![vec![0u8; 10], vec![0u8; 5000], vec![0u8; 20]]).chunk_size(chunk).collect::<Vec<_>>(),
+            pool.map(
+                blob_len,
+                vec![vec![0u8; 10], vec![0u8; 5000], vec![0u8; 20]],
+            )
+            .chunk_size(chunk)
+            .collect::<Vec<_>>(),
         )
         .await;
         assert_eq!(out[0].as_ref().unwrap(), &10);
-        assert!(out[1].as_ref().unwrap_err().is_serialization(), "{:?}", out[1]);
+        assert!(
+            out[1].as_ref().unwrap_err().is_serialization(),
+            "{:?}",
+            out[1]
+        );
         assert_eq!(out[2].as_ref().unwrap(), &20);
     }
     pool.close().await.unwrap();
@@ -1240,11 +1626,26 @@ async fn oversized_arguments_fail_alone() {
 
 #[tokio::test]
 async fn oversized_result_fails_alone() {
-    let pool = within(60, "build", Pool::builder().processes(1).max_frame_bytes(1024).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).max_frame_bytes(1024).build(),
+    )
+    .await
+    .unwrap();
     let pid = pool.worker_pids()[0];
-    let out: Vec<Result<Vec<u8>, Error>> = within(60, "map", pool.map(blob, [10, 5000, 20]).collect::<Vec<_>>()).await;
+    let out: Vec<Result<Vec<u8>, Error>> = within(
+        60,
+        "map",
+        pool.map(blob, [10, 5000, 20]).collect::<Vec<_>>(),
+    )
+    .await;
     assert_eq!(out[0].as_ref().unwrap().len(), 10);
-    assert!(out[1].as_ref().unwrap_err().is_serialization(), "{:?}", out[1]);
+    assert!(
+        out[1].as_ref().unwrap_err().is_serialization(),
+        "{:?}",
+        out[1]
+    );
     assert_eq!(out[2].as_ref().unwrap().len(), 20);
     assert_eq!(pool.worker_pids(), vec![pid]);
     pool.close().await.unwrap();
@@ -1254,13 +1655,22 @@ async fn oversized_result_fails_alone() {
 async fn results_that_fit_the_frame_cap_are_delivered_in_any_batch() {
     // Each result fits a frame on its own; several finishing together must
     // not be packed into a frame over the cap.
-    let pool = within(60, "build", Pool::builder().processes(1).max_frame_bytes(1024).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).max_frame_bytes(1024).build(),
+    )
+    .await
+    .unwrap();
     let pid = pool.worker_pids()[0];
     let sizes = vec![300usize, 900, 300, 900, 100, 950, 10, 980];
     let out: Vec<Result<Vec<u8>, Error>> = within(
         60,
         "map",
-        pool.map(blob, sizes.clone()).chunk_size(sizes.len()).max_attempts(1).collect::<Vec<_>>(),
+        pool.map(blob, sizes.clone())
+            .chunk_size(sizes.len())
+            .max_attempts(1)
+            .collect::<Vec<_>>(),
     )
     .await;
     for (r, n) in out.iter().zip(&sizes) {
@@ -1277,12 +1687,26 @@ async fn results_that_fit_the_frame_cap_are_delivered_in_any_batch() {
 async fn arguments_that_fit_the_frame_cap_run_whatever_the_task_name() {
     // 760 bytes of arguments pass the parent's check (payload + 256 <= cap);
     // the RUN frame must then fit too, or the task must fail alone.
-    let pool = within(60, "build", Pool::builder().processes(1).max_frame_bytes(1024).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(1).max_frame_bytes(1024).build(),
+    )
+    .await
+    .unwrap();
     let pid = pool.worker_pids()[0];
-    let r = within(60, "apply", pool.apply(long_named, vec![1u8; 760]).max_attempts(1)).await;
+    let r = within(
+        60,
+        "apply",
+        pool.apply(long_named, vec![1u8; 760]).max_attempts(1),
+    )
+    .await;
     match r {
         Ok(n) => assert_eq!(n, 760),
-        Err(e) => assert!(e.is_serialization(), "a task whose RUN frame is over the cap should fail alone: {e}"),
+        Err(e) => assert!(
+            e.is_serialization(),
+            "a task whose RUN frame is over the cap should fail alone: {e}"
+        ),
     }
     assert_eq!(pool.worker_pids(), vec![pid], "the worker was replaced");
     pool.close().await.unwrap();
@@ -1302,29 +1726,51 @@ async fn no_process_left_after_a_started_process_is_dropped() {
 
 #[tokio::test]
 async fn workers_exit_when_their_parent_is_killed() {
-    let path = std::env::temp_dir().join(format!("multiloop-acceptance-{}.sock", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("multiloop-acceptance-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     let mut parent = Process::new(pool_then_hang, path.to_string_lossy().into_owned()).unwrap();
     parent.start().unwrap();
-    let (mut conn, _) = within(60, "the middle process reports its pool", listener.accept()).await.unwrap();
+    let (mut conn, _) = within(60, "the middle process reports its pool", listener.accept())
+        .await
+        .unwrap();
     let mut text = String::new();
-    within(30, "read pids", tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut text)).await.unwrap();
+    within(
+        30,
+        "read pids",
+        tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut text),
+    )
+    .await
+    .unwrap();
     let _ = std::fs::remove_file(&path);
     let pids: Vec<u32> = text.split(',').map(|p| p.parse().unwrap()).collect();
     assert_eq!(pids.len(), 2, "{text:?}");
     assert!(pids.iter().all(|&p| pid_exists(p)));
     parent.kill().unwrap();
-    assert_eq!(within(30, "join parent", parent.join(None)).await.unwrap().signal, Some(libc::SIGKILL));
+    assert_eq!(
+        within(30, "join parent", parent.join(None))
+            .await
+            .unwrap()
+            .signal,
+        Some(libc::SIGKILL)
+    );
     // The orphaned workers are no children of ours: once dead they may stay
     // zombies until init reaps them, which counts as gone.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let alive: Vec<u32> = pids.iter().copied().filter(|&p| pid_exists(p) && !is_zombie(p)).collect();
+        let alive: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| pid_exists(p) && !is_zombie(p))
+            .collect();
         if alive.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "orphaned workers {alive:?} still run 10 s after their parent died");
+        assert!(
+            Instant::now() < deadline,
+            "orphaned workers {alive:?} still run 10 s after their parent died"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1336,19 +1782,32 @@ async fn a_task_hogging_the_event_loop_past_its_deadline_times_out() {
     let pool = within(
         60,
         "build",
-        Pool::builder().processes(1).timeout_grace(Duration::from_millis(300)).build(),
+        Pool::builder()
+            .processes(1)
+            .timeout_grace(Duration::from_millis(300))
+            .build(),
     )
     .await
     .unwrap();
     let mut neighbour = pool.apply(sleep_ms, 50).max_attempts(1);
     poll_future_once(&mut neighbour).await;
-    let hog = pool.apply(spin_ms, 30_000).timeout(Duration::from_millis(100));
-    let (hog, neighbour) = within(20, "hog and neighbour", async { tokio::join!(hog, neighbour) }).await;
+    let hog = pool
+        .apply(spin_ms, 30_000)
+        .timeout(Duration::from_millis(100));
+    let (hog, neighbour) = within(20, "hog and neighbour", async {
+        tokio::join!(hog, neighbour)
+    })
+    .await;
     let err = hog.unwrap_err();
     assert!(err.is_timeout(), "{err}");
     // The neighbour ran again elsewhere without losing its only attempt.
     assert_eq!(neighbour.unwrap(), 50);
-    assert_eq!(within(30, "apply after hard timeout", pool.apply(inc, 1)).await.unwrap(), 2);
+    assert_eq!(
+        within(30, "apply after hard timeout", pool.apply(inc, 1))
+            .await
+            .unwrap(),
+        2
+    );
     pool.close().await.unwrap();
 }
 
@@ -1366,7 +1825,10 @@ async fn ordered_map_over_an_endless_iterator_stays_bounded_behind_a_slow_task()
     });
     // Fixed chunks of 1: the window is processes x concurrency x 2 = 64.
     let mut m = pool.map(slow_first, inputs).chunk_size(1);
-    assert_eq!(within(30, "first result", m.next()).await.unwrap().unwrap(), 0);
+    assert_eq!(
+        within(30, "first result", m.next()).await.unwrap().unwrap(),
+        0
+    );
     let n = pulled.load(Ordering::SeqCst);
     assert!(
         n <= 64 * 4,
@@ -1378,21 +1840,41 @@ async fn ordered_map_over_an_endless_iterator_stays_bounded_behind_a_slow_task()
 
 #[tokio::test]
 async fn max_tasks_per_child_splits_chunks_larger_than_a_worker_has_left() {
-    let pool = within(60, "build", Pool::builder().processes(2).max_tasks_per_child(7).build()).await.unwrap();
-    let out = within(120, "map", pool.map(double_with_pid, 0..100).chunk_size(25)).await.unwrap();
-    assert_eq!(out.iter().map(|(v, _)| *v).collect::<Vec<_>>(), (0..100).map(|x| x * 2).collect::<Vec<_>>());
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(2).max_tasks_per_child(7).build(),
+    )
+    .await
+    .unwrap();
+    let out = within(120, "map", pool.map(double_with_pid, 0..100).chunk_size(25))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..100).map(|x| x * 2).collect::<Vec<_>>()
+    );
     let pids: HashSet<u32> = out.iter().map(|(_, p)| *p).collect();
     for pid in &pids {
         let n = out.iter().filter(|(_, p)| p == pid).count();
-        assert!(n <= 7, "worker {pid} ran {n} tasks, more than max_tasks_per_child = 7");
+        assert!(
+            n <= 7,
+            "worker {pid} ran {n} tasks, more than max_tasks_per_child = 7"
+        );
     }
-    assert!(pids.len() >= 100 / 7, "only {} workers for 100 tasks at 7 per worker", pids.len());
+    assert!(
+        pids.len() >= 100 / 7,
+        "only {} workers for 100 tasks at 7 per worker",
+        pids.len()
+    );
     within(30, "close", pool.close()).await.unwrap();
 }
 
 #[tokio::test]
 async fn worker_panic_reaches_the_caller() {
-    let err = within(30, "worker.await", Worker::new(panics_later, 3).unwrap()).await.unwrap_err();
+    let err = within(30, "worker.await", Worker::new(panics_later, 3).unwrap())
+        .await
+        .unwrap_err();
     assert!(err.is_panic(), "{err}");
     assert!(err.panic_message().unwrap().contains("late boom at 3"));
     assert!(err.panic_location().unwrap().contains("acceptance.rs"));
@@ -1407,16 +1889,25 @@ async fn dropping_the_pool_fails_outstanding_calls() {
     let mut call = pool.apply(sleep_ms, 60_000);
     poll_future_once(&mut call).await;
     drop(pool);
-    let err = within(30, "call after the pool was dropped", call).await.unwrap_err();
+    let err = within(30, "call after the pool was dropped", call)
+        .await
+        .unwrap_err();
     assert!(err.is_pool_closed(), "{err}");
     assert_pids_gone(&pids, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
 async fn panicking_initializer_fails_build() {
-    let err = within(60, "build", Pool::builder().processes(1).initializer(panicking_init, ()).build())
-        .await
-        .unwrap_err();
+    let err = within(
+        60,
+        "build",
+        Pool::builder()
+            .processes(1)
+            .initializer(panicking_init, ())
+            .build(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_initializer(), "{err}");
     assert!(err.to_string().contains("init exploded"), "{err}");
 }
@@ -1424,15 +1915,26 @@ async fn panicking_initializer_fails_build() {
 #[tokio::test]
 async fn tasks_can_spawn_onto_the_worker_runtime() {
     let pool = pool(1).await;
-    assert_eq!(pool.map(spawns_inside, 0..10).await.unwrap(), (0..10).map(|x| x + 1 + x * 2).collect::<Vec<_>>());
+    assert_eq!(
+        pool.map(spawns_inside, 0..10).await.unwrap(),
+        (0..10).map(|x| x + 1 + x * 2).collect::<Vec<_>>()
+    );
     pool.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn thousands_of_waiting_tasks_run_at_once() {
-    let pool = within(60, "build", Pool::builder().processes(2).concurrency(1000).build()).await.unwrap();
+    let pool = within(
+        60,
+        "build",
+        Pool::builder().processes(2).concurrency(1000).build(),
+    )
+    .await
+    .unwrap();
     let start = Instant::now();
-    let out = within(60, "map", pool.map(sleep_ms, vec![300; 4000])).await.unwrap();
+    let out = within(60, "map", pool.map(sleep_ms, vec![300; 4000]))
+        .await
+        .unwrap();
     let took = start.elapsed();
     assert_eq!(out.len(), 4000);
     // One at a time this would take 4000 x 300 ms / 2 workers = 10 minutes;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use serde::{Deserialize, Serialize};
 
 multiloop::init_before_main!();
@@ -14,7 +15,11 @@ enum MyErr {
 
 #[multiloop::task]
 async fn even_only(x: u64) -> Result<u64, MyErr> {
-    if x % 2 == 1 { Err(MyErr::Odd(x)) } else { Ok(x) }
+    if x % 2 == 1 {
+        Err(MyErr::Odd(x))
+    } else {
+        Ok(x)
+    }
 }
 
 #[multiloop::task]
@@ -25,7 +30,11 @@ async fn nap(ms: u64) -> u64 {
 
 #[tokio::test]
 async fn smoke() {
-    let pool = multiloop::Pool::builder().processes(2).build().await.unwrap();
+    let pool = multiloop::Pool::builder()
+        .processes(2)
+        .build()
+        .await
+        .unwrap();
     assert_eq!(pool.apply(inc, 1).await.unwrap(), 2);
     let v = pool.map(inc, 0..100_000u64).await.unwrap();
     assert_eq!(v.len(), 100_000);
@@ -57,36 +66,72 @@ async fn stuck_task_times_out_hard_and_siblings_complete() {
     let pids = pool.worker_pids();
     let t = std::time::Instant::now();
     let results: Vec<_> = futures_util::StreamExt::collect::<Vec<_>>(
-        pool.map(spin, 0..50u64).timeout(std::time::Duration::from_millis(300)),
+        pool.map(spin, 0..50u64)
+            .timeout(std::time::Duration::from_millis(300)),
     )
     .await;
     let elapsed = t.elapsed();
-    assert!(results[0].as_ref().unwrap_err().is_timeout(), "{:?}", results[0]);
+    assert!(
+        results[0].as_ref().unwrap_err().is_timeout(),
+        "{:?}",
+        results[0]
+    );
     for (i, r) in results.iter().enumerate().skip(1) {
         assert_eq!(*r.as_ref().unwrap(), i as u64);
     }
-    assert!(elapsed < std::time::Duration::from_millis(2000), "{elapsed:?}");
+    assert!(
+        elapsed < std::time::Duration::from_millis(2000),
+        "{elapsed:?}"
+    );
     let now = pool.worker_pids();
-    assert!(pids.iter().any(|p| !now.contains(p)), "the stuck worker was replaced");
+    assert!(
+        pids.iter().any(|p| !now.contains(p)),
+        "the stuck worker was replaced"
+    );
     pool.close().await.unwrap();
 }
 
 #[multiloop::task]
 async fn square_or_fail(x: u64) -> Result<u64, MyErr> {
-    if x % 1000 == 999 { Err(MyErr::Odd(x)) } else { Ok(x * x) }
+    if x % 1000 == 999 {
+        Err(MyErr::Odd(x))
+    } else {
+        Ok(x * x)
+    }
 }
 
 #[tokio::test]
 async fn map_reduce_folds_in_workers() {
-    let pool = multiloop::Pool::builder().processes(2).build().await.unwrap();
-    let out = pool.map_reduce(square_or_fail, 0..100_000u64, multiloop::reduce::Sum::<u64>::new()).await.unwrap();
-    let expect: u64 = (0..100_000u64).filter(|x| x % 1000 != 999).map(|x| x * x).sum();
+    let pool = multiloop::Pool::builder()
+        .processes(2)
+        .build()
+        .await
+        .unwrap();
+    let out = pool
+        .map_reduce(
+            square_or_fail,
+            0..100_000u64,
+            multiloop::reduce::Sum::<u64>::new(),
+        )
+        .await
+        .unwrap();
+    let expect: u64 = (0..100_000u64)
+        .filter(|x| x % 1000 != 999)
+        .map(|x| x * x)
+        .sum();
     assert_eq!(out.value, expect);
     assert_eq!(out.errors.len(), 100);
     assert_eq!(out.folded, 99_900);
-    let top = pool.map_reduce(inc, 0..1000u64, multiloop::reduce::TopK::new(3)).await.unwrap();
+    let top = pool
+        .map_reduce(inc, 0..1000u64, multiloop::reduce::TopK::new(3))
+        .await
+        .unwrap();
     assert_eq!(top.value, vec![1000, 999, 998]);
-    let routed: Vec<u32> = pool.map(pid_of, 0..64u64).route_by(|x| *x % 4).await.unwrap();
+    let routed: Vec<u32> = pool
+        .map(pid_of, 0..64u64)
+        .route_by(|x| *x % 4)
+        .await
+        .unwrap();
     for (i, p) in routed.iter().enumerate() {
         assert_eq!(*p, routed[i % 4], "key {} always on one worker", i % 4);
     }

@@ -38,18 +38,31 @@ pub(crate) struct Item {
 /// Why tasks ended without an outcome; turned into one [`Error`] per task.
 #[derive(Debug, Clone)]
 pub(crate) enum Failure {
-    Crash { task: &'static str, exit: ExitInfo, attempts: u32, stderr_tail: String },
+    Crash {
+        task: &'static str,
+        exit: ExitInfo,
+        attempts: u32,
+        stderr_tail: String,
+    },
     Terminated,
     Closed,
-    RestartIntensity { restarts: u32, within: Duration, last: ExitInfo },
-    HardTimeout { after: Duration },
+    RestartIntensity {
+        restarts: u32,
+        within: Duration,
+        last: ExitInfo,
+    },
     Setup(String),
 }
 
 impl Failure {
     pub(crate) fn to_error(&self) -> Error {
         match self {
-            Failure::Crash { task, exit, attempts, stderr_tail } => Error::new(Kind::Crash {
+            Failure::Crash {
+                task,
+                exit,
+                attempts,
+                stderr_tail,
+            } => Error::new(Kind::Crash {
                 task: Some(task),
                 exit: exit.clone(),
                 attempts: *attempts,
@@ -57,11 +70,18 @@ impl Failure {
             }),
             Failure::Terminated => Error::terminated(),
             Failure::Closed => Error::pool_closed(),
-            Failure::RestartIntensity { restarts, within, last } => {
-                Error::new(Kind::RestartIntensity { restarts: *restarts, within: *within, last: last.clone() })
-            }
-            Failure::HardTimeout { after } => Error::new(Kind::Timeout { after: *after, hard: true }),
-            Failure::Setup(reason) => Error::new(Kind::Initializer { reason: reason.clone() }),
+            Failure::RestartIntensity {
+                restarts,
+                within,
+                last,
+            } => Error::new(Kind::RestartIntensity {
+                restarts: *restarts,
+                within: *within,
+                last: last.clone(),
+            }),
+            Failure::Setup(reason) => Error::new(Kind::Initializer {
+                reason: reason.clone(),
+            }),
         }
     }
 }
@@ -345,29 +365,42 @@ impl Core {
 
     /// Whether worker `w` may be given another chunk.
     fn takes_work(&self, w: &WorkerSlot, cap: usize) -> bool {
-        w.ready && w.alive && !w.retiring && !w.isolating && (w.assigned < cap || w.chunks.len() < 2)
+        w.ready
+            && w.alive
+            && !w.retiring
+            && !w.isolating
+            && (w.assigned < cap || w.chunks.len() < 2)
     }
 
     /// Recycling: never give a worker more tasks than it has left; the rest
     /// of the chunk goes back to the front of the queue.
     fn split_for_recycling(&mut self, id: u64, slot: usize) {
-        let Some(max) = self.limits.max_tasks_per_child else { return };
+        let Some(max) = self.limits.max_tasks_per_child else {
+            return;
+        };
         let left = max.saturating_sub(self.workers[slot].lifetime);
-        let Some(rec) = self.chunks.get(&id) else { return };
+        let Some(rec) = self.chunks.get(&id) else {
+            return;
+        };
         let count = rec.count();
         if u64::from(count) <= left || left == 0 {
             return;
         }
         let head: Vec<u32> = (0..left as u32).collect();
         let tail: Vec<u32> = (left as u32..count).collect();
-        let (head, tail) = (rec.subset(&head, rec.attempt), rec.subset(&tail, rec.attempt));
+        let (head, tail) = (
+            rec.subset(&head, rec.attempt),
+            rec.subset(&tail, rec.attempt),
+        );
         self.chunks.insert(id, head);
         self.requeue(tail);
     }
 
     /// Gives chunk `id` to the worker in `slot`: writes its RUN frame.
     fn assign(&mut self, id: u64, slot: usize) {
-        let Some(rec) = self.chunks.get_mut(&id) else { return };
+        let Some(rec) = self.chunks.get_mut(&id) else {
+            return;
+        };
         let worker = &mut self.workers[slot];
         worker.isolating = rec.isolated;
         rec.worker = Some(worker.id);
@@ -376,7 +409,9 @@ impl Core {
         worker.assigned += rec.remaining as usize;
         worker.lifetime += u64::from(count);
         worker.chunks.push(id);
-        let timeout_us = rec.timeout.map_or(0, |d| d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
+        let timeout_us = rec
+            .timeout
+            .map_or(0, |d| d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
         let (task, payload, reduce) = (rec.task, &rec.payload, &rec.reduce);
         worker.outbox.with(|w| {
             let reducer = reduce.as_ref().map(|(name, value)| (*name, value.as_ref()));
@@ -403,7 +438,9 @@ impl Core {
         let mut finished: Vec<u64> = Vec::new();
         let mut freed = 0usize;
         for (chunk, index, status, start, end) in outcomes {
-            let Some(rec) = self.chunks.get_mut(&chunk) else { continue };
+            let Some(rec) = self.chunks.get_mut(&chunk) else {
+                continue;
+            };
             if rec.worker != Some(from) {
                 continue;
             }
@@ -419,7 +456,12 @@ impl Core {
                 }
                 rec.remaining = 0;
                 freed += folded as usize;
-                Item { index: u64::from(folded), status, start, end }
+                Item {
+                    index: u64::from(folded),
+                    status,
+                    start,
+                    end,
+                }
             } else {
                 // Only the worker running the chunk now may answer, once per
                 // task: a late answer from an earlier attempt is dropped.
@@ -429,13 +471,24 @@ impl Core {
                 rec.set_done(index);
                 rec.remaining -= 1;
                 freed += 1;
-                Item { index: rec.job_index(index), status, start, end }
+                Item {
+                    index: rec.job_index(index),
+                    status,
+                    start,
+                    end,
+                }
             };
             match &mut current {
                 Some((job, _, items)) if *job == rec.job => items.push(item),
                 _ => {
                     if let Some((_, sink, items)) = current.take() {
-                        actions.events.push((sink, Event::Outcomes { frame: frame.clone(), items }));
+                        actions.events.push((
+                            sink,
+                            Event::Outcomes {
+                                frame: frame.clone(),
+                                items,
+                            },
+                        ));
                     }
                     current = Some((rec.job, rec.sink.clone(), vec![item]));
                 }
@@ -445,7 +498,13 @@ impl Core {
             }
         }
         if let Some((_, sink, items)) = current.take() {
-            actions.events.push((sink, Event::Outcomes { frame: frame.clone(), items }));
+            actions.events.push((
+                sink,
+                Event::Outcomes {
+                    frame: frame.clone(),
+                    items,
+                },
+            ));
         }
         for id in &finished {
             self.chunks.remove(id);
@@ -468,7 +527,11 @@ impl Core {
     /// A worker asked to be replaced (its memory passed the limit): it gets
     /// no new work, and exits once it has finished what it holds.
     pub(crate) fn retire_worker(&mut self, id: WorkerId, actions: &mut Actions) {
-        if let Some(w) = self.workers.get_mut(id.slot).filter(|w| w.id == id && w.alive) {
+        if let Some(w) = self
+            .workers
+            .get_mut(id.slot)
+            .filter(|w| w.id == id && w.alive)
+        {
             w.retiring = true;
             if w.chunks.is_empty() {
                 actions.retire.push(id);
@@ -491,7 +554,9 @@ impl Core {
         violated: bool,
         actions: &mut Actions,
     ) {
-        let Some(worker) = self.workers.get_mut(id.slot).filter(|w| w.id == id) else { return };
+        let Some(worker) = self.workers.get_mut(id.slot).filter(|w| w.id == id) else {
+            return;
+        };
         let was_retiring_clean = worker.retiring && worker.chunks.is_empty();
         worker.alive = false;
         worker.ready = false;
@@ -502,17 +567,31 @@ impl Core {
         if !was_retiring_clean || !exit_is_clean(exit) {
             self.deaths.push_back(now);
         }
-        while self.deaths.front().is_some_and(|t| now.duration_since(*t) > self.limits.restart_window) {
+        while self
+            .deaths
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.limits.restart_window)
+        {
             self.deaths.pop_front();
         }
         // Only a culprit among the worker's pending tasks counts (one that
         // already answered, like a task its watchdog timed out, does not).
         let culprit = culprit.filter(|(c, i)| {
-            chunks.contains(c) && self.chunks.get(c).is_some_and(|r| *i < r.count() && !r.is_done(*i))
+            chunks.contains(c)
+                && self
+                    .chunks
+                    .get(c)
+                    .is_some_and(|r| *i < r.count() && !r.is_done(*i))
         });
+        let death = Death {
+            exit,
+            stderr_tail,
+            culprit_elsewhere: culprit.is_some(),
+            violated,
+        };
         for chunk in chunks {
             let blamed = culprit.filter(|(c, _)| *c == chunk).map(|(_, i)| i);
-            self.requeue_after_crash(chunk, exit, stderr_tail, blamed, culprit.is_some(), violated, actions);
+            self.requeue_after_crash(chunk, &death, blamed, actions);
         }
         if self.deaths.len() as u32 > self.limits.restart_limit && self.phase == Phase::Open {
             let failure = Failure::RestartIntensity {
@@ -532,14 +611,19 @@ impl Core {
     fn requeue_after_crash(
         &mut self,
         chunk: u64,
-        exit: &ExitInfo,
-        stderr_tail: &str,
+        death: &Death<'_>,
         blamed: Option<u32>,
-        culprit_elsewhere: bool,
-        violated: bool,
         actions: &mut Actions,
     ) {
-        let Some(rec) = self.chunks.remove(&chunk) else { return };
+        let Death {
+            exit,
+            stderr_tail,
+            culprit_elsewhere,
+            violated,
+        } = *death;
+        let Some(rec) = self.chunks.remove(&chunk) else {
+            return;
+        };
         let pending = rec.pending();
         let (charged, free): (Vec<u32>, Vec<u32>) = match blamed {
             // The worker died inside this chunk's task `culprit`: it alone
@@ -567,7 +651,9 @@ impl Core {
                 stderr_tail: stderr_tail.to_owned(),
             };
             let indices = charged.iter().map(|&i| rec.job_index(i)).collect();
-            actions.events.push((rec.sink.clone(), Event::Failed { indices, failure }));
+            actions
+                .events
+                .push((rec.sink.clone(), Event::Failed { indices, failure }));
         } else if blamed.is_some() {
             self.requeue(rec.subset(&charged, rec.attempt + 1));
         } else {
@@ -589,13 +675,23 @@ impl Core {
 
     /// Fails everything pending with `failure` and stops taking work.
     pub(crate) fn break_pool(&mut self, failure: Failure, actions: &mut Actions) {
-        self.phase = if matches!(failure, Failure::Terminated) { Phase::Terminated } else { Phase::Broken };
+        self.phase = if matches!(failure, Failure::Terminated) {
+            Phase::Terminated
+        } else {
+            Phase::Broken
+        };
         self.broken = Some(failure.clone());
         self.queue.clear();
         for (_, rec) in self.chunks.drain() {
             let indices: Vec<u64> = rec.pending().iter().map(|&i| rec.job_index(i)).collect();
             if !indices.is_empty() {
-                actions.events.push((rec.sink.clone(), Event::Failed { indices, failure: failure.clone() }));
+                actions.events.push((
+                    rec.sink.clone(),
+                    Event::Failed {
+                        indices,
+                        failure: failure.clone(),
+                    },
+                ));
             }
         }
         for w in &mut self.workers {
@@ -611,7 +707,12 @@ impl Core {
     /// Drops a job's queued chunks and tells workers to drop its running
     /// ones.
     pub(crate) fn cancel_job(&mut self, job: u64) {
-        let ids: Vec<u64> = self.chunks.iter().filter(|(_, r)| r.job == job).map(|(&id, _)| id).collect();
+        let ids: Vec<u64> = self
+            .chunks
+            .iter()
+            .filter(|(_, r)| r.job == job)
+            .map(|(&id, _)| id)
+            .collect();
         if ids.is_empty() {
             return;
         }
@@ -637,6 +738,17 @@ impl Core {
         }
         self.dispatch();
     }
+}
+
+/// What is known about a worker's death.
+#[derive(Clone, Copy)]
+struct Death<'a> {
+    exit: &'a ExitInfo,
+    stderr_tail: &'a str,
+    /// The worker died inside a task (of some chunk).
+    culprit_elsewhere: bool,
+    /// The parent killed it for breaking the protocol.
+    violated: bool,
 }
 
 fn exit_is_clean(exit: &ExitInfo) -> bool {

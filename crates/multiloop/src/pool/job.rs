@@ -64,6 +64,9 @@ impl<S: Stream + Unpin> Input for StreamInput<S> {
     }
 }
 
+/// A finished task: its input index and its result.
+pub(crate) type Done<T> = (u64, Result<<T as Task>::Output, Error>);
+
 /// Settings of one call, defaulting to the pool's.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallOptions {
@@ -142,7 +145,7 @@ pub(crate) struct Job<T: Task, S> {
     chunker: Chunker,
     options: CallOptions,
     /// Finished tasks not yet handed to the caller.
-    ready: VecDeque<(u64, Result<T::Output, Error>)>,
+    ready: VecDeque<Done<T>>,
     /// Finished tasks the caller's stream holds back (an ordered map
     /// waiting for an earlier result); they count against the window.
     held: usize,
@@ -209,7 +212,8 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     }
 
     fn window(&self) -> usize {
-        self.window_base.max(self.chunker.size * self.pool.config.processes * 2)
+        self.window_base
+            .max(self.chunker.size * self.pool.config.processes * 2)
     }
 
     /// Pulls inputs and submits chunks while the window has room. Results
@@ -289,8 +293,13 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             indices: Vec<u64>,
         }
         let slots = self.pool.config.processes;
-        let mut building: Vec<Building> =
-            (0..slots).map(|_| Building { payload: Vec::new(), offsets: vec![0], indices: Vec::new() }).collect();
+        let mut building: Vec<Building> = (0..slots)
+            .map(|_| Building {
+                payload: Vec::new(),
+                offsets: vec![0],
+                indices: Vec::new(),
+            })
+            .collect();
         let mut unsent = 0;
         while !self.exhausted && self.outstanding() + unsent < self.window() {
             let item = match self.source.poll_input(cx) {
@@ -318,7 +327,14 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             b.indices.push(index);
             unsent += 1;
             if b.indices.len() >= self.chunker.size {
-                let b = std::mem::replace(b, Building { payload: Vec::new(), offsets: vec![0], indices: Vec::new() });
+                let b = std::mem::replace(
+                    b,
+                    Building {
+                        payload: Vec::new(),
+                        offsets: vec![0],
+                        indices: Vec::new(),
+                    },
+                );
                 unsent -= b.indices.len();
                 self.submit_routed(b.payload, b.offsets, b.indices, slot);
             }
@@ -330,13 +346,25 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         }
     }
 
-    fn submit_routed(&mut self, payload: Vec<u8>, offsets: Vec<u32>, indices: Vec<u64>, slot: usize) {
+    fn submit_routed(
+        &mut self,
+        payload: Vec<u8>,
+        offsets: Vec<u32>,
+        indices: Vec<u64>,
+        slot: usize,
+    ) {
         if payload.len() + run_header_bound::<T>() > self.pool.config.max_frame {
             // Rare: split one by one (each still routed to its slot).
             for (i, &index) in indices.iter().enumerate() {
                 let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
                 let one = Bytes::copy_from_slice(&payload[a..b]);
-                self.submit(one, vec![0, (b - a) as u32], Some(vec![index]), 0, Some(slot));
+                self.submit(
+                    one,
+                    vec![0, (b - a) as u32],
+                    Some(vec![index]),
+                    0,
+                    Some(slot),
+                );
             }
             return;
         }
@@ -348,7 +376,13 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         self.in_flight + self.ready.len() + self.held
     }
 
-    fn submit_split(&mut self, payload: Vec<u8>, offsets: Vec<u32>, indices: Option<Vec<u64>>, base: u64) {
+    fn submit_split(
+        &mut self,
+        payload: Vec<u8>,
+        offsets: Vec<u32>,
+        indices: Option<Vec<u64>>,
+        base: u64,
+    ) {
         let max = self.pool.config.max_frame;
         for i in 0..offsets.len() - 1 {
             let index = indices.as_ref().map_or(base + i as u64, |ix| ix[i]);
@@ -357,7 +391,10 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 let err = Error::serialization(
                     "arguments",
                     type_name::<T::Args>(),
-                    format!("{} bytes serialized, more than the frame cap of {max} bytes", b - a),
+                    format!(
+                        "{} bytes serialized, more than the frame cap of {max} bytes",
+                        b - a
+                    ),
                 );
                 self.ready.push_back((index, Err(err)));
                 continue;
@@ -419,7 +456,8 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                     if item.status == Status::Partial {
                         n += item.index as usize;
                         self.folded += item.index;
-                        self.partials.push_back((frame.clone(), item.start, item.end));
+                        self.partials
+                            .push_back((frame.clone(), item.start, item.end));
                         continue;
                     }
                     n += 1;
@@ -461,7 +499,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     }
 
     /// The next finished task, in completion order.
-    pub(crate) fn poll_next_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<(u64, Result<T::Output, Error>)>> {
+    pub(crate) fn poll_next_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done<T>>> {
         loop {
             if let Some(done) = self.ready.pop_front() {
                 return Poll::Ready(Some(done));
@@ -471,7 +509,11 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 continue;
             }
             if self.in_flight == 0 {
-                return if self.exhausted { Poll::Ready(None) } else { Poll::Pending };
+                return if self.exhausted {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                };
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(event)) => {
@@ -487,11 +529,6 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-    }
-
-    /// True when every input was taken and every outcome handed out.
-    pub(crate) fn is_finished(&self) -> bool {
-        self.exhausted && self.in_flight == 0 && self.ready.is_empty()
     }
 }
 
@@ -526,24 +563,42 @@ fn run_header_bound<T: Task>() -> usize {
 }
 
 /// Turns one outcome into the caller's typed result.
-fn decode<T: Task>(frame: &Bytes, item: &Item, timeout: Option<Duration>) -> Result<T::Output, Error> {
-    let data = frame.get(item.start as usize..item.end as usize).unwrap_or_default();
+fn decode<T: Task>(
+    frame: &Bytes,
+    item: &Item,
+    timeout: Option<Duration>,
+) -> Result<T::Output, Error> {
+    let data = frame
+        .get(item.start as usize..item.end as usize)
+        .unwrap_or_default();
     decode_outcome::<T>(item.status, data, timeout)
 }
 
 /// Turns an outcome's status and data into the caller's typed result.
-pub(crate) fn decode_outcome<T: Task>(status: Status, data: &[u8], timeout: Option<Duration>) -> Result<T::Output, Error> {
+pub(crate) fn decode_outcome<T: Task>(
+    status: Status,
+    data: &[u8],
+    timeout: Option<Duration>,
+) -> Result<T::Output, Error> {
     let text = || String::from_utf8_lossy(data).into_owned();
     match status {
         Status::Ok => postcard::from_bytes::<T::Output>(data)
             .map_err(|e| Error::serialization("result", type_name::<T::Output>(), e)),
         Status::TaskError => match postcard::from_bytes::<T::Error>(data) {
             Ok(e) => Err(Error::task(e)),
-            Err(e) => Err(Error::serialization("task error", type_name::<T::Error>(), e)),
+            Err(e) => Err(Error::serialization(
+                "task error",
+                type_name::<T::Error>(),
+                e,
+            )),
         },
         Status::Panic => {
-            let (message, location) = wire::decode_panic(data).unwrap_or(("a panic (undecodable message)", None));
-            Err(Error::new(Kind::Panic { message: message.to_owned(), location: location.map(str::to_owned) }))
+            let (message, location) =
+                wire::decode_panic(data).unwrap_or(("a panic (undecodable message)", None));
+            Err(Error::new(Kind::Panic {
+                message: message.to_owned(),
+                location: location.map(str::to_owned),
+            }))
         }
         Status::Timeout => {
             // The data is the limit in microseconds, prefixed with `hard:`
@@ -553,12 +608,27 @@ pub(crate) fn decode_outcome<T: Task>(status: Status, data: &[u8], timeout: Opti
                 Some(rest) => (true, rest),
                 None => (false, text),
             };
-            let after = micros.parse().map(Duration::from_micros).ok().or(timeout).unwrap_or_default();
+            let after = micros
+                .parse()
+                .map(Duration::from_micros)
+                .ok()
+                .or(timeout)
+                .unwrap_or_default();
             Err(Error::new(Kind::Timeout { after, hard }))
         }
-        Status::EncodeFailed => Err(Error::serialization("result", type_name::<T::Output>(), text())),
-        Status::DecodeFailed => Err(Error::serialization("arguments", type_name::<T::Args>(), text())),
-        Status::Partial => Err(Error::protocol("a folded result arrived for a call without a reducer")),
+        Status::EncodeFailed => Err(Error::serialization(
+            "result",
+            type_name::<T::Output>(),
+            text(),
+        )),
+        Status::DecodeFailed => Err(Error::serialization(
+            "arguments",
+            type_name::<T::Args>(),
+            text(),
+        )),
+        Status::Partial => Err(Error::protocol(
+            "a folded result arrived for a call without a reducer",
+        )),
         Status::UnknownTask => Err(Error::protocol(format!(
             "the worker has no task named `{}`: is `#[multiloop::task]` code compiled out of the worker?",
             text()
@@ -620,7 +690,11 @@ pub struct Map<T: Task, S> {
 
 impl<T: Task, S: Input<Item = T::Args>> Map<T, S> {
     pub(crate) fn new(job: Job<T, S>) -> Self {
-        Map { job, pending: VecDeque::new(), emit: 0 }
+        Map {
+            job,
+            pending: VecDeque::new(),
+            emit: 0,
+        }
     }
 
     call_options!();
@@ -658,7 +732,10 @@ impl<T: Task, S: Input<Item = T::Args>> IntoFuture for Map<T, S> {
     type IntoFuture = Collect<T, S>;
 
     fn into_future(self) -> Collect<T, S> {
-        Collect { map: self, values: Vec::new() }
+        Collect {
+            map: self,
+            values: Vec::new(),
+        }
     }
 }
 
@@ -743,7 +820,9 @@ impl<T: Task> Future for Apply<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut().job.poll_next_done(cx) {
             Poll::Ready(Some((_, result))) => Poll::Ready(result),
-            Poll::Ready(None) => Poll::Ready(Err(Error::protocol("the task ended without an outcome"))),
+            Poll::Ready(None) => {
+                Poll::Ready(Err(Error::protocol("the task ended without an outcome")))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -782,7 +861,13 @@ where
             )));
         }
         let acc = Some(reducer.identity());
-        MapReduce { job, reducer, acc, errors: Vec::new(), folded: 0 }
+        MapReduce {
+            job,
+            reducer,
+            acc,
+            errors: Vec::new(),
+            folded: 0,
+        }
     }
 
     call_options!();
@@ -796,7 +881,10 @@ where
                         self.reducer.merge(acc, partial);
                     }
                 }
-                Err(e) => self.errors.push((u64::MAX, Error::serialization("partial result", type_name::<R::Acc>(), e))),
+                Err(e) => self.errors.push((
+                    u64::MAX,
+                    Error::serialization("partial result", type_name::<R::Acc>(), e),
+                )),
             }
         }
     }

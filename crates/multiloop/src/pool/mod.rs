@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use self::core::{Actions, Core, Failure, Limits, Phase};
 pub(crate) use self::job::decode_outcome;
 pub use self::job::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, StreamInput};
-use crate::reduce::Reducer;
 use crate::error::Error;
+use crate::reduce::Reducer;
 use crate::task::Task;
 
 /// Everything the builder settles; fixed for the pool's life.
@@ -67,7 +67,8 @@ impl Inner {
         for slot in respawn {
             if let Err(e) = supervisor::launch(self, slot, None) {
                 let mut actions = Actions::default();
-                self.lock().break_pool(Failure::Setup(e.to_string()), &mut actions);
+                self.lock()
+                    .break_pool(Failure::Setup(e.to_string()), &mut actions);
                 actions.deliver();
             }
         }
@@ -135,7 +136,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -212,8 +215,11 @@ impl PoolBuilder {
         match crate::wire::append_value(&mut buf, &args) {
             Ok(()) => self.config.initializer = Some((T::NAME, buf)),
             Err(e) => {
-                self.initializer_error =
-                    Some(Error::serialization("initializer arguments", std::any::type_name::<T::Args>(), e))
+                self.initializer_error = Some(Error::serialization(
+                    "initializer arguments",
+                    std::any::type_name::<T::Args>(),
+                    e,
+                ))
             }
         }
         self
@@ -301,24 +307,31 @@ impl PoolBuilder {
             return Err(Error::usage("chunk_size must be at least 1"));
         }
         if c.max_frame < 1024 || c.max_frame > u32::MAX as usize {
-            return Err(Error::usage("max_frame_bytes must be between 1 KiB and 4 GiB"));
+            return Err(Error::usage(
+                "max_frame_bytes must be between 1 KiB and 4 GiB",
+            ));
         }
         if c.restart_limit == 0 {
             c.restart_limit = (4 * c.processes).max(8) as u32;
         }
         let registry = crate::task::Registry::get();
         if let Some(name) = registry.duplicates.first() {
-            return Err(Error::usage(format!("two tasks are registered under the name `{name}`")));
+            return Err(Error::usage(format!(
+                "two tasks are registered under the name `{name}`"
+            )));
         }
         if let Some((name, _)) = &c.initializer
             && registry.lookup(name).is_none()
         {
-            return Err(Error::usage(format!("the initializer `{name}` is not a registered task")));
+            return Err(Error::usage(format!(
+                "the initializer `{name}` is not a registered task"
+            )));
         }
         crate::worker::refuse_unhandled_worker();
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::usage("Pool::build must be called inside a tokio runtime"))?;
-        let lifeline = spawn::Lifeline::new().map_err(|e| Error::io("could not create the lifeline pipe", e))?;
+        let lifeline = spawn::Lifeline::new()
+            .map_err(|e| Error::io("could not create the lifeline pipe", e))?;
         let limits = Limits {
             concurrency: c.concurrency,
             max_tasks_per_child: c.max_tasks_per_child,
@@ -345,7 +358,11 @@ impl PoolBuilder {
             match tokio::time::timeout(limit, rx).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => return Err(e),
-                Ok(Err(_)) => return Err(Error::protocol("a worker's supervisor ended during startup")),
+                Ok(Err(_)) => {
+                    return Err(Error::protocol(
+                        "a worker's supervisor ended during startup",
+                    ));
+                }
                 Err(_) => {
                     return Err(Error::protocol(format!(
                         "a worker did not answer the handshake within {limit:?}: does `main` call `multiloop::init()` first?"
@@ -369,7 +386,10 @@ impl Pool {
     /// Dropping the future before it completes cancels the task.
     pub fn apply<T: Task>(&self, task: T, args: T::Args) -> Apply<T> {
         let _ = task;
-        Apply::new(job::Job::new(Arc::clone(&self.inner), IterInput(Some(args).into_iter())))
+        Apply::new(job::Job::new(
+            Arc::clone(&self.inner),
+            IterInput(Some(args).into_iter()),
+        ))
     }
 
     /// Runs the task once per input; results come in input order.
@@ -384,7 +404,10 @@ impl Pool {
         I: IntoIterator<Item = T::Args>,
     {
         let _ = task;
-        Map::new(job::Job::new(Arc::clone(&self.inner), IterInput(inputs.into_iter())))
+        Map::new(job::Job::new(
+            Arc::clone(&self.inner),
+            IterInput(inputs.into_iter()),
+        ))
     }
 
     /// Like [`map`](Pool::map), with the inputs taken from a stream (which
@@ -418,7 +441,10 @@ impl Pool {
         I: IntoIterator<Item = T::Args>,
     {
         let _ = task;
-        MapUnordered::new(job::Job::new(Arc::clone(&self.inner), IterInput(inputs.into_iter())))
+        MapUnordered::new(job::Job::new(
+            Arc::clone(&self.inner),
+            IterInput(inputs.into_iter()),
+        ))
     }
 
     /// Like [`map_unordered`](Pool::map_unordered), with the inputs taken
@@ -458,31 +484,53 @@ impl Pool {
     /// # })
     /// # }
     /// ```
-    pub fn map_reduce<T, I, R>(&self, task: T, inputs: I, reducer: R) -> MapReduce<T, IterInput<I::IntoIter>, R>
+    pub fn map_reduce<T, I, R>(
+        &self,
+        task: T,
+        inputs: I,
+        reducer: R,
+    ) -> MapReduce<T, IterInput<I::IntoIter>, R>
     where
         T: Task,
         I: IntoIterator<Item = T::Args>,
         R: Reducer<Item = T::Output>,
     {
         let _ = task;
-        MapReduce::new(job::Job::new(Arc::clone(&self.inner), IterInput(inputs.into_iter())), reducer)
+        MapReduce::new(
+            job::Job::new(Arc::clone(&self.inner), IterInput(inputs.into_iter())),
+            reducer,
+        )
     }
 
     /// Like [`map_reduce`](Pool::map_reduce), with the inputs taken from a
     /// stream.
-    pub fn map_reduce_stream<T, S, R>(&self, task: T, inputs: S, reducer: R) -> MapReduce<T, StreamInput<S>, R>
+    pub fn map_reduce_stream<T, S, R>(
+        &self,
+        task: T,
+        inputs: S,
+        reducer: R,
+    ) -> MapReduce<T, StreamInput<S>, R>
     where
         T: Task,
         S: Stream<Item = T::Args> + Unpin,
         R: Reducer<Item = T::Output>,
     {
         let _ = task;
-        MapReduce::new(job::Job::new(Arc::clone(&self.inner), StreamInput(inputs)), reducer)
+        MapReduce::new(
+            job::Job::new(Arc::clone(&self.inner), StreamInput(inputs)),
+            reducer,
+        )
     }
 
     /// The process ids of the live workers.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.inner.lock().workers.iter().filter(|w| w.alive).map(|w| w.pid).collect()
+        self.inner
+            .lock()
+            .workers
+            .iter()
+            .filter(|w| w.alive)
+            .map(|w| w.pid)
+            .collect()
     }
 
     /// Stops taking new calls, waits for every submitted task to finish,
@@ -554,7 +602,9 @@ impl Pool {
             {
                 let core = self.inner.lock();
                 if core.phase == Phase::Open || core.phase == Phase::Closing {
-                    return Err(Error::usage("join() waits for workers to exit: call close() or terminate() first"));
+                    return Err(Error::usage(
+                        "join() waits for workers to exit: call close() or terminate() first",
+                    ));
                 }
                 if core.workers.iter().all(|w| !w.alive) {
                     return Ok(());

@@ -32,14 +32,23 @@ impl Lifeline {
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by
         // nobody else.
         let (read, write) = unsafe {
-            (std::os::fd::FromRawFd::from_raw_fd(fds[0]), std::os::fd::FromRawFd::from_raw_fd(fds[1]))
+            (
+                std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+                std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+            )
         };
-        Ok(Lifeline { read, write: Mutex::new(Some(write)) })
+        Ok(Lifeline {
+            read,
+            write: Mutex::new(Some(write)),
+        })
     }
 
     /// Closes the parent's end: every worker holding the read end exits.
     pub(crate) fn cut(&self) {
-        self.write.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }
 
@@ -52,7 +61,11 @@ pub(crate) struct Spawned {
 }
 
 /// Starts the current executable as a worker.
-pub(crate) fn spawn_worker(lifeline: &Lifeline, beacon: &Beacon, capture_stderr: bool) -> io::Result<Spawned> {
+pub(crate) fn spawn_worker(
+    lifeline: &Lifeline,
+    beacon: &Beacon,
+    capture_stderr: bool,
+) -> io::Result<Spawned> {
     let (parent_end, child_end) = StdUnixStream::pair()?;
     let exe = if std::path::Path::new("/proc/self/exe").exists() {
         std::path::PathBuf::from("/proc/self/exe")
@@ -68,10 +81,17 @@ pub(crate) fn spawn_worker(lifeline: &Lifeline, beacon: &Beacon, capture_stderr:
     let child_fd: RawFd = child_end.as_raw_fd();
     let life_fd: RawFd = lifeline.read.as_raw_fd();
     let beacon_fd: RawFd = beacon.fd().as_raw_fd();
-    cmd.env(ENV_MARKER, format!("1:{}:{child_fd}:{life_fd}:{beacon_fd}", std::process::id()));
+    cmd.env(
+        ENV_MARKER,
+        format!("1:{}:{child_fd}:{life_fd}:{beacon_fd}", std::process::id()),
+    );
     cmd.stdin(Stdio::null());
     cmd.stdout(Stdio::inherit());
-    cmd.stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() });
+    cmd.stderr(if capture_stderr {
+        Stdio::piped()
+    } else {
+        Stdio::inherit()
+    });
     cmd.kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only
     // calls fcntl, which is async-signal-safe; it allocates nothing and
@@ -90,11 +110,18 @@ pub(crate) fn spawn_worker(lifeline: &Lifeline, beacon: &Beacon, capture_stderr:
     }
     let mut child = cmd.spawn()?;
     drop(child_end);
-    let pid = child.id().ok_or_else(|| io::Error::other("the worker exited before it started"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("the worker exited before it started"))?;
     parent_end.set_nonblocking(true)?;
     let stream = UnixStream::from_std(parent_end)?;
     let stderr = child.stderr.take();
-    Ok(Spawned { child, pid, stream, stderr })
+    Ok(Spawned {
+        child,
+        pid,
+        stream,
+        stderr,
+    })
 }
 
 /// The last bytes a worker wrote to stderr, kept for crash reports.
@@ -128,7 +155,9 @@ pub(crate) async fn forward_stderr(mut stderr: ChildStderr, tail: Arc<Mutex<Stde
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 let data = &buf[..n];
-                tail.lock().unwrap_or_else(PoisonError::into_inner).push(data);
+                tail.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(data);
                 let _ = io::Write::write_all(&mut io::stderr().lock(), data);
             }
         }
@@ -138,5 +167,8 @@ pub(crate) async fn forward_stderr(mut stderr: ChildStderr, tail: Arc<Mutex<Stde
 /// How a child ended, from its wait status.
 pub(crate) fn exit_info(status: std::process::ExitStatus) -> crate::error::ExitInfo {
     use std::os::unix::process::ExitStatusExt;
-    crate::error::ExitInfo { code: status.code(), signal: status.signal() }
+    crate::error::ExitInfo {
+        code: status.code(),
+        signal: status.signal(),
+    }
 }

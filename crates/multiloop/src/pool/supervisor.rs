@@ -27,7 +27,9 @@ pub(crate) fn launch(
     slot: usize,
     ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) -> Result<(), Error> {
-    let beacon = Arc::new(Beacon::new().map_err(|e| Error::io("could not create a worker's beacon page", e))?);
+    let beacon = Arc::new(
+        Beacon::new().map_err(|e| Error::io("could not create a worker's beacon page", e))?,
+    );
     let spawned = match spawn::spawn_worker(&inner.lifeline, &beacon, inner.config.capture_stderr) {
         Ok(s) => s,
         Err(e) => {
@@ -66,13 +68,23 @@ pub(crate) fn launch(
             fingerprint: Registry::get().fingerprint,
             concurrency: inner.config.concurrency as u32,
             max_frame: inner.config.max_frame as u32,
-            grace_us: inner.config.timeout_grace.as_micros().min(u128::from(u64::MAX)) as u64,
+            grace_us: inner
+                .config
+                .timeout_grace
+                .as_micros()
+                .min(u128::from(u64::MAX)) as u64,
             max_rss: inner.config.max_memory_per_child.unwrap_or(0),
-            initializer: inner.config.initializer.as_ref().map(|(n, a)| (*n, a.as_slice())),
+            initializer: inner
+                .config
+                .initializer
+                .as_ref()
+                .map(|(n, a)| (*n, a.as_slice())),
         })
     });
     let weak = Arc::downgrade(inner);
-    inner.runtime.spawn(supervise(weak, id, spawned, outbox, beacon, ready));
+    inner
+        .runtime
+        .spawn(supervise(weak, id, spawned, outbox, beacon, ready));
     Ok(())
 }
 
@@ -84,7 +96,12 @@ async fn supervise(
     beacon: Arc<Beacon>,
     mut ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) {
-    let spawn::Spawned { mut child, pid: _, stream, stderr } = spawned;
+    let spawn::Spawned {
+        mut child,
+        pid: _,
+        stream,
+        stderr,
+    } = spawned;
     let tail = Arc::new(Mutex::new(StderrTail::default()));
     let stderr_task = stderr.map(|s| tokio::spawn(spawn::forward_stderr(s, Arc::clone(&tail))));
     let (rd, wr) = stream.into_split();
@@ -116,13 +133,23 @@ async fn supervise(
             Err(reason) => reason.clone(),
             Ok(()) => format!("the worker {exit} during startup"),
         };
-        let _ = tx.send(Err(Error::protocol(format!("{reason}{}", tail_suffix(&tail_text)))));
+        let _ = tx.send(Err(Error::protocol(format!(
+            "{reason}{}",
+            tail_suffix(&tail_text)
+        ))));
     }
     let Some(inner) = inner.upgrade() else { return };
     let mut actions = Actions::default();
     {
         let mut core = inner.lock();
-        core.on_death(id, &exit, &tail_text, beacon.read(), outcome.is_err(), &mut actions);
+        core.on_death(
+            id,
+            &exit,
+            &tail_text,
+            beacon.read(),
+            outcome.is_err(),
+            &mut actions,
+        );
     }
     inner.after(actions);
     inner.worker_exited.notify_waiters();
@@ -130,7 +157,11 @@ async fn supervise(
 
 fn tail_suffix(tail: &str) -> String {
     let t = tail.trim();
-    if t.is_empty() { String::new() } else { format!("; its stderr ended with:\n{t}") }
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{t}")
+    }
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>) {
@@ -164,21 +195,30 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut handshaken = false;
     loop {
-        while let Some(f) = wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame from worker: {e}"))? {
+        while let Some(f) =
+            wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame from worker: {e}"))?
+        {
             let frame = buf.split_to(f.len).freeze();
             let body = &frame[4..];
-            let message = Message::decode(body).map_err(|e| format!("bad frame from worker: {e}"))?;
-            let Some(inner) = inner.upgrade() else { return Ok(()) };
+            let message =
+                Message::decode(body).map_err(|e| format!("bad frame from worker: {e}"))?;
+            let Some(inner) = inner.upgrade() else {
+                return Ok(());
+            };
             match message {
                 Message::Ready(r) if !handshaken => {
                     if !r.error.is_empty() {
-                        let err = Error::new(crate::error::Kind::Initializer { reason: r.error.to_owned() });
+                        let err = Error::new(crate::error::Kind::Initializer {
+                            reason: r.error.to_owned(),
+                        });
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(Err(err));
                         }
                         return Err(format!("worker setup failed: {}", r.error));
                     }
-                    if r.protocol != PROTOCOL_VERSION || r.fingerprint != Registry::get().fingerprint {
+                    if r.protocol != PROTOCOL_VERSION
+                        || r.fingerprint != Registry::get().fingerprint
+                    {
                         return Err(format!(
                             "worker refused: it speaks protocol {} with task fingerprint {:#x}, the parent {} with {:#x} (a different binary?)",
                             r.protocol,
@@ -205,7 +245,13 @@ async fn read_loop(
                     let outcomes = results.iter().map_while(|o| match o {
                         Ok(o) => {
                             let start = (o.data.as_ptr() as usize - base) as u32;
-                            Some((o.chunk, o.index, o.status, start, start + o.data.len() as u32))
+                            Some((
+                                o.chunk,
+                                o.index,
+                                o.status,
+                                start,
+                                start + o.data.len() as u32,
+                            ))
                         }
                         Err(e) => {
                             bad = Some(e);
@@ -227,7 +273,12 @@ async fn read_loop(
                     inner.lock().retire_worker(id, &mut actions);
                     inner.after(actions);
                 }
-                other => return Err(format!("unexpected message from worker: {}", describe(&other))),
+                other => {
+                    return Err(format!(
+                        "unexpected message from worker: {}",
+                        describe(&other)
+                    ));
+                }
             }
         }
         if buf.capacity() - buf.len() < 4096 {
@@ -235,7 +286,11 @@ async fn read_loop(
         }
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
-                return if buf.is_empty() { Ok(()) } else { Err("the worker closed the channel mid-frame".into()) };
+                return if buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err("the worker closed the channel mid-frame".into())
+                };
             }
             Ok(_) => {}
             Err(e) => return Err(format!("reading from the worker failed: {e}")),

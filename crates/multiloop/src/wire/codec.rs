@@ -24,7 +24,9 @@ impl fmt::Display for WireError {
         match self {
             WireError::Truncated => f.write_str("truncated message"),
             WireError::VarintOverflow => f.write_str("integer too large"),
-            WireError::TooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the cap of {max} bytes"),
+            WireError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the cap of {max} bytes")
+            }
             WireError::BadValue(what, v) => write!(f, "invalid {what}: {v}"),
             WireError::BadUtf8 => f.write_str("string is not UTF-8"),
             WireError::Trailing(n) => write!(f, "{n} unexpected bytes after the message"),
@@ -43,6 +45,7 @@ pub(crate) struct Frame {
 
 impl Frame {
     /// The body of the frame at the start of `buf`.
+    #[cfg(test)]
     pub(crate) fn body<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         &buf[4..self.len]
     }
@@ -51,7 +54,9 @@ impl Frame {
 /// Checks whether `buf` starts with a complete frame: `Ok(None)` means more
 /// bytes are needed. A body over `max` is an error before anything is read.
 pub(crate) fn check_frame(buf: &[u8], max: usize) -> Result<Option<Frame>, WireError> {
-    let Some(prefix) = buf.get(..4) else { return Ok(None) };
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(None);
+    };
     let mut len_bytes = [0u8; 4];
     len_bytes.copy_from_slice(prefix);
     let body = u32::from_le_bytes(len_bytes) as usize;

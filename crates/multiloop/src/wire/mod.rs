@@ -152,7 +152,9 @@ pub(crate) struct Results<'a> {
 
 impl<'a> Results<'a> {
     pub(crate) fn iter(&self) -> ResultsIter<'a> {
-        ResultsIter { reader: Reader::new(self.body) }
+        ResultsIter {
+            reader: Reader::new(self.body),
+        }
     }
 }
 
@@ -175,7 +177,12 @@ impl<'a> Iterator for ResultsIter<'a> {
             let status = Status::from_u8(self.reader.u8()?)?;
             let len = self.reader.u32_le()? as usize;
             let data = self.reader.take(len)?;
-            Ok(Outcome { chunk, index, status, data })
+            Ok(Outcome {
+                chunk,
+                index,
+                status,
+                data,
+            })
         })();
         if item.is_err() {
             self.reader = Reader::new(&[]);
@@ -201,7 +208,15 @@ impl<'a> Message<'a> {
                     1 => Some((r.str()?, r.bytes()?)),
                     other => return Err(WireError::BadValue("initializer flag", u64::from(other))),
                 };
-                Message::Setup(Setup { protocol, fingerprint, concurrency, max_frame, grace_us, max_rss, initializer })
+                Message::Setup(Setup {
+                    protocol,
+                    fingerprint,
+                    concurrency,
+                    max_frame,
+                    grace_us,
+                    max_rss,
+                    initializer,
+                })
             }
             tag::RUN => {
                 let chunk = r.varint()?;
@@ -214,7 +229,14 @@ impl<'a> Message<'a> {
                     other => return Err(WireError::BadValue("reducer flag", u64::from(other))),
                 };
                 let payload = r.rest();
-                Message::Run(Run { chunk, task, timeout_us, count, reducer, payload })
+                Message::Run(Run {
+                    chunk,
+                    task,
+                    timeout_us,
+                    count,
+                    reducer,
+                    payload,
+                })
             }
             tag::CANCEL => {
                 let n = r.varint()?;
@@ -235,7 +257,12 @@ impl<'a> Message<'a> {
                 let fingerprint = r.varint()?;
                 let pid = r.varint_u32()?;
                 let error = r.str()?;
-                Message::Ready(Ready { protocol, fingerprint, pid, error })
+                Message::Ready(Ready {
+                    protocol,
+                    fingerprint,
+                    pid,
+                    error,
+                })
             }
             tag::RESULTS => Message::Results(Results { body: r.rest() }),
             tag::RETIRE => Message::Retire(r.varint()?),
@@ -260,10 +287,12 @@ impl FrameWriter {
         FrameWriter { buf: Vec::new() }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
@@ -355,6 +384,7 @@ impl FrameWriter {
         start
     }
 
+    #[cfg(test)]
     pub(crate) fn run(&mut self, r: &Run<'_>) {
         let start = self.run_header(r.chunk, r.task, r.timeout_us, r.count, r.reducer);
         self.buf.extend_from_slice(r.payload);
@@ -412,6 +442,7 @@ impl FrameWriter {
         self.buf[at - 1] = status as u8;
     }
 
+    #[cfg(test)]
     pub(crate) fn outcome(&mut self, o: &Outcome<'_>) {
         let at = self.outcome_header(o.chunk, o.index, o.status);
         self.buf.extend_from_slice(o.data);
@@ -447,7 +478,10 @@ mod tests;
 
 /// Serializes `value` with postcard at the end of `buf`. On failure `buf`
 /// is left as it was.
-pub(crate) fn append_value<V: serde::Serialize + ?Sized>(buf: &mut Vec<u8>, value: &V) -> postcard::Result<()> {
+pub(crate) fn append_value<V: serde::Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &V,
+) -> postcard::Result<()> {
     let start = buf.len();
     let r = postcard::serialize_with_flavor(value, VecFlavor(buf));
     if r.is_err() {

@@ -31,10 +31,21 @@ enum Owned {
         max_rss: u64,
         initializer: Option<(String, Vec<u8>)>,
     },
-    Run { chunk: u64, task: String, timeout_us: u64, count: u32, payload: Vec<u8> },
+    Run {
+        chunk: u64,
+        task: String,
+        timeout_us: u64,
+        count: u32,
+        payload: Vec<u8>,
+    },
     Cancel(Vec<u64>),
     Shutdown,
-    Ready { protocol: u32, fingerprint: u64, pid: u32, error: String },
+    Ready {
+        protocol: u32,
+        fingerprint: u64,
+        pid: u32,
+        error: String,
+    },
     Results(Vec<(u64, u32, Status, Vec<u8>)>),
     Retire(u64),
 }
@@ -42,27 +53,61 @@ enum Owned {
 impl Owned {
     fn write(&self, w: &mut FrameWriter) {
         match self {
-            Owned::Setup { protocol, fingerprint, concurrency, max_frame, grace_us, max_rss, initializer } => w.setup(&Setup {
+            Owned::Setup {
+                protocol,
+                fingerprint,
+                concurrency,
+                max_frame,
+                grace_us,
+                max_rss,
+                initializer,
+            } => w.setup(&Setup {
                 protocol: *protocol,
                 fingerprint: *fingerprint,
                 concurrency: *concurrency,
                 max_frame: *max_frame,
                 grace_us: *grace_us,
                 max_rss: *max_rss,
-                initializer: initializer.as_ref().map(|(n, a)| (n.as_str(), a.as_slice())),
+                initializer: initializer
+                    .as_ref()
+                    .map(|(n, a)| (n.as_str(), a.as_slice())),
             }),
-            Owned::Run { chunk, task, timeout_us, count, payload } => {
-                w.run(&Run { chunk: *chunk, task, timeout_us: *timeout_us, count: *count, reducer: None, payload })
-            }
+            Owned::Run {
+                chunk,
+                task,
+                timeout_us,
+                count,
+                payload,
+            } => w.run(&Run {
+                chunk: *chunk,
+                task,
+                timeout_us: *timeout_us,
+                count: *count,
+                reducer: None,
+                payload,
+            }),
             Owned::Cancel(ids) => w.cancel(ids),
             Owned::Shutdown => w.shutdown(),
-            Owned::Ready { protocol, fingerprint, pid, error } => {
-                w.ready(&Ready { protocol: *protocol, fingerprint: *fingerprint, pid: *pid, error })
-            }
+            Owned::Ready {
+                protocol,
+                fingerprint,
+                pid,
+                error,
+            } => w.ready(&Ready {
+                protocol: *protocol,
+                fingerprint: *fingerprint,
+                pid: *pid,
+                error,
+            }),
             Owned::Results(outcomes) => {
                 let start = w.results_begin();
                 for (chunk, index, status, data) in outcomes {
-                    w.outcome(&Outcome { chunk: *chunk, index: *index, status: *status, data });
+                    w.outcome(&Outcome {
+                        chunk: *chunk,
+                        index: *index,
+                        status: *status,
+                        data,
+                    });
                 }
                 w.finish(start);
             }
@@ -140,15 +185,43 @@ fn examples() -> Vec<Owned> {
             max_rss: 1,
             initializer: Some((String::new(), vec![])),
         },
-        Owned::Run { chunk: 1, task: "tests::inc".into(), timeout_us: 0, count: 3, payload: vec![1, 2, 3] },
-        Owned::Run { chunk: u64::MAX, task: "ünïcödé::task".into(), timeout_us: u64::MAX, count: u32::MAX, payload: vec![] },
-        Owned::Run { chunk: 0, task: String::new(), timeout_us: 1, count: 0, payload: vec![0; 1000] },
+        Owned::Run {
+            chunk: 1,
+            task: "tests::inc".into(),
+            timeout_us: 0,
+            count: 3,
+            payload: vec![1, 2, 3],
+        },
+        Owned::Run {
+            chunk: u64::MAX,
+            task: "ünïcödé::task".into(),
+            timeout_us: u64::MAX,
+            count: u32::MAX,
+            payload: vec![],
+        },
+        Owned::Run {
+            chunk: 0,
+            task: String::new(),
+            timeout_us: 1,
+            count: 0,
+            payload: vec![0; 1000],
+        },
         Owned::Cancel(vec![]),
         Owned::Cancel(vec![1]),
         Owned::Cancel(vec![0, 1, 127, 128, 16_383, 16_384, u64::MAX]),
         Owned::Shutdown,
-        Owned::Ready { protocol: PROTOCOL_VERSION, fingerprint: 42, pid: 1234, error: String::new() },
-        Owned::Ready { protocol: 7, fingerprint: u64::MAX, pid: u32::MAX, error: "the initializer failed: ✗".into() },
+        Owned::Ready {
+            protocol: PROTOCOL_VERSION,
+            fingerprint: 42,
+            pid: 1234,
+            error: String::new(),
+        },
+        Owned::Ready {
+            protocol: 7,
+            fingerprint: u64::MAX,
+            pid: u32::MAX,
+            error: "the initializer failed: ✗".into(),
+        },
         Owned::Results(vec![]),
         Owned::Results(
             ALL_STATUSES
@@ -189,7 +262,11 @@ fn encode(m: &Owned) -> Vec<u8> {
 fn every_message_kind_round_trips() {
     for m in examples() {
         let bytes = encode(&m);
-        assert_eq!(decode_all(&bytes, DEFAULT_MAX_FRAME), vec![m.clone()], "{m:?}");
+        assert_eq!(
+            decode_all(&bytes, DEFAULT_MAX_FRAME),
+            vec![m.clone()],
+            "{m:?}"
+        );
     }
 }
 
@@ -232,7 +309,12 @@ fn frames_fed_one_byte_at_a_time_decode_the_same() {
 fn outcome_header_and_patching_build_the_same_frame_as_outcome() {
     let mut a = FrameWriter::new();
     let start = a.results_begin();
-    a.outcome(&Outcome { chunk: 9, index: 2, status: Status::EncodeFailed, data: b"why" });
+    a.outcome(&Outcome {
+        chunk: 9,
+        index: 2,
+        status: Status::EncodeFailed,
+        data: b"why",
+    });
     a.finish(start);
 
     let mut b = FrameWriter::new();
@@ -249,7 +331,14 @@ fn outcome_header_and_patching_build_the_same_frame_as_outcome() {
 #[test]
 fn run_header_then_payload_equals_run() {
     let mut a = FrameWriter::new();
-    a.run(&Run { chunk: 5, task: "t", timeout_us: 10, count: 2, reducer: None, payload: b"xy" });
+    a.run(&Run {
+        chunk: 5,
+        task: "t",
+        timeout_us: 10,
+        count: 2,
+        reducer: None,
+        payload: b"xy",
+    });
     let mut b = FrameWriter::new();
     let start = b.run_header(5, "t", 10, 2, None);
     b.buf().extend_from_slice(b"xy");
@@ -332,7 +421,11 @@ fn truncated_frames_at_every_length_are_incomplete_or_errors() {
         let bytes = encode(&m);
         for cut in 0..bytes.len() {
             let head = &bytes[..cut];
-            assert_eq!(check_frame(head, DEFAULT_MAX_FRAME), Ok(None), "{m:?} cut at {cut}");
+            assert_eq!(
+                check_frame(head, DEFAULT_MAX_FRAME),
+                Ok(None),
+                "{m:?} cut at {cut}"
+            );
         }
         // A body cut short either fails to decode or, for the messages
         // whose last field is "the rest" (RUN payload, RESULTS), decodes to
@@ -342,11 +435,16 @@ fn truncated_frames_at_every_length_are_incomplete_or_errors() {
             match Message::decode(&body[..cut]) {
                 Err(_) => {}
                 Ok(Message::Run(r)) => {
-                    assert!(matches!(m, Owned::Run { .. }), "{m:?} cut at {cut} decoded as RUN");
+                    assert!(
+                        matches!(m, Owned::Run { .. }),
+                        "{m:?} cut at {cut} decoded as RUN"
+                    );
                     assert!(r.payload.len() < body.len());
                 }
                 Ok(Message::Results(results)) => {
-                    let Owned::Results(sent) = &m else { panic!("{m:?} cut at {cut} decoded as RESULTS") };
+                    let Owned::Results(sent) = &m else {
+                        panic!("{m:?} cut at {cut} decoded as RESULTS")
+                    };
                     let decoded: Vec<_> = results.iter().collect();
                     let complete = decoded.iter().filter(|o| o.is_ok()).count();
                     assert!(complete <= sent.len());
@@ -397,9 +495,20 @@ fn trailing_bytes_are_refused() {
 #[test]
 fn unknown_tags_and_flags_are_refused() {
     for t in 0..=255u8 {
-        let known = [tag::SETUP, tag::RUN, tag::CANCEL, tag::SHUTDOWN, tag::READY, tag::RESULTS, tag::RETIRE];
+        let known = [
+            tag::SETUP,
+            tag::RUN,
+            tag::CANCEL,
+            tag::SHUTDOWN,
+            tag::READY,
+            tag::RESULTS,
+            tag::RETIRE,
+        ];
         if !known.contains(&t) {
-            assert_eq!(Message::decode(&[t]), Err(WireError::BadValue("message tag", u64::from(t))));
+            assert_eq!(
+                Message::decode(&[t]),
+                Err(WireError::BadValue("message tag", u64::from(t)))
+            );
         }
     }
     // SETUP with initializer flag 2.
@@ -408,7 +517,10 @@ fn unknown_tags_and_flags_are_refused() {
         put_varint(&mut body, v);
     }
     body.push(2);
-    assert_eq!(Message::decode(&body), Err(WireError::BadValue("initializer flag", 2)));
+    assert_eq!(
+        Message::decode(&body),
+        Err(WireError::BadValue("initializer flag", 2))
+    );
 }
 
 #[test]
@@ -444,16 +556,28 @@ fn oversized_u32_fields_are_refused() {
 fn results_iterator_stops_after_a_bad_entry() {
     let mut w = FrameWriter::new();
     let start = w.results_begin();
-    w.outcome(&Outcome { chunk: 1, index: 0, status: Status::Ok, data: b"a" });
+    w.outcome(&Outcome {
+        chunk: 1,
+        index: 0,
+        status: Status::Ok,
+        data: b"a",
+    });
     // A bad status byte, then what would be a valid outcome.
     put_varint(w.buf(), 1);
     put_varint(w.buf(), 1);
     w.buf().push(99);
     w.buf().extend_from_slice(&0u32.to_le_bytes());
-    w.outcome(&Outcome { chunk: 1, index: 2, status: Status::Ok, data: b"c" });
+    w.outcome(&Outcome {
+        chunk: 1,
+        index: 2,
+        status: Status::Ok,
+        data: b"c",
+    });
     w.finish(start);
     let bytes = w.take();
-    let Message::Results(results) = Message::decode(&bytes[4..]).unwrap() else { panic!("not RESULTS") };
+    let Message::Results(results) = Message::decode(&bytes[4..]).unwrap() else {
+        panic!("not RESULTS")
+    };
     let all: Vec<_> = results.iter().collect();
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].as_ref().unwrap().data, b"a");
@@ -476,14 +600,32 @@ fn outcome_data_longer_than_the_frame_is_refused() {
 fn frame_over_the_cap_is_refused_from_its_prefix_alone() {
     // Only the four prefix bytes are there: the answer must not be "need
     // more bytes", which would make a reader buffer up to 4 GiB.
-    assert_eq!(check_frame(&u32::MAX.to_le_bytes(), 1024), Err(WireError::TooLarge { len: u32::MAX as usize, max: 1024 }));
     assert_eq!(
-        check_frame(&(DEFAULT_MAX_FRAME as u32 + 1).to_le_bytes(), DEFAULT_MAX_FRAME),
-        Err(WireError::TooLarge { len: DEFAULT_MAX_FRAME + 1, max: DEFAULT_MAX_FRAME })
+        check_frame(&u32::MAX.to_le_bytes(), 1024),
+        Err(WireError::TooLarge {
+            len: u32::MAX as usize,
+            max: 1024
+        })
+    );
+    assert_eq!(
+        check_frame(
+            &(DEFAULT_MAX_FRAME as u32 + 1).to_le_bytes(),
+            DEFAULT_MAX_FRAME
+        ),
+        Err(WireError::TooLarge {
+            len: DEFAULT_MAX_FRAME + 1,
+            max: DEFAULT_MAX_FRAME
+        })
     );
     // Exactly the cap is allowed (and incomplete here).
     assert_eq!(check_frame(&1024u32.to_le_bytes(), 1024), Ok(None));
-    assert_eq!(check_frame(&1025u32.to_le_bytes(), 1024), Err(WireError::TooLarge { len: 1025, max: 1024 }));
+    assert_eq!(
+        check_frame(&1025u32.to_le_bytes(), 1024),
+        Err(WireError::TooLarge {
+            len: 1025,
+            max: 1024
+        })
+    );
     let mut full = 1024u32.to_le_bytes().to_vec();
     full.resize(4 + 1024, tag::SHUTDOWN);
     assert_eq!(check_frame(&full, 1024), Ok(Some(Frame { len: 1028 })));
@@ -495,7 +637,11 @@ fn cancel_with_a_lying_count_is_refused_before_allocating() {
         let mut body = vec![tag::CANCEL];
         put_varint(&mut body, n);
         body.extend_from_slice(&[1, 2]);
-        assert_eq!(Message::decode(&body), Err(WireError::Truncated), "count {n}");
+        assert_eq!(
+            Message::decode(&body),
+            Err(WireError::Truncated),
+            "count {n}"
+        );
     }
 }
 
@@ -521,7 +667,14 @@ fn varint_bytes(v: u64) -> Vec<u8> {
 
 #[test]
 fn varint_edge_values_round_trip_with_minimal_length() {
-    let mut values = vec![0u64, 1, u64::MAX, u64::MAX - 1, u64::from(u32::MAX), u64::from(u32::MAX) + 1];
+    let mut values = vec![
+        0u64,
+        1,
+        u64::MAX,
+        u64::MAX - 1,
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) + 1,
+    ];
     for k in 1..64 {
         values.extend([(1u64 << k) - 1, 1u64 << k, (1u64 << k) + 1]);
     }
@@ -533,8 +686,14 @@ fn varint_edge_values_round_trip_with_minimal_length() {
         assert_eq!(r.varint(), Ok(v));
         assert!(r.is_empty());
     }
-    assert_eq!(varint_bytes(u64::MAX), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
-    assert_eq!(varint_bytes(1 << 63), [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    assert_eq!(
+        varint_bytes(u64::MAX),
+        [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+    );
+    assert_eq!(
+        varint_bytes(1 << 63),
+        [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]
+    );
 }
 
 #[test]
@@ -543,7 +702,11 @@ fn varint_overflow_at_ten_bytes() {
     for last in 2..=0x7fu8 {
         let mut bytes = vec![0xff; 9];
         bytes.push(last);
-        assert_eq!(Reader::new(&bytes).varint(), Err(WireError::VarintOverflow), "tenth byte {last:#x}");
+        assert_eq!(
+            Reader::new(&bytes).varint(),
+            Err(WireError::VarintOverflow),
+            "tenth byte {last:#x}"
+        );
     }
     // A tenth byte that asks for an eleventh.
     let mut bytes = vec![0x80; 9];
@@ -551,8 +714,14 @@ fn varint_overflow_at_ten_bytes() {
     bytes.push(0x00);
     assert_eq!(Reader::new(&bytes).varint(), Err(WireError::VarintOverflow));
     // Endless continuation bytes stop at ten.
-    assert_eq!(Reader::new(&[0x80; 64]).varint(), Err(WireError::VarintOverflow));
-    assert_eq!(Reader::new(&[0xff; 11]).varint(), Err(WireError::VarintOverflow));
+    assert_eq!(
+        Reader::new(&[0x80; 64]).varint(),
+        Err(WireError::VarintOverflow)
+    );
+    assert_eq!(
+        Reader::new(&[0xff; 11]).varint(),
+        Err(WireError::VarintOverflow)
+    );
 }
 
 #[test]
@@ -568,15 +737,28 @@ fn varint_non_minimal_encodings_decode_to_their_value() {
 fn varint_truncated_is_an_error() {
     assert_eq!(Reader::new(&[]).varint(), Err(WireError::Truncated));
     for n in 1..10 {
-        assert_eq!(Reader::new(&vec![0x80; n]).varint(), Err(WireError::Truncated), "{n} continuation bytes");
+        assert_eq!(
+            Reader::new(&vec![0x80; n]).varint(),
+            Err(WireError::Truncated),
+            "{n} continuation bytes"
+        );
     }
 }
 
 #[test]
 fn varint_u32_bounds() {
-    assert_eq!(Reader::new(&varint_bytes(u64::from(u32::MAX))).varint_u32(), Ok(u32::MAX));
-    assert_eq!(Reader::new(&varint_bytes(u64::from(u32::MAX) + 1)).varint_u32(), Err(WireError::VarintOverflow));
-    assert_eq!(Reader::new(&varint_bytes(u64::MAX)).varint_u32(), Err(WireError::VarintOverflow));
+    assert_eq!(
+        Reader::new(&varint_bytes(u64::from(u32::MAX))).varint_u32(),
+        Ok(u32::MAX)
+    );
+    assert_eq!(
+        Reader::new(&varint_bytes(u64::from(u32::MAX) + 1)).varint_u32(),
+        Err(WireError::VarintOverflow)
+    );
+    assert_eq!(
+        Reader::new(&varint_bytes(u64::MAX)).varint_u32(),
+        Err(WireError::VarintOverflow)
+    );
 }
 
 #[test]
@@ -625,16 +807,44 @@ fn any_message() -> impl Strategy<Value = Owned> {
             (any::<u64>(), any::<u64>()),
             proptest::option::of((".{0,20}", bytes()))
         )
-            .prop_map(|((protocol, fingerprint, concurrency, max_frame), (grace_us, max_rss), initializer)| {
-                Owned::Setup { protocol, fingerprint, concurrency, max_frame, grace_us, max_rss, initializer }
-            }),
-        (any::<u64>(), ".{0,40}", any::<u64>(), any::<u32>(), bytes())
-            .prop_map(|(chunk, task, timeout_us, count, payload)| Owned::Run { chunk, task, timeout_us, count, payload }),
+            .prop_map(
+                |(
+                    (protocol, fingerprint, concurrency, max_frame),
+                    (grace_us, max_rss),
+                    initializer,
+                )| {
+                    Owned::Setup {
+                        protocol,
+                        fingerprint,
+                        concurrency,
+                        max_frame,
+                        grace_us,
+                        max_rss,
+                        initializer,
+                    }
+                }
+            ),
+        (any::<u64>(), ".{0,40}", any::<u64>(), any::<u32>(), bytes()).prop_map(
+            |(chunk, task, timeout_us, count, payload)| Owned::Run {
+                chunk,
+                task,
+                timeout_us,
+                count,
+                payload
+            }
+        ),
         proptest::collection::vec(any::<u64>(), 0..20).prop_map(Owned::Cancel),
         Just(Owned::Shutdown),
-        (any::<u32>(), any::<u64>(), any::<u32>(), ".{0,40}")
-            .prop_map(|(protocol, fingerprint, pid, error)| Owned::Ready { protocol, fingerprint, pid, error }),
-        proptest::collection::vec((any::<u64>(), any::<u32>(), any_status(), bytes()), 0..10).prop_map(Owned::Results),
+        (any::<u32>(), any::<u64>(), any::<u32>(), ".{0,40}").prop_map(
+            |(protocol, fingerprint, pid, error)| Owned::Ready {
+                protocol,
+                fingerprint,
+                pid,
+                error
+            }
+        ),
+        proptest::collection::vec((any::<u64>(), any::<u32>(), any_status(), bytes()), 0..10)
+            .prop_map(Owned::Results),
         any::<u64>().prop_map(Owned::Retire),
     ]
 }
@@ -643,20 +853,15 @@ fn any_message() -> impl Strategy<Value = Owned> {
 /// would; must never panic.
 fn decode_everything(bytes: &[u8], max: usize) {
     let mut rest = bytes;
-    loop {
-        match check_frame(rest, max) {
-            Ok(Some(f)) => {
-                assert!(f.len > 4 && f.len <= rest.len() && f.len - 4 <= max);
-                if let Ok(Message::Results(results)) = Message::decode(f.body(rest)) {
-                    for o in results.iter().flatten() {
-                        let _ = decode_panic(o.data);
-                        assert!(o.data.len() < f.len);
-                    }
-                }
-                rest = &rest[f.len..];
+    while let Ok(Some(f)) = check_frame(rest, max) {
+        assert!(f.len > 4 && f.len <= rest.len() && f.len - 4 <= max);
+        if let Ok(Message::Results(results)) = Message::decode(f.body(rest)) {
+            for o in results.iter().flatten() {
+                let _ = decode_panic(o.data);
+                assert!(o.data.len() < f.len);
             }
-            Ok(None) | Err(_) => break,
         }
+        rest = &rest[f.len..];
     }
     let _ = Message::decode(bytes);
     let _ = Results { body: bytes }.iter().count();

@@ -41,10 +41,8 @@ static RUNTIME_HOOK: Mutex<Option<RuntimeHook>> = Mutex::new(None);
 /// environment lookup.
 ///
 /// ```no_run
-/// fn main() {
-///     multiloop::init(); // in a worker process this never returns
-///     // ... build a runtime and a `Pool` ...
-/// }
+/// multiloop::init(); // in a worker process this never returns
+/// // ... build a runtime and a `Pool` ...
 /// ```
 ///
 /// Test binaries, benches and other programs whose `main` is not yours use
@@ -63,11 +61,9 @@ pub fn init() {
 /// hook may change its settings (event interval, thread name, ...).
 ///
 /// ```no_run
-/// fn main() {
-///     multiloop::init_with(|runtime| {
-///         runtime.event_interval(31);
-///     });
-/// }
+/// multiloop::init_with(|runtime| {
+///     runtime.event_interval(31);
+/// });
 /// ```
 pub fn init_with(hook: impl FnOnce(&mut tokio::runtime::Builder) + Send + 'static) {
     if let Ok(mut slot) = RUNTIME_HOOK.lock() {
@@ -103,15 +99,26 @@ fn take_marker() -> Option<Marker> {
     // so nothing reads the environment concurrently.
     unsafe { std::env::remove_var(ENV_MARKER) };
     if !fd_is_open(socket) || !fd_is_open(lifeline) || !fd_is_open(beacon) {
-        eprintln!("multiloop: {ENV_MARKER} names descriptors this process does not have; not starting as a worker");
+        eprintln!(
+            "multiloop: {ENV_MARKER} names descriptors this process does not have; not starting as a worker"
+        );
         std::process::exit(EXIT_SETUP);
     }
     // SAFETY: the parent opened these descriptors for this process alone
     // (they were close-on-exec everywhere else) and nothing else in this
     // process knows their numbers, so we are their only owner.
-    let (socket, lifeline, beacon) =
-        unsafe { (OwnedFd::from_raw_fd(socket), OwnedFd::from_raw_fd(lifeline), OwnedFd::from_raw_fd(beacon)) };
-    Some(Marker { socket, lifeline, beacon })
+    let (socket, lifeline, beacon) = unsafe {
+        (
+            OwnedFd::from_raw_fd(socket),
+            OwnedFd::from_raw_fd(lifeline),
+            OwnedFd::from_raw_fd(beacon),
+        )
+    };
+    Some(Marker {
+        socket,
+        lifeline,
+        beacon,
+    })
 }
 
 fn fd_is_open(fd: RawFd) -> bool {
@@ -149,8 +156,11 @@ pub(crate) fn refuse_unhandled_worker() {
 }
 
 fn take_marker_peek() -> bool {
-    let Ok(value) = std::env::var(ENV_MARKER) else { return false };
+    let Ok(value) = std::env::var(ENV_MARKER) else {
+        return false;
+    };
     let mut parts = value.split(':');
     parts.next() == Some("1")
-        && parts.next().and_then(|p| p.parse::<u32>().ok()) == Some(std::os::unix::process::parent_id())
+        && parts.next().and_then(|p| p.parse::<u32>().ok())
+            == Some(std::os::unix::process::parent_id())
 }

@@ -14,9 +14,9 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -36,7 +36,8 @@ use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION, Status};
 /// Starts one task: decodes its arguments from the front of the cursor and
 /// polls it once. `Ok(None)`: it finished and its outcome is written;
 /// `Ok(Some(fut))`: it waits, and `fut` writes the outcome when it ends.
-pub(crate) type StartFn = fn(&mut &[u8], Key, Option<Duration>, &Ctx) -> Result<Option<LocalFuture<()>>, String>;
+pub(crate) type StartFn =
+    fn(&mut &[u8], Key, Option<Duration>, &Ctx) -> Result<Option<LocalFuture<()>>, String>;
 
 /// Runs a task as an initializer: decodes its arguments and returns its
 /// future, which reports the task's error as text.
@@ -110,7 +111,10 @@ impl Out {
         if data_len + 32 > self.max_frame {
             self.frames.buf().truncate(at + 4);
             self.frames.outcome_set_status(at, Status::EncodeFailed);
-            let msg = format!("the result is {data_len} bytes, more than the frame cap of {} bytes", self.max_frame);
+            let msg = format!(
+                "the result is {data_len} bytes, more than the frame cap of {} bytes",
+                self.max_frame
+            );
             self.frames.buf().extend_from_slice(msg.as_bytes());
         }
         self.frames.outcome_end(at);
@@ -142,15 +146,21 @@ impl Ctx {
         CTX.with(|c| c.borrow().clone())
     }
 
-    pub(crate) fn push_result<T: Task>(&self, key: Key, result: Result<Result<T::Output, T::Error>, String>) {
+    pub(crate) fn push_result<T: Task>(
+        &self,
+        key: Key,
+        result: Result<Result<T::Output, T::Error>, String>,
+    ) {
         let result = match result {
-            Ok(Ok(value)) if self.folds.borrow().contains_key(&key.chunk) => match self.fold(key, &value) {
-                None => return self.settle(key),
-                Some(reason) => {
-                    self.push_failure(key, Status::EncodeFailed, &reason);
-                    return;
+            Ok(Ok(value)) if self.folds.borrow().contains_key(&key.chunk) => {
+                match self.fold(key, &value) {
+                    None => return self.settle(key),
+                    Some(reason) => {
+                        self.push_failure(key, Status::EncodeFailed, &reason);
+                        return;
+                    }
                 }
-            },
+            }
             other => other,
         };
         self.push_outcome::<T>(key, result);
@@ -164,8 +174,11 @@ impl Ctx {
         let f = folds.get_mut(&key.chunk)?;
         let mut scratch = self.scratch.borrow_mut();
         scratch.clear();
-        if let Err(e) = wire::append_value(&mut *scratch, value) {
-            return Some(format!("could not serialize the result of type `{}`: {e}", type_name::<V>()));
+        if let Err(e) = wire::append_value(&mut scratch, value) {
+            return Some(format!(
+                "could not serialize the result of type `{}`: {e}",
+                type_name::<V>()
+            ));
         }
         f.fold.fold_bytes(&scratch).err()
     }
@@ -174,21 +187,30 @@ impl Ctx {
     /// have all ended sends its accumulator.
     fn settle(&self, key: Key) {
         let mut folds = self.folds.borrow_mut();
-        let Some(f) = folds.get_mut(&key.chunk) else { return };
+        let Some(f) = folds.get_mut(&key.chunk) else {
+            return;
+        };
         f.remaining = f.remaining.saturating_sub(1);
         if f.remaining > 0 {
             return;
         }
-        let Some(mut f) = folds.remove(&key.chunk) else { return };
+        let Some(mut f) = folds.remove(&key.chunk) else {
+            return;
+        };
         drop(folds);
-        let partial = Key { chunk: key.chunk, index: f.count };
-        self.out.borrow_mut().push(partial, |buf| match f.fold.finish(buf) {
-            Ok(()) => Status::Partial,
-            Err(reason) => {
-                buf.extend_from_slice(reason.as_bytes());
-                Status::EncodeFailed
-            }
-        });
+        let partial = Key {
+            chunk: key.chunk,
+            index: f.count,
+        };
+        self.out
+            .borrow_mut()
+            .push(partial, |buf| match f.fold.finish(buf) {
+                Ok(()) => Status::Partial,
+                Err(reason) => {
+                    buf.extend_from_slice(reason.as_bytes());
+                    Status::EncodeFailed
+                }
+            });
     }
 
     fn push_outcome<T: Task>(&self, key: Key, result: Result<Result<T::Output, T::Error>, String>) {
@@ -232,7 +254,10 @@ impl Ctx {
                 queue.pop_front();
                 continue;
             }
-            let key = Key { chunk: q.chunk, index: q.next };
+            let key = Key {
+                chunk: q.chunk,
+                index: q.next,
+            };
             q.next += 1;
             let mut cursor = &q.payload[q.pos..];
             let before = cursor.len();
@@ -262,7 +287,10 @@ impl Ctx {
 
     fn spawn(self: &Rc<Self>, key: Key, fut: LocalFuture<()>) {
         self.running.set(self.running.get() + 1);
-        let guard = Running { ctx: Rc::clone(self), key };
+        let guard = Running {
+            ctx: Rc::clone(self),
+            key,
+        };
         let handle = tokio::task::spawn_local(async move {
             let _guard = guard;
             fut.await;
@@ -274,11 +302,17 @@ impl Ctx {
 
     /// Drops every queued and running task of these chunks.
     fn cancel(&self, chunks: &[u64]) {
-        self.queue.borrow_mut().retain(|q| !chunks.contains(&q.chunk));
+        self.queue
+            .borrow_mut()
+            .retain(|q| !chunks.contains(&q.chunk));
         self.folds.borrow_mut().retain(|c, _| !chunks.contains(c));
         let handles: Vec<AbortHandle> = {
             let mut waiting = self.waiting.borrow_mut();
-            let keys: Vec<Key> = waiting.keys().filter(|k| chunks.contains(&k.chunk)).copied().collect();
+            let keys: Vec<Key> = waiting
+                .keys()
+                .filter(|k| chunks.contains(&k.chunk))
+                .copied()
+                .collect();
             keys.iter().filter_map(|k| waiting.remove(k)).collect()
         };
         for h in handles {
@@ -336,8 +370,15 @@ fn encode_into<V: Serialize>(buf: &mut Vec<u8>, value: &V, ok: Status) -> Status
     match wire::append_value(buf, value) {
         Ok(()) => ok,
         Err(e) => {
-            let what = if ok == Status::Ok { "result" } else { "task error" };
-            let msg = format!("could not serialize the {what} of type `{}`: {e}", type_name::<V>());
+            let what = if ok == Status::Ok {
+                "result"
+            } else {
+                "task error"
+            };
+            let msg = format!(
+                "could not serialize the {what} of type `{}`: {e}",
+                type_name::<V>()
+            );
             buf.extend_from_slice(msg.as_bytes());
             Status::EncodeFailed
         }
@@ -352,13 +393,23 @@ pub(crate) fn start<T: Task>(
     ctx: &Ctx,
 ) -> Result<Option<LocalFuture<()>>, String> {
     let (args, rest) = postcard::take_from_bytes::<T::Args>(input).map_err(|e| {
-        format!("could not deserialize the arguments of `{}` as `{}`: {e}", T::NAME, type_name::<T::Args>())
+        format!(
+            "could not deserialize the arguments of `{}` as `{}`: {e}",
+            T::NAME,
+            type_name::<T::Args>()
+        )
     })?;
     *input = rest;
     let mut fut = Box::pin(Tracked {
         inner: T::default().call(args),
         key,
-        watch: timeout.map(|limit| (std::time::Instant::now() + limit, limit, ctx.watchdog.clone())),
+        watch: timeout.map(|limit| {
+            (
+                std::time::Instant::now() + limit,
+                limit,
+                ctx.watchdog.clone(),
+            )
+        }),
     });
     let mut cx = Context::from_waker(Waker::noop());
     match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
@@ -416,7 +467,9 @@ impl<F: Future> Future for Tracked<F> {
         if let Some((deadline, limit, watchdog)) = watch {
             watchdog.enter(*this.key, *deadline, *limit);
         }
-        let _leave = Leave { watch: watch.as_ref().map(|w| &w.2) };
+        let _leave = Leave {
+            watch: watch.as_ref().map(|w| &w.2),
+        };
         this.inner.poll(cx)
     }
 }
@@ -441,15 +494,26 @@ impl Drop for Leave<'_> {
 /// The [`InitFn`] of task `T`.
 pub(crate) fn init_task<T: Task>(args: &[u8]) -> Result<LocalFuture<Result<(), String>>, String> {
     let args = postcard::from_bytes::<T::Args>(args).map_err(|e| {
-        format!("could not deserialize the initializer arguments of `{}` as `{}`: {e}", T::NAME, type_name::<T::Args>())
+        format!(
+            "could not deserialize the initializer arguments of `{}` as `{}`: {e}",
+            T::NAME,
+            type_name::<T::Args>()
+        )
     })?;
     Ok(Box::pin(async move {
-        match AssertUnwindSafe(T::default().call(args)).catch_unwind().await {
+        match AssertUnwindSafe(T::default().call(args))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("`{}` returned an error: {e:?}", T::NAME)),
             Err(panic) => {
                 let (message, location) = panic_details(panic);
-                Err(format!("`{}` panicked at {}: {message}", T::NAME, location.as_deref().unwrap_or("an unknown place")))
+                Err(format!(
+                    "`{}` panicked at {}: {message}",
+                    T::NAME,
+                    location.as_deref().unwrap_or("an unknown place")
+                ))
             }
         }
     }))
@@ -464,14 +528,18 @@ fn panic_details(payload: Box<dyn std::any::Any + Send>) -> (String, Option<Stri
     } else {
         "a panic with a non-string payload".to_owned()
     };
-    let location = LAST_PANIC.with(|p| p.borrow_mut().take()).and_then(|(_, loc)| loc);
+    let location = LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .and_then(|(_, loc)| loc);
     (message, location)
 }
 
 fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
         LAST_PANIC.with(|p| *p.borrow_mut() = Some((String::new(), location)));
         previous(info);
     }));
@@ -481,20 +549,22 @@ fn install_panic_hook() {
 /// in a CPU loop: a thread blocks on the lifeline pipe, whose write end only
 /// the parent holds, and reads end-of-file when the parent exits or dies.
 fn watch_lifeline(lifeline: OwnedFd) {
-    let spawned = std::thread::Builder::new().name("multiloop-lifeline".into()).spawn(move || {
-        let mut file = std::fs::File::from(lifeline);
-        let mut byte = [0u8; 1];
-        loop {
-            match std::io::Read::read(&mut file, &mut byte) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+    let spawned = std::thread::Builder::new()
+        .name("multiloop-lifeline".into())
+        .spawn(move || {
+            let mut file = std::fs::File::from(lifeline);
+            let mut byte = [0u8; 1];
+            loop {
+                match std::io::Read::read(&mut file, &mut byte) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
-        }
-        // SAFETY: `_exit` ends the process at once without running atexit
-        // handlers, which is what an orphaned worker wants; it is
-        // async-signal-safe and has no preconditions.
-        unsafe { libc::_exit(EXIT_ORPHANED) };
-    });
+            // SAFETY: `_exit` ends the process at once without running atexit
+            // handlers, which is what an orphaned worker wants; it is
+            // async-signal-safe and has no preconditions.
+            unsafe { libc::_exit(EXIT_ORPHANED) };
+        });
     if spawned.is_err() {
         eprintln!("multiloop worker: could not start the lifeline thread");
         std::process::exit(EXIT_SETUP);
@@ -540,11 +610,16 @@ pub(crate) fn serve(marker: Marker, hook: Option<RuntimeHook>) -> ! {
 }
 
 async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
-    let write_fd = socket.try_clone().map_err(|e| format!("socket setup failed: {e}"))?;
+    let write_fd = socket
+        .try_clone()
+        .map_err(|e| format!("socket setup failed: {e}"))?;
     let channel = Arc::new(Channel::new(write_fd));
     let std_stream = std::os::unix::net::UnixStream::from(socket);
-    std_stream.set_nonblocking(true).map_err(|e| format!("socket setup failed: {e}"))?;
-    let mut rd = UnixStream::from_std(std_stream).map_err(|e| format!("socket setup failed: {e}"))?;
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket setup failed: {e}"))?;
+    let mut rd =
+        UnixStream::from_std(std_stream).map_err(|e| format!("socket setup failed: {e}"))?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
 
     // The handshake: the first frame must be SETUP.
@@ -553,7 +628,12 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         match wire::check_frame(&buf, max_frame).map_err(|e| format!("bad setup frame: {e}"))? {
             Some(f) => break buf.split_to(f.len).freeze(),
             None => {
-                if rd.read_buf(&mut buf).await.map_err(|e| format!("read failed: {e}"))? == 0 {
+                if rd
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| format!("read failed: {e}"))?
+                    == 0
+                {
                     return Ok(());
                 }
             }
@@ -565,7 +645,10 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
     let registry = Registry::get();
     let mut error = String::new();
     if setup.protocol != PROTOCOL_VERSION {
-        error = format!("protocol version {} offered, this worker speaks {PROTOCOL_VERSION}", setup.protocol);
+        error = format!(
+            "protocol version {} offered, this worker speaks {PROTOCOL_VERSION}",
+            setup.protocol
+        );
     } else if setup.fingerprint != registry.fingerprint {
         error = "the worker's executable registers different tasks than the parent's (a different binary?)".into();
     } else if let Some((name, args)) = setup.initializer {
@@ -585,7 +668,9 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         pid: std::process::id(),
         error: &error,
     });
-    channel.write_all(&hello.take()).map_err(|e| format!("write failed: {e}"))?;
+    channel
+        .write_all(&hello.take())
+        .map_err(|e| format!("write failed: {e}"))?;
     if !error.is_empty() {
         return Err(format!("setup failed: {error}"));
     }
@@ -593,7 +678,11 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         .map_err(|e| format!("could not start the watchdog thread: {e}"))?;
 
     let ctx = Rc::new(Ctx {
-        out: RefCell::new(Out { frames: FrameWriter::new(), open: None, max_frame }),
+        out: RefCell::new(Out {
+            frames: FrameWriter::new(),
+            open: None,
+            max_frame,
+        }),
         queue: RefCell::new(VecDeque::new()),
         running: Cell::new(0),
         concurrency: setup.concurrency.max(1) as usize,
@@ -610,7 +699,9 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
     let mut draining = false;
     let mut memory = MemoryCheck::new(setup.max_rss);
     loop {
-        while let Some(f) = wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame: {e}"))? {
+        while let Some(f) =
+            wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame: {e}"))?
+        {
             let frame = buf.split_to(f.len).freeze();
             handle_frame(&ctx, registry, frame, &mut draining)?;
         }
@@ -658,7 +749,11 @@ impl MemoryCheck {
     const EVERY: Duration = Duration::from_millis(5);
 
     fn new(limit: u64) -> Self {
-        MemoryCheck { limit, next: std::time::Instant::now(), reported: false }
+        MemoryCheck {
+            limit,
+            next: std::time::Instant::now(),
+            reported: false,
+        }
     }
 
     /// The resident memory, the first time it is seen over the limit.
@@ -689,7 +784,12 @@ pub(crate) fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
-fn handle_frame(ctx: &Rc<Ctx>, registry: &Registry, mut frame: Bytes, draining: &mut bool) -> Result<(), String> {
+fn handle_frame(
+    ctx: &Rc<Ctx>,
+    registry: &Registry,
+    mut frame: Bytes,
+    draining: &mut bool,
+) -> Result<(), String> {
     let message = Message::decode(&frame[4..]).map_err(|e| format!("bad frame: {e}"))?;
     match message {
         Message::Run(run) => {
@@ -697,10 +797,15 @@ fn handle_frame(ctx: &Rc<Ctx>, registry: &Registry, mut frame: Bytes, draining: 
             let chunk = run.chunk;
             let count = run.count;
             let timeout = timeout_from_us(run.timeout_us);
-            let fold = match run.reducer.map(|(name, value)| (name, crate::reduce::lookup(name), value)) {
+            let fold = match run
+                .reducer
+                .map(|(name, value)| (name, crate::reduce::lookup(name), value))
+            {
                 None => None,
                 Some((_, Some(entry), value)) => Some(crate::reduce::make(entry, value)),
-                Some((name, None, _)) => Some(Err(format!("no reducer named `{name}` is registered in this executable"))),
+                Some((name, None, _)) => Some(Err(format!(
+                    "no reducer named `{name}` is registered in this executable"
+                ))),
             };
             let fold = match fold.transpose() {
                 Ok(fold) => fold,
@@ -714,7 +819,14 @@ fn handle_frame(ctx: &Rc<Ctx>, registry: &Registry, mut frame: Bytes, draining: 
             match registry.lookup(run.task) {
                 Some(entry) => {
                     if let Some(fold) = fold {
-                        ctx.folds.borrow_mut().insert(chunk, Folding { fold, count, remaining: count });
+                        ctx.folds.borrow_mut().insert(
+                            chunk,
+                            Folding {
+                                fold,
+                                count,
+                                remaining: count,
+                            },
+                        );
                     }
                     frame.advance(frame.len() - payload_len);
                     ctx.queue.borrow_mut().push_back(Queued {

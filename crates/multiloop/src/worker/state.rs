@@ -30,7 +30,9 @@ pub fn set_worker_state<T: Send + Sync + 'static>(value: T) {
     // tasks borrow it as `&'static T` across awaits without reference counts.
     let leaked: &'static T = Box::leak(Box::new(value));
     let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.get_or_insert_with(HashMap::new).insert(TypeId::of::<T>(), leaked);
+    guard
+        .get_or_insert_with(HashMap::new)
+        .insert(TypeId::of::<T>(), leaked);
 }
 
 /// The worker-local state of type `T`, when the initializer set one.

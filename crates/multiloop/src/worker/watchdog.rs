@@ -29,7 +29,9 @@ pub(crate) struct Channel {
 
 impl Channel {
     pub(crate) fn new(socket: OwnedFd) -> Self {
-        Channel { socket: Mutex::new(socket) }
+        Channel {
+            socket: Mutex::new(socket),
+        }
     }
 
     /// Writes all of `data`, waiting for the socket to drain when it is full.
@@ -48,7 +50,11 @@ impl Channel {
             match err.kind() {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::WouldBlock => {
-                    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
                     // SAFETY: `pfd` is one valid pollfd; -1 waits until the
                     // socket is writable (the parent read) or broken.
                     if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
@@ -123,7 +129,10 @@ fn watch(state: &(Mutex<Watch>, Condvar), channel: &Channel) {
         let generation = w.generation;
         let now = Instant::now();
         if now < at {
-            w = cvar.wait_timeout(w, at - now).unwrap_or_else(PoisonError::into_inner).0;
+            w = cvar
+                .wait_timeout(w, at - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             continue;
         }
         if w.generation != generation {
@@ -133,7 +142,8 @@ fn watch(state: &(Mutex<Watch>, Condvar), channel: &Channel) {
         let mut out = FrameWriter::new();
         let start = out.results_begin();
         let pos = out.outcome_header(key.chunk, key.index, Status::Timeout);
-        out.buf().extend_from_slice(format!("hard:{}", limit.as_micros()).as_bytes());
+        out.buf()
+            .extend_from_slice(format!("hard:{}", limit.as_micros()).as_bytes());
         out.outcome_end(pos);
         out.finish(start);
         let _ = channel.write_all(&out.take());
