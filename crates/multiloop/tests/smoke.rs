@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Quick end-to-end checks: map, apply, typed errors, hard timeouts, map-reduce, routing.
 use serde::{Deserialize, Serialize};
 
 multiloop::init_before_main!();
