@@ -281,12 +281,25 @@ pub(crate) fn sleep(n: u64, ms: u64, concurrency: usize, limit: Duration) -> Box
         Ok(wall)
     })?;
     let in_process = run_limited(&rt, "W3 in-process baseline", limit, async {
+        // One tokio task per concurrency slot, each sleeping its share of
+        // the `n` naps one after another: how a worker runs them.
+        let slots = (PROCESSES * concurrency).clamp(1, n.max(1) as usize) as u64;
         let t = Instant::now();
-        let done = futures_util::stream::iter(std::iter::repeat_n(ms, n as usize))
-            .map(nap::run)
-            .buffer_unordered(PROCESSES * concurrency)
-            .fold(0u64, |count, v| async move { count + u64::from(v == ms) })
-            .await;
+        let mut handles = Vec::with_capacity(slots as usize);
+        for k in 0..slots {
+            let share = n / slots + u64::from(k < n % slots);
+            handles.push(tokio::spawn(async move {
+                let mut done = 0u64;
+                for _ in 0..share {
+                    done += u64::from(nap::run(ms).await == ms);
+                }
+                done
+            }));
+        }
+        let mut done = 0u64;
+        for h in handles {
+            done += h.await?;
+        }
         if done != n {
             return Err(format!("W3 baseline: {done} sleeps of {ms} ms, expected {n}").into());
         }

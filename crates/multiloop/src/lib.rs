@@ -84,6 +84,12 @@ macro_rules! init_before_main {
     };
 }
 
+/// The mistakes `#[multiloop::task]` refuses at compile time, each a
+/// `compile_fail` doctest.
+#[cfg(doctest)]
+#[doc = include_str!("compile_fail.md")]
+pub struct TaskCompileFail;
+
 #[doc(hidden)]
 pub mod __private {
     //! Used by the code that the macros generate; not a public API.

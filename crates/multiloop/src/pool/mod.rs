@@ -114,7 +114,7 @@ impl Core {
 /// call [`close`](Pool::close) first to let queued work finish.
 ///
 /// ```
-/// # multiloop::doctest_worker!();
+/// # multiloop::init_before_main!();
 /// #[multiloop::task]
 /// async fn double(x: u64) -> u64 {
 ///     x * 2
