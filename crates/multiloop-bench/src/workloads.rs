@@ -62,6 +62,9 @@ pub(crate) struct Sizes {
     pub(crate) w6_n: u64,
     /// How long one workload may take before the bench gives up on it.
     pub(crate) limit: Duration,
+    /// A fixed chunk size for the maps of W1, W3, W3b and W4 instead of the
+    /// adaptive one (the hidden `--chunk-size`, for diagnosis only).
+    pub(crate) chunk: Option<usize>,
 }
 
 impl Sizes {
@@ -82,6 +85,7 @@ impl Sizes {
             w5_runs: 10,
             w6_n: 100_000_000,
             limit: Duration::from_secs(600),
+            chunk: None,
         }
     }
 
@@ -102,8 +106,19 @@ impl Sizes {
             w5_runs: 2,
             w6_n: 1_000_000,
             limit: Duration::from_secs(60),
+            chunk: None,
         }
     }
+}
+
+/// Applies a fixed chunk size to a map when one was asked for.
+macro_rules! chunked {
+    ($map:expr, $chunk:expr) => {
+        match $chunk {
+            Some(size) => $map.chunk_size(size),
+            None => $map,
+        }
+    };
 }
 
 /// A current-thread runtime for the parent side of a pool, like the
@@ -180,7 +195,7 @@ pub(crate) fn w1(sizes: &Sizes) -> BoxResult<W1> {
     for _ in 0..sizes.w1_reps {
         let (dt, out) = run_limited(&rt, "W1 map", sizes.limit, async {
             let t = Instant::now();
-            let out = pool.map(inc, 0..n).await?;
+            let out = chunked!(pool.map(inc, 0..n), sizes.chunk).await?;
             Ok((t.elapsed(), out))
         })?;
         check_inc(&out, n, "W1 pool")?;
@@ -256,8 +271,8 @@ pub(crate) struct Sleep {
     pub(crate) n: u64,
     pub(crate) ideal_s: f64,
     pub(crate) wall_s: f64,
-    /// The same futures in-process, `PROCESSES × concurrency` at once on
-    /// one current-thread runtime: what tokio's timers alone allow.
+    /// The same futures in-process, `PROCESSES × concurrency` at once on a
+    /// tokio runtime of `PROCESSES` threads: what tokio alone allows.
     pub(crate) in_process_s: f64,
 }
 
@@ -267,12 +282,18 @@ impl Sleep {
     }
 }
 
-pub(crate) fn sleep(n: u64, ms: u64, concurrency: usize, limit: Duration) -> BoxResult<Sleep> {
+pub(crate) fn sleep(
+    n: u64,
+    ms: u64,
+    concurrency: usize,
+    chunk: Option<usize>,
+    limit: Duration,
+) -> BoxResult<Sleep> {
     let rt = parent_runtime()?;
     let wall = run_limited(&rt, "W3 (sleep)", limit, async {
         let pool = pool_of(PROCESSES, Some(concurrency)).await?;
         let t = Instant::now();
-        let out = pool.map(nap, std::iter::repeat_n(ms, n as usize)).await?;
+        let out = chunked!(pool.map(nap, std::iter::repeat_n(ms, n as usize)), chunk).await?;
         let wall = t.elapsed();
         if out.len() as u64 != n || out.iter().any(|&v| v != ms) {
             return Err(format!("W3: {} results, expected {n} of {ms}", out.len()).into());
@@ -280,7 +301,12 @@ pub(crate) fn sleep(n: u64, ms: u64, concurrency: usize, limit: Duration) -> Box
         pool.close().await?;
         Ok(wall)
     })?;
-    let in_process = run_limited(&rt, "W3 in-process baseline", limit, async {
+    drop(rt);
+    let threads = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(PROCESSES)
+        .enable_all()
+        .build()?;
+    let in_process = run_limited(&threads, "W3 in-process baseline", limit, async {
         // One tokio task per concurrency slot, each sleeping its share of
         // the `n` naps one after another: how a worker runs them.
         let slots = (PROCESSES * concurrency).clamp(1, n.max(1) as usize) as u64;
@@ -338,7 +364,7 @@ pub(crate) fn cpu(sizes: &Sizes) -> BoxResult<Cpu> {
         let pool = pool_of(PROCESSES, None).await?;
         pool.apply(burn, 1).await?;
         let t = Instant::now();
-        let out = pool.map(burn, std::iter::repeat_n(rounds, n)).await?;
+        let out = chunked!(pool.map(burn, std::iter::repeat_n(rounds, n)), sizes.chunk).await?;
         let pool_s = t.elapsed().as_secs_f64();
         pool.close().await?;
         if out.len() != n || out.iter().chain(&serial).any(|&b| b != expected) {

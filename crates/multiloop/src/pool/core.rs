@@ -7,6 +7,7 @@
 //! appended to their outboxes and their writer tasks are woken.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -269,7 +270,7 @@ pub(crate) struct Core {
     pub(crate) phase: Phase,
     pub(crate) workers: Vec<WorkerSlot>,
     pub(crate) queue: VecDeque<u64>,
-    pub(crate) chunks: HashMap<u64, ChunkRec>,
+    pub(crate) chunks: HashMap<u64, ChunkRec, BuildHasherDefault<IdHasher>>,
     next_chunk: u64,
     next_job: u64,
     next_generation: u64,
@@ -284,7 +285,7 @@ impl Core {
             phase: Phase::Open,
             workers: Vec::new(),
             queue: VecDeque::new(),
-            chunks: HashMap::new(),
+            chunks: HashMap::default(),
             next_chunk: 1,
             next_job: 1,
             next_generation: 1,
@@ -749,6 +750,27 @@ struct Death<'a> {
     culprit_elsewhere: bool,
     /// The parent killed it for breaking the protocol.
     violated: bool,
+}
+
+/// Hashes the pool's own sequential ids: one multiply (Fibonacci hashing)
+/// instead of SipHash, which guards against adversarial keys we never see.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 fn exit_is_clean(exit: &ExitInfo) -> bool {

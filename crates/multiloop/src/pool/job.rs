@@ -153,6 +153,8 @@ pub(crate) struct Job<T: Task, S> {
     route: Option<fn(&T::Args) -> u64>,
     /// The reducer folding results in the workers (map-reduce).
     reduce: Option<(&'static str, Bytes)>,
+    /// Average serialized size of an input so far (sizes chunk buffers).
+    bytes_per_input: usize,
     /// Folded results from the workers, still serialized: (frame, start,
     /// end).
     pub(crate) partials: VecDeque<(Bytes, u32, u32)>,
@@ -197,6 +199,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             route: None,
             reduce: None,
             partials: VecDeque::new(),
+            bytes_per_input: 8,
             folded: 0,
             refusal: None,
             _task: PhantomData,
@@ -226,7 +229,8 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         while !self.exhausted && self.outstanding() < self.window() {
             let room = self.window() - self.outstanding();
             let want = self.chunker.size.min(room).max(1);
-            let mut payload = Vec::new();
+            // Sized from the last chunk, so it rarely grows (and copies).
+            let mut payload = Vec::with_capacity(want * self.bytes_per_input + 16);
             let mut offsets = Vec::with_capacity(want + 1);
             offsets.push(0u32);
             let base = self.next_index;
@@ -270,6 +274,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 }
             }
             if offsets.len() > 1 {
+                self.bytes_per_input = payload.len().div_ceil(offsets.len() - 1).clamp(1, 4096);
                 if payload.len() + run_header_bound::<T>() > self.pool.config.max_frame {
                     // Too big for one frame: send the tasks one by one,
                     // failing any single task that is still too big.
@@ -706,6 +711,14 @@ impl<T: Task, S: Input<Item = T::Args>> Stream for Map<T, S> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            // The common case: the next result in order, nothing held back.
+            if this.pending.is_empty()
+                && let Some((index, _)) = this.job.ready.front()
+                && *index == this.emit
+            {
+                this.emit += 1;
+                return Poll::Ready(this.job.ready.pop_front().map(|(_, r)| r));
+            }
             if let Some(Some(_)) = this.pending.front() {
                 this.emit += 1;
                 this.job.held -= 1;

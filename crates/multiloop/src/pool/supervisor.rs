@@ -281,9 +281,7 @@ async fn read_loop(
                 }
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
-        }
+        crate::worker::reserve_for_frame(&mut buf);
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
                 return if buf.is_empty() {

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub(crate) use run::{InitFn, StartFn, init_task, start};
+pub(crate) use run::{InitFn, StartFn, init_task, reserve_for_frame, start};
 pub use state::{set_worker_state, worker_state};
 
 /// The environment variable that marks a process as a worker.

@@ -731,9 +731,22 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
             }
             () = ctx.wake_loop.notified() => {}
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
+        reserve_for_frame(&mut buf);
+    }
+}
+
+/// Makes room in `buf` for the rest of the frame it starts with (or 64 KiB),
+/// so that a large frame is read with one growth, not many.
+pub(crate) fn reserve_for_frame(buf: &mut BytesMut) {
+    // The frame's length was checked against the cap before we got here.
+    let need = match buf.get(..4) {
+        Some(p) => {
+            (u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize + 4).saturating_sub(buf.len())
         }
+        None => 0,
+    };
+    if buf.capacity() - buf.len() < need.max(4096) {
+        buf.reserve(need.max(64 * 1024));
     }
 }
 
