@@ -375,11 +375,11 @@ fn status_from_u8_accepts_exactly_the_statuses() {
     for b in 0..=255u8 {
         match Status::from_u8(b) {
             Ok(s) => {
-                assert!(b <= 6);
+                assert!(b <= 7);
                 assert_eq!(s as u8, b);
             }
             Err(e) => {
-                assert!(b > 6);
+                assert!(b > 7);
                 assert_eq!(e, WireError::BadValue("status", u64::from(b)));
             }
         }
