@@ -217,7 +217,7 @@ pub(crate) struct WorkerSlot {
     pub(crate) assigned: usize,
     /// Tasks given to this worker over its life (for recycling).
     pub(crate) lifetime: u64,
-    pub(crate) chunks: Vec<u64>,
+    pub(crate) chunks: ChunkSet,
     /// Runs an isolated chunk: gets nothing else until it finishes.
     pub(crate) isolating: bool,
 }
@@ -409,7 +409,7 @@ impl Core {
         let count = rec.count();
         worker.assigned += rec.remaining as usize;
         worker.lifetime += u64::from(count);
-        worker.chunks.push(id);
+        worker.chunks.insert(id);
         let timeout_us = rec
             .timeout
             .map_or(0, |d| d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
@@ -513,7 +513,9 @@ impl Core {
         if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
             w.assigned = w.assigned.saturating_sub(freed);
             if !finished.is_empty() {
-                w.chunks.retain(|c| !finished.contains(c));
+                for c in &finished {
+                    w.chunks.remove(c);
+                }
                 if w.chunks.is_empty() {
                     w.isolating = false;
                 }
@@ -724,7 +726,7 @@ impl Core {
                 && let Some(w) = self.workers.get_mut(wid.slot).filter(|w| w.id == wid)
             {
                 w.assigned = w.assigned.saturating_sub(rec.remaining as usize);
-                w.chunks.retain(|c| c != id);
+                w.chunks.remove(id);
                 if w.chunks.is_empty() {
                     w.isolating = false;
                 }
@@ -751,6 +753,9 @@ struct Death<'a> {
     /// The parent killed it for breaking the protocol.
     violated: bool,
 }
+
+/// A set of chunk ids.
+pub(crate) type ChunkSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;
 
 /// Hashes the pool's own sequential ids: one multiply (Fibonacci hashing)
 /// instead of SipHash, which guards against adversarial keys we never see.

@@ -84,6 +84,8 @@ const CHUNK_TARGET: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 struct Chunker {
     size: usize,
+    /// The largest size before any throughput was measured.
+    blind_cap: usize,
     fixed: bool,
     workers: usize,
     sample_at: Option<Instant>,
@@ -92,8 +94,9 @@ struct Chunker {
 }
 
 impl Chunker {
-    fn new(fixed: Option<usize>, workers: usize) -> Self {
+    fn new(fixed: Option<usize>, workers: usize, concurrency: usize) -> Self {
         Chunker {
+            blind_cap: (concurrency / 2).clamp(1, MAX_CHUNK),
             size: fixed.unwrap_or(1).max(1),
             fixed: fixed.is_some(),
             workers: workers.max(1),
@@ -106,6 +109,17 @@ impl Chunker {
     fn started(&mut self) {
         if self.sample_at.is_none() {
             self.sample_at = Some(Instant::now());
+        }
+    }
+
+    /// A chunk was sent. Until the first results come back there is no
+    /// throughput to go by: sizes double from 1, so a burst of slow tasks
+    /// goes out in a few chunks rather than one frame per task.
+    /// They stop at half a worker's concurrency, so that the first chunks
+    /// still spread over the workers.
+    fn sent(&mut self) {
+        if !self.fixed && self.done == 0 {
+            self.size = (self.size * 2).min(self.blind_cap);
         }
     }
 
@@ -180,7 +194,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             chunk_size: config.chunk_size,
         };
         let window_base = config.processes * config.concurrency * 2;
-        let chunker = Chunker::new(options.chunk_size, config.processes);
+        let chunker = Chunker::new(options.chunk_size, config.processes, config.concurrency);
         Job {
             pool,
             id,
@@ -211,7 +225,11 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     }
 
     pub(crate) fn apply_options(&mut self) {
-        self.chunker = Chunker::new(self.options.chunk_size, self.pool.config.processes);
+        self.chunker = Chunker::new(
+            self.options.chunk_size,
+            self.pool.config.processes,
+            self.pool.config.concurrency,
+        );
     }
 
     fn window(&self) -> usize {
@@ -443,6 +461,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             Ok(()) => {
                 self.in_flight += count;
                 self.chunker.started();
+                self.chunker.sent();
             }
             Err(failure) => {
                 for index in all {

@@ -51,7 +51,7 @@ pub(crate) fn launch(
             retiring: false,
             assigned: 0,
             lifetime: 0,
-            chunks: Vec::new(),
+            chunks: Default::default(),
             isolating: false,
         };
         if slot < core.workers.len() {
