@@ -7,17 +7,25 @@
 //! independent of where it runs: the in-process baseline
 //! ([`scan::scan_inprocess`]) and a process-pool runner share it.
 //!
-//! Pool integration sketch: each worker builds a [`worker::WorkerState`] from
-//! a serde [`worker::WorkerInit`] once; the task `scrape(HostSpec, round) ->
-//! HostRound` calls [`worker::WorkerState::scrape`]; hosts are routed by
-//! `HostSpec::id`; the reducer is [`Report`] (`Report::default`,
-//! [`Report::add`], [`Report::merge`]); after all hosts of a round are merged
-//! the parent calls [`Report::finish_round`] (fleet-level checks).
+//! The process-pool runner ([`pool`], the default of the binary): each
+//! `multiloop` worker builds a [`worker::WorkerState`] from a serde
+//! [`worker::WorkerInit`] once (initializer task [`pool::init_worker`]); the
+//! task [`pool::scrape`]`(HostSpec, round) -> HostRound` calls
+//! [`worker::WorkerState::scrape`]; hosts are routed by `HostSpec::id`; the
+//! reducer [`pool::ReportReducer`] folds into a [`Report`]
+//! (`Report::default`, [`Report::add`], [`Report::merge`]); after all hosts
+//! of a round are merged the parent calls [`Report::finish_round`]
+//! (fleet-level checks).
+//!
+//! A binary that uses [`pool`] must call `multiloop::init()` first thing in
+//! `main` (tests and examples: `multiloop::init_before_main!();`).
 
+pub mod bench;
 pub mod checks;
 pub mod expfmt;
 pub mod fleet;
 pub mod http;
+pub mod pool;
 pub mod report;
 pub mod rules;
 pub mod scan;

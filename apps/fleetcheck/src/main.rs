@@ -1,6 +1,8 @@
 //! fleetcheck command line. With no arguments: start the built-in simulated
-//! fleet in a child process, scan it for 10 rounds, print the report and
-//! verify the findings against the injected anomalies.
+//! fleet in a child process, scan it for 10 rounds on a pool of worker
+//! processes (`multiloop`), print the report and verify the findings against
+//! the injected anomalies. `--mode inprocess` (or `--baseline`) scans on the
+//! in-process tokio baseline instead; `--bench` runs both side by side.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -9,13 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fleetcheck::bench::{self, BenchRun, RoundMem};
 use fleetcheck::checks::Checks;
 use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
-use fleetcheck::report::{RenderCtx, Report, render_json, render_table, verify};
+use fleetcheck::pool::{DEFAULT_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes};
+use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
 use fleetcheck::scan::{
     Clock, RoundObserver, ScanConfig, ScrapeOptions, host_specs, parse_targets, scan_inprocess,
 };
+use fleetcheck::worker::WorkerInit;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser, Debug)]
@@ -60,9 +65,28 @@ struct Cli {
     /// Shortcut: total points (e.g. 100M) = 1000 hosts x 2000 series x rounds.
     #[arg(long)]
     points: Option<String>,
-    /// Concurrent scrapes.
+    /// Where scrapes run: a pool of worker processes, or the in-process
+    /// tokio baseline.
+    #[arg(long, value_enum, default_value_t = Mode::Pool)]
+    mode: Mode,
+    /// Shortcut for `--mode inprocess`.
+    #[arg(long)]
+    baseline: bool,
+    /// Worker processes of the pool (0 = number of cores).
+    #[arg(long, default_value_t = 0)]
+    processes: usize,
+    /// Concurrent scrapes of the in-process baseline (in total).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Concurrent scrapes per worker process of the pool.
+    #[arg(long, default_value_t = DEFAULT_WORKER_CONCURRENCY)]
+    worker_concurrency: usize,
+    /// Benchmark: scan the built-in fleet on the pool and then in-process
+    /// (same fleet, same run) and print wall time, points/s, CPU time and
+    /// peak RSS per round side by side. Without `--points`: the headline
+    /// 100M points (1000 hosts x 2000 series x 50 rounds).
+    #[arg(long)]
+    bench: bool,
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -118,6 +142,14 @@ enum Format {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Mode {
+    /// `multiloop` process pool, hosts routed to workers by id.
+    Pool,
+    /// tokio multi-thread runtime in this process.
+    Inprocess,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum ClockArg {
     Auto,
     Wall,
@@ -147,6 +179,9 @@ impl RoundObserver for Progress {
     fn host_done(&self) {
         self.pb.inc(1);
     }
+    fn hosts_done(&self, n: u64) {
+        self.pb.inc(n);
+    }
     fn round_done(&mut self, round: u64, r: &Report) {
         self.pb.set_message(format!(
             "round {} done, {} anomalies",
@@ -169,6 +204,9 @@ impl RoundObserver for Progress {
 }
 
 fn main() -> ExitCode {
+    // First: in a worker process of the pool this never returns. In any
+    // other process (including `serve-fleet`) it does nothing.
+    multiloop::init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -216,6 +254,12 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         None => Rules::builtin(),
     };
     let checks = Arc::new(Checks::from_rules(&rules));
+    if cli.baseline {
+        cli.mode = Mode::Inprocess;
+    }
+    if cli.bench && cli.points.is_none() {
+        cli.points = Some("100M".into());
+    }
     if let Some(p) = &cli.points {
         let n =
             parse_count(p).ok_or_else(|| format!("--points: cannot parse {p:?} (e.g. 100M)"))?;
@@ -232,6 +276,17 @@ fn run(mut cli: Cli) -> Result<u8, String> {
     if builtin && cli.rounds == 0 {
         return Err("the built-in fleet needs a finite --rounds".into());
     }
+    if cli.bench && !builtin {
+        return Err("--bench runs on the built-in fleet: no --target/--targets".into());
+    }
+    let settings = PoolSettings {
+        processes: if cli.processes == 0 {
+            default_processes()
+        } else {
+            cli.processes
+        },
+        concurrency: cli.worker_concurrency,
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let fleet_cfg = FleetConfig {
@@ -265,6 +320,15 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                 clock,
             },
         };
+        if cli.bench {
+            let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
+            let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
+            let code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth).await;
+            if let Some(mut c) = child {
+                let _ = c.kill().await;
+            }
+            return code;
+        }
         let show = !cli.no_progress && std::io::stderr().is_terminal();
         let pb = if show {
             let len = if cli.rounds == 0 {
@@ -289,8 +353,20 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         }));
         let start = Instant::now();
         // Ctrl-C: stop and report what the finished rounds found.
+        let scan = async {
+            match cli.mode {
+                Mode::Inprocess => Ok(scan_inprocess(&cfg, checks, obs.clone()).await),
+                Mode::Pool => {
+                    let init = WorkerInit {
+                        rules: rules.clone(),
+                        opts: cfg.opts,
+                    };
+                    fleetcheck::pool::scan_pool(&cfg, init, settings, obs.clone()).await
+                }
+            }
+        };
         let report = tokio::select! {
-            r = scan_inprocess(&cfg, checks, obs.clone()) => r,
+            r = scan => r?,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("fleetcheck: interrupted; reporting finished rounds");
                 obs.lock().ok().and_then(|mut o| o.last.take()).unwrap_or_default()
@@ -328,6 +404,145 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         }
         Ok(report.exit_code() as u8)
     })
+}
+
+/// Records the peak RSS of each round of the in-process baseline.
+struct MemObserver {
+    mem: Vec<RoundMem>,
+    reset_ok: bool,
+}
+
+impl RoundObserver for MemObserver {
+    fn round_done(&mut self, _round: u64, _report: &Report) {
+        let (m, ok) = bench::round_mem(&[]);
+        self.mem.push(m);
+        self.reset_ok &= ok;
+    }
+}
+
+/// `--bench`: the pool and the in-process baseline against the same fleet.
+async fn run_bench(
+    cfg: &ScanConfig,
+    rules: &Rules,
+    checks: Arc<Checks>,
+    settings: PoolSettings,
+    fleet_pid: Option<u32>,
+    truth: &[ExpectedFinding],
+) -> Result<u8, String> {
+    let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
+    let hosts = cfg.targets.len();
+    eprintln!(
+        "bench: {hosts} hosts x {} rounds; pool: {} processes x {} concurrent scrapes; in-process: {} tasks",
+        cfg.rounds, settings.processes, settings.concurrency, cfg.concurrency
+    );
+
+    // 1. Pool (first, so that the baseline's host states do not inflate the
+    //    parent's RSS during the pool run).
+    let (self0, children0, fleet0) = (
+        bench::rusage_cpu_secs(false),
+        bench::rusage_cpu_secs(true),
+        fleet_cpu(),
+    );
+    let _ = bench::round_mem(&[]);
+    let start = Instant::now();
+    let init = WorkerInit {
+        rules: rules.clone(),
+        opts: cfg.opts,
+    };
+    let scanner = PoolScanner::start(init, settings).await?;
+    let mut total = Report::default();
+    let mut mem = Vec::new();
+    let mut reset_ok = true;
+    let _ = bench::round_mem(&scanner.pool().worker_pids());
+    for round in 0..cfg.rounds {
+        let mut rep = scanner.round(&cfg.targets, round).await?;
+        rep.finish_round(scanner.checks(), round);
+        total.merge(rep);
+        let (m, ok) = bench::round_mem(&scanner.pool().worker_pids());
+        mem.push(m);
+        reset_ok &= ok;
+    }
+    let fleet1 = fleet_cpu();
+    // How routing spread the hosts over the workers.
+    let mut per_worker: std::collections::BTreeMap<u32, usize> = Default::default();
+    let probes = scanner
+        .pool()
+        .map(
+            fleetcheck::pool::probe,
+            cfg.targets.iter().map(|s| (s.clone(), 0)),
+        )
+        .route_by(fleetcheck::pool::route_host)
+        .await
+        .map_err(|e| format!("probe: {e}"))?;
+    for p in probes {
+        *per_worker.entry(p.pid).or_default() += 1;
+    }
+    scanner.close().await?;
+    let wall = start.elapsed().as_secs_f64();
+    let v = verify(&total.findings, truth);
+    let pool_run = BenchRun {
+        mode: "pool".into(),
+        wall_secs: wall,
+        points: total.points,
+        cpu_parent: bench::rusage_cpu_secs(false) - self0,
+        cpu_workers: bench::rusage_cpu_secs(true) - children0,
+        cpu_fleet: fleet1 - fleet0,
+        mem,
+        per_round_peaks: reset_ok,
+        verified: v.passed() && total.scrape_failures == 0,
+        anomalies: total.anomalies,
+    };
+    eprintln!(
+        "bench: pool done in {wall:.2} s ({:.2} M points/s); hosts per worker: {:?}",
+        pool_run.points_per_sec() / 1e6,
+        per_worker.values().collect::<Vec<_>>()
+    );
+    drop(total);
+
+    // 2. In-process baseline, same fleet.
+    let (self0, fleet0) = (bench::rusage_cpu_secs(false), fleet_cpu());
+    let _ = bench::round_mem(&[]);
+    let obs = Arc::new(Mutex::new(MemObserver {
+        mem: Vec::new(),
+        reset_ok: true,
+    }));
+    let start = Instant::now();
+    let total = scan_inprocess(cfg, checks, obs.clone()).await;
+    let wall = start.elapsed().as_secs_f64();
+    let fleet1 = fleet_cpu();
+    let v = verify(&total.findings, truth);
+    let (mem, reset_ok) = obs
+        .lock()
+        .map(|mut o| (std::mem::take(&mut o.mem), o.reset_ok))
+        .unwrap_or_default();
+    let base_run = BenchRun {
+        mode: "in-process".into(),
+        wall_secs: wall,
+        points: total.points,
+        cpu_parent: bench::rusage_cpu_secs(false) - self0,
+        cpu_workers: 0.0,
+        cpu_fleet: fleet1 - fleet0,
+        mem,
+        per_round_peaks: reset_ok,
+        verified: v.passed() && total.scrape_failures == 0,
+        anomalies: total.anomalies,
+    };
+    let runs = [pool_run, base_run];
+    let mut so = std::io::stdout().lock();
+    let _ = write!(so, "{}", bench::render(&runs));
+    let _ = writeln!(
+        so,
+        "anomalies found: pool {}, in-process {}, injected {}",
+        runs[0].anomalies,
+        runs[1].anomalies,
+        truth.len()
+    );
+    let _ = so.flush();
+    if runs.iter().all(|r| r.verified) {
+        Ok(0)
+    } else {
+        Err("bench: verification against injected anomalies failed".into())
+    }
 }
 
 /// Start `fleetcheck serve-fleet` as a child process and read its address.

@@ -165,6 +165,12 @@ pub struct ScanConfig {
 pub trait RoundObserver: Send {
     /// One host done.
     fn host_done(&self) {}
+    /// `n` hosts done at once (the pool reports a whole round).
+    fn hosts_done(&self, n: u64) {
+        for _ in 0..n {
+            self.host_done();
+        }
+    }
     /// A round finished.
     fn round_done(&mut self, _round: u64, _report: &Report) {}
 }

@@ -62,6 +62,14 @@ impl WorkerState {
         self.hosts.lock().map_or(0, |h| h.len())
     }
 
+    /// Last round of `host`'s state in this worker (`None`: no state here).
+    pub fn host_last_round(&self, host: u32) -> Option<u64> {
+        self.hosts
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&host).and_then(HostState::last_round))
+    }
+
     /// Fetch, parse and check `spec` for `round`. The host lock is never
     /// held across an `.await`; concurrent calls for different hosts are fine
     /// (calls for the same host must not overlap — route by host and run

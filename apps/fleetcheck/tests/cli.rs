@@ -5,6 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+multiloop::init_before_main!();
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fleetcheck"))
 }
@@ -133,4 +135,44 @@ fn serve_fleet_then_scan_it_from_a_targets_file() {
     assert_eq!(v["summary"]["scrapes"], 15, "{v}");
     assert!(v["summary"]["points"].as_u64().unwrap() >= 15 * 80);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pool_default_and_inprocess_baseline_agree() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = bin()
+            .args([
+                "--fleet-hosts",
+                "24",
+                "--fleet-series",
+                "100",
+                "--rounds",
+                "4",
+                "--format",
+                "json",
+                "--no-progress",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{extra:?} stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let pool = run(&["--processes", "2", "--worker-concurrency", "4"]);
+    let base = run(&["--baseline"]);
+    let same = run(&["--mode", "inprocess"]);
+    for v in [&pool, &base, &same] {
+        assert_eq!(v["verification"]["passed"], true, "{v}");
+        assert_eq!(v["summary"]["scrapes"], 24 * 4);
+    }
+    for k in ["points", "anomalies", "bytes"] {
+        assert_eq!(pool["summary"][k], base["summary"][k], "{k}");
+        assert_eq!(same["summary"][k], base["summary"][k], "{k}");
+    }
+    assert_eq!(pool["by_check"], base["by_check"]);
 }

@@ -9,6 +9,8 @@ use fleetcheck::fleet::{BadKind, Fleet, FleetConfig, FleetServer, STEP_SECS};
 use fleetcheck::report::verify;
 use fleetcheck::scan::{Clock, ScanConfig, ScrapeOptions, host_specs, scan_inprocess};
 
+multiloop::init_before_main!();
+
 fn opts(timeout_ms: u64, max_bytes: usize) -> ScrapeOptions {
     ScrapeOptions {
         timeout_ms,

@@ -504,7 +504,15 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Varints come here as 1-10 byte slices: byte pushes beat a call
+        // to memcpy for those.
+        if data.len() <= 16 {
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 

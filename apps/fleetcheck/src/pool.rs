@@ -1,0 +1,277 @@
+//! Scanning on a `multiloop` process pool (the default runner).
+//!
+//! Each worker process runs the initializer task [`init_worker`] once: it
+//! builds a [`WorkerState`] (checks, HTTP client, host states) from a serde
+//! [`WorkerInit`] and stores it with `multiloop::set_worker_state`. A round
+//! is one `map_reduce` of the task [`scrape`] over every target, routed by
+//! host id ([`route_host`]) so that a host always goes to the same worker
+//! slot and its state (history, previous values, series seen) stays there
+//! across rounds. Each worker folds the [`HostRound`]s of its chunks into a
+//! [`Report`] with [`ReportReducer`]; the parent merges the partials, runs
+//! the fleet-level checks ([`Report::finish_round`]) and merges the rounds.
+//!
+//! When a worker dies (crash, OOM kill, SIGKILL), the pool starts a new one
+//! in its slot and runs again the chunks the dead one had not delivered, so
+//! no host result is lost; the hosts of that slot start over with an empty
+//! [`crate::HostState`] in the new worker, and their history-based checks
+//! (rate, zscore, stale) need a few rounds to warm up again.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use multiloop::{Pool, Reducer};
+use serde::{Deserialize, Serialize};
+
+use crate::checks::Checks;
+use crate::report::Report;
+use crate::scan::{HostSpec, RoundObserver, ScanConfig};
+use crate::state::HostRound;
+use crate::worker::{WorkerInit, WorkerState};
+
+/// Check name of the finding recorded for a host whose scrape task failed
+/// in the pool itself (its worker died under it more than the allowed
+/// attempts, or a result could not cross the process boundary).
+pub const POOL_FAILURE_CHECK: &str = "worker";
+
+/// Pool initializer: builds this worker's [`WorkerState`].
+#[multiloop::task]
+pub async fn init_worker(init: WorkerInit) -> Result<(), String> {
+    multiloop::set_worker_state(WorkerState::new(&init));
+    Ok(())
+}
+
+/// Scrape one host for one round with this worker's state.
+#[multiloop::task]
+pub async fn scrape(spec: HostSpec, round: u64) -> HostRound {
+    match multiloop::worker_state::<WorkerState>() {
+        Some(w) => w.scrape(&spec, round).await,
+        None => HostRound::failed(
+            spec.id,
+            round,
+            POOL_FAILURE_CHECK,
+            "worker has no state (the pool initializer did not run)".into(),
+        ),
+    }
+}
+
+/// What [`probe`] reports about the worker a host is routed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerProbe {
+    /// Host id.
+    pub host: u32,
+    /// Process id of the worker.
+    pub pid: u32,
+    /// Last round of the host's state in that worker (`None`: no state).
+    pub last_round: Option<u64>,
+    /// Hosts with state in that worker.
+    pub hosts: usize,
+}
+
+/// Debug task: which worker serves `spec`, and what it knows about it.
+/// Route it with [`route_host`] to see where [`scrape`] runs.
+#[multiloop::task]
+pub async fn probe(spec: HostSpec, round: u64) -> WorkerProbe {
+    let _ = round;
+    let w = multiloop::worker_state::<WorkerState>();
+    WorkerProbe {
+        host: spec.id,
+        pid: std::process::id(),
+        last_round: w.and_then(|w| w.host_last_round(spec.id)),
+        hosts: w.map_or(0, WorkerState::host_count),
+    }
+}
+
+/// Routing key of a scrape: the host id.
+pub fn route_host(args: &(HostSpec, u64)) -> u64 {
+    u64::from(args.0.id)
+}
+
+/// Folds [`HostRound`]s into a [`Report`] (identity: `Report::default()`,
+/// fold: [`Report::add`], merge: [`Report::merge`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ReportReducer;
+
+impl Reducer for ReportReducer {
+    type Item = HostRound;
+    type Acc = Report;
+    fn identity(&self) -> Report {
+        Report::default()
+    }
+    fn fold(&self, acc: &mut Report, item: HostRound) {
+        acc.add(item);
+    }
+    fn merge(&self, acc: &mut Report, other: Report) {
+        acc.merge(other);
+    }
+}
+
+multiloop::register_reducer!(ReportReducer);
+
+/// Pool settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Worker processes (default: the number of cores).
+    pub processes: usize,
+    /// Concurrent scrapes per worker.
+    pub concurrency: usize,
+}
+
+/// Default concurrent scrapes per worker.
+pub const DEFAULT_WORKER_CONCURRENCY: usize = 64;
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            processes: default_processes(),
+            concurrency: DEFAULT_WORKER_CONCURRENCY,
+        }
+    }
+}
+
+/// The number of cores (at least 1).
+pub fn default_processes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A process pool ready to scan: workers started and initialized.
+#[derive(Debug)]
+pub struct PoolScanner {
+    pool: Pool,
+    checks: Checks,
+}
+
+impl PoolScanner {
+    /// Start the workers; each builds its [`WorkerState`] from `init`.
+    /// Must be called inside a tokio runtime.
+    pub async fn start(init: WorkerInit, settings: PoolSettings) -> Result<Self, String> {
+        let checks = Checks::from_rules(&init.rules);
+        let pool = Pool::builder()
+            .processes(settings.processes.max(1))
+            .concurrency(settings.concurrency.max(1))
+            .initializer(init_worker, init)
+            .build()
+            .await
+            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+        Ok(PoolScanner { pool, checks })
+    }
+
+    /// Start the workers with your own initializer task, which must store
+    /// a [`WorkerState`] with `multiloop::set_worker_state` (e.g. built with
+    /// [`WorkerState::with_checks`] to add custom checks); `checks` are the
+    /// parent's, for the fleet-level checks, and must list the same checks
+    /// in the same order.
+    pub async fn start_with<T: multiloop::Task>(
+        checks: Checks,
+        initializer: T,
+        args: T::Args,
+        settings: PoolSettings,
+    ) -> Result<Self, String> {
+        let pool = Pool::builder()
+            .processes(settings.processes.max(1))
+            .concurrency(settings.concurrency.max(1))
+            .initializer(initializer, args)
+            .build()
+            .await
+            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+        Ok(PoolScanner { pool, checks })
+    }
+
+    /// The pool (worker pids, extra calls).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The checks the parent uses for fleet-level evaluation.
+    pub fn checks(&self) -> &Checks {
+        &self.checks
+    }
+
+    /// Scrape every target once for `round`: one `map_reduce` routed by host
+    /// id. Returns the merged report of the round, before
+    /// [`Report::finish_round`]. A host whose task failed in the pool (not a
+    /// scrape problem: those are findings already) gets a scrape finding
+    /// of check [`POOL_FAILURE_CHECK`], so every host has a result.
+    pub async fn round(&self, targets: &[HostSpec], round: u64) -> Result<Report, String> {
+        let inputs = targets.iter().map(|s| (s.clone(), round));
+        let out = self
+            .pool
+            .map_reduce(scrape, inputs, ReportReducer)
+            .route_by(route_host)
+            .await
+            .map_err(|e| format!("round {round}: pool failed: {e}"))?;
+        let mut rep = out.value;
+        let mut failed = 0u64;
+        for (index, e) in out.errors {
+            match usize::try_from(index).ok().and_then(|i| targets.get(i)) {
+                Some(spec) => {
+                    failed += 1;
+                    rep.add(HostRound::failed(
+                        spec.id,
+                        round,
+                        POOL_FAILURE_CHECK,
+                        format!("scrape task failed in the pool: {e}"),
+                    ));
+                }
+                None => return Err(format!("round {round}: a partial result was lost: {e}")),
+            }
+        }
+        let got = out.folded + failed;
+        if got != targets.len() as u64 {
+            return Err(format!(
+                "round {round}: {got} host results for {} targets",
+                targets.len()
+            ));
+        }
+        Ok(rep)
+    }
+
+    /// Scan `cfg.targets` for `cfg.rounds` rounds (0: forever), one
+    /// [`PoolScanner::round`] after the other, fleet-level checks after each
+    /// (`cfg.concurrency` is not used: the pool's settings are).
+    pub async fn scan<O>(&self, cfg: &ScanConfig, observer: Arc<Mutex<O>>) -> Result<Report, String>
+    where
+        O: RoundObserver + 'static,
+    {
+        let mut total = Report::default();
+        let mut round = 0u64;
+        while cfg.rounds == 0 || round < cfg.rounds {
+            let start = Instant::now();
+            let mut rep = self.round(&cfg.targets, round).await?;
+            rep.finish_round(&self.checks, round);
+            total.merge(rep);
+            if let Ok(mut o) = observer.lock() {
+                o.hosts_done(cfg.targets.len() as u64);
+                o.round_done(round, &total);
+            }
+            round += 1;
+            if !cfg.interval.is_zero() && (cfg.rounds == 0 || round < cfg.rounds) {
+                tokio::time::sleep_until((start + cfg.interval).into()).await;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Let the workers finish and exit.
+    pub async fn close(self) -> Result<(), String> {
+        self.pool
+            .close()
+            .await
+            .map_err(|e| format!("closing the worker pool: {e}"))
+    }
+}
+
+/// Start a pool, scan, close the pool.
+pub async fn scan_pool<O>(
+    cfg: &ScanConfig,
+    init: WorkerInit,
+    settings: PoolSettings,
+    observer: Arc<Mutex<O>>,
+) -> Result<Report, String>
+where
+    O: RoundObserver + 'static,
+{
+    let scanner = PoolScanner::start(init, settings).await?;
+    let report = scanner.scan(cfg, observer).await?;
+    scanner.close().await?;
+    Ok(report)
+}
