@@ -115,7 +115,7 @@ impl Process {
             Lifeline::new().map_err(|e| Error::io("could not create the lifeline pipe", e))?;
         let beacon = crate::beacon::Beacon::new()
             .map_err(|e| Error::io("could not create the beacon page", e))?;
-        let spawned = spawn::spawn_worker(&lifeline, &beacon, false)
+        let spawned = spawn::spawn_worker(&lifeline, &beacon, false, None)
             .map_err(|e| Error::io(format!("could not start process `{}`", self.name), e))?;
         self.pid = Some(spawned.pid);
         self.child = Some(spawned.child);

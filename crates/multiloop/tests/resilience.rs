@@ -373,3 +373,30 @@ fn orphaned_workers_exit_when_the_parent_is_killed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_worker_from_a_different_binary_is_refused_at_the_handshake() {
+    // `cargo test` builds the examples next to the test binaries; the
+    // quickstart registers other tasks than this test binary.
+    let exe = std::env::current_exe().unwrap();
+    let other = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("quickstart");
+    assert!(
+        other.exists(),
+        "{} is built by `cargo test`",
+        other.display()
+    );
+    let e = Pool::builder()
+        .processes(1)
+        .worker_executable(&other)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(e.is_protocol(), "{e}");
+    assert!(e.to_string().contains("refused at the handshake"), "{e}");
+}

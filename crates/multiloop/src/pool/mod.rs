@@ -40,6 +40,7 @@ pub(crate) struct Config {
     pub(crate) restart_window: Duration,
     pub(crate) startup_timeout: Duration,
     pub(crate) capture_stderr: bool,
+    pub(crate) worker_executable: Option<std::path::PathBuf>,
 }
 
 /// The state shared by the pool handle, its calls and its supervisors.
@@ -169,6 +170,7 @@ impl Default for PoolBuilder {
                 restart_window: Duration::from_secs(10),
                 startup_timeout: Duration::from_secs(20),
                 capture_stderr: true,
+                worker_executable: None,
             },
             initializer_error: None,
         }
@@ -267,6 +269,15 @@ impl PoolBuilder {
     pub fn restart_intensity(mut self, restarts: u32, within: Duration) -> Self {
         self.config.restart_limit = restarts;
         self.config.restart_window = within;
+        self
+    }
+
+    /// Starts workers from another executable instead of this one (default:
+    /// this process's own, `/proc/self/exe`). It must call
+    /// `multiloop::init()` and register the same tasks: a worker whose task
+    /// registry differs is refused at the handshake.
+    pub fn worker_executable(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.worker_executable = Some(path.into());
         self
     }
 

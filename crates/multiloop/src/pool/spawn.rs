@@ -65,9 +65,12 @@ pub(crate) fn spawn_worker(
     lifeline: &Lifeline,
     beacon: &Beacon,
     capture_stderr: bool,
+    executable: Option<&std::path::Path>,
 ) -> io::Result<Spawned> {
     let (parent_end, child_end) = StdUnixStream::pair()?;
-    let exe = if std::path::Path::new("/proc/self/exe").exists() {
+    let exe = if let Some(path) = executable {
+        path.to_path_buf()
+    } else if std::path::Path::new("/proc/self/exe").exists() {
         std::path::PathBuf::from("/proc/self/exe")
     } else {
         std::env::current_exe()?

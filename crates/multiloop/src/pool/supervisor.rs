@@ -30,7 +30,12 @@ pub(crate) fn launch(
     let beacon = Arc::new(
         Beacon::new().map_err(|e| Error::io("could not create a worker's beacon page", e))?,
     );
-    let spawned = match spawn::spawn_worker(&inner.lifeline, &beacon, inner.config.capture_stderr) {
+    let spawned = match spawn::spawn_worker(
+        &inner.lifeline,
+        &beacon,
+        inner.config.capture_stderr,
+        inner.config.worker_executable.as_deref(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             let err = Error::io("could not start a worker process", e);
@@ -207,6 +212,23 @@ async fn read_loop(
             };
             match message {
                 Message::Ready(r) if !handshaken => {
+                    if r.protocol != PROTOCOL_VERSION
+                        || r.fingerprint != Registry::get().fingerprint
+                    {
+                        let err = Error::protocol(format!(
+                            "worker refused at the handshake: it speaks protocol {} with task registry {:#x}, \
+                             the parent {} with {:#x} (a different binary?)",
+                            r.protocol,
+                            r.fingerprint,
+                            PROTOCOL_VERSION,
+                            Registry::get().fingerprint
+                        ));
+                        let reason = err.to_string();
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(Err(err));
+                        }
+                        return Err(reason);
+                    }
                     if !r.error.is_empty() {
                         let err = Error::new(crate::error::Kind::Initializer {
                             reason: r.error.to_owned(),
@@ -215,17 +237,6 @@ async fn read_loop(
                             let _ = tx.send(Err(err));
                         }
                         return Err(format!("worker setup failed: {}", r.error));
-                    }
-                    if r.protocol != PROTOCOL_VERSION
-                        || r.fingerprint != Registry::get().fingerprint
-                    {
-                        return Err(format!(
-                            "worker refused: it speaks protocol {} with task fingerprint {:#x}, the parent {} with {:#x} (a different binary?)",
-                            r.protocol,
-                            r.fingerprint,
-                            PROTOCOL_VERSION,
-                            Registry::get().fingerprint
-                        ));
                     }
                     handshaken = true;
                     {
