@@ -77,6 +77,10 @@ pub use worker::{init, init_with, set_worker_state, worker_state};
 #[macro_export]
 macro_rules! init_before_main {
     () => {
+        // SAFETY: `init` touches only the environment, its own statics and
+        // the descriptors the parent passed, all usable before `main`; in a
+        // process that is not a worker it returns after one lookup. `late`
+        // runs it after the other constructors it could depend on.
         #[$crate::__private::ctor::ctor(unsafe, priority = late, crate_path = $crate::__private::ctor)]
         fn __multiloop_init_before_main() {
             $crate::init();
