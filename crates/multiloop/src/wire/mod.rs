@@ -154,6 +154,9 @@ impl<'a> Results<'a> {
     pub(crate) fn iter(&self) -> ResultsIter<'a> {
         ResultsIter {
             reader: Reader::new(self.body),
+            chunk: 0,
+            next: 0,
+            remaining: 0,
         }
     }
 }
@@ -162,6 +165,10 @@ impl<'a> Results<'a> {
 /// stops) on a malformed entry.
 pub(crate) struct ResultsIter<'a> {
     reader: Reader<'a>,
+    chunk: u64,
+    next: u32,
+    /// Outcomes left in the current group.
+    remaining: u32,
 }
 
 impl<'a> Iterator for ResultsIter<'a> {
@@ -172,13 +179,22 @@ impl<'a> Iterator for ResultsIter<'a> {
             return None;
         }
         let item = (|| {
-            let chunk = self.reader.varint()?;
-            let index = self.reader.varint_u32()?;
+            if self.remaining == 0 {
+                self.chunk = self.reader.varint()?;
+                self.next = self.reader.varint_u32()?;
+                self.remaining = self.reader.u32_le()?;
+                if self.remaining == 0 {
+                    return Err(WireError::BadValue("outcome count", 0));
+                }
+            }
             let status = Status::from_u8(self.reader.u8()?)?;
-            let len = self.reader.u32_le()? as usize;
+            let len = usize::try_from(self.reader.varint()?).map_err(|_| WireError::Truncated)?;
             let data = self.reader.take(len)?;
+            let index = self.next;
+            self.next = self.next.wrapping_add(1);
+            self.remaining -= 1;
             Ok(Outcome {
-                chunk,
+                chunk: self.chunk,
                 index,
                 status,
                 data,
@@ -280,11 +296,34 @@ impl<'a> Message<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct FrameWriter {
     buf: Vec<u8>,
+    /// The run of outcomes being written in a RESULTS frame: consecutive
+    /// tasks of one chunk share one group header.
+    group: Option<Group>,
+}
+
+/// A group of outcomes: tasks `first..first + count` of one chunk.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    chunk: u64,
+    next: u32,
+    count: u32,
+    /// Where the group's `u32` count is, to patch.
+    count_at: usize,
+}
+
+/// A position to roll a [`FrameWriter`] back to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    len: usize,
+    group: Option<Group>,
 }
 
 impl FrameWriter {
     pub(crate) fn new() -> Self {
-        FrameWriter { buf: Vec::new() }
+        FrameWriter {
+            buf: Vec::new(),
+            group: None,
+        }
     }
 
     #[cfg(test)]
@@ -317,6 +356,7 @@ impl FrameWriter {
 
     /// Ends the frame started at `start` by writing its body length.
     pub(crate) fn finish(&mut self, start: usize) {
+        self.group = None;
         let body = (self.buf.len() - start - 4) as u32;
         self.buf[start..start + 4].copy_from_slice(&body.to_le_bytes());
     }
@@ -415,25 +455,78 @@ impl FrameWriter {
     /// [`outcome_header`](FrameWriter::outcome_header) or
     /// [`outcome`](FrameWriter::outcome), then [`finish`](FrameWriter::finish).
     pub(crate) fn results_begin(&mut self) -> usize {
+        self.group = None;
         self.begin(tag::RESULTS)
     }
 
     /// Appends an outcome whose data the caller writes next into
     /// [`buf`](FrameWriter::buf); returns the position of the data length to
     /// patch with [`outcome_end`](FrameWriter::outcome_end).
+    ///
+    /// The body of a RESULTS frame is a run of groups: chunk id (varint),
+    /// first index (varint), count (`u32`), then per outcome its status
+    /// byte, data length (varint) and data. The next task of the same chunk
+    /// joins the open group for two bytes of header.
+    #[inline]
     pub(crate) fn outcome_header(&mut self, chunk: u64, index: u32, status: Status) -> usize {
-        put_varint(&mut self.buf, chunk);
-        put_varint(&mut self.buf, u64::from(index));
+        match &mut self.group {
+            Some(g) if g.chunk == chunk && g.next == index && g.count < u32::MAX => {
+                g.next = index.wrapping_add(1);
+                g.count += 1;
+                let at = g.count_at;
+                self.buf[at..at + 4].copy_from_slice(&g.count.to_le_bytes());
+            }
+            _ => {
+                put_varint(&mut self.buf, chunk);
+                put_varint(&mut self.buf, u64::from(index));
+                let count_at = self.buf.len();
+                self.buf.extend_from_slice(&1u32.to_le_bytes());
+                self.group = Some(Group {
+                    chunk,
+                    next: index.wrapping_add(1),
+                    count: 1,
+                    count_at,
+                });
+            }
+        }
         self.buf.push(status as u8);
         let at = self.buf.len();
-        self.buf.extend_from_slice(&[0, 0, 0, 0]);
+        self.buf.push(0);
         at
     }
 
-    /// Patches the data length of the outcome whose header ended at `at`.
+    /// Writes the data length of the outcome whose header ended at `at`
+    /// (one byte when under 128, else the data moves up to make room).
+    #[inline]
     pub(crate) fn outcome_end(&mut self, at: usize) {
-        let len = (self.buf.len() - at - 4) as u32;
-        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        let len = self.buf.len() - at - 1;
+        if len < 0x80 {
+            self.buf[at] = len as u8;
+            return;
+        }
+        let mut varint = Vec::with_capacity(10);
+        put_varint(&mut varint, len as u64);
+        let old = self.buf.len();
+        self.buf.resize(old + varint.len() - 1, 0);
+        self.buf.copy_within(at + 1..old, at + varint.len());
+        self.buf[at..at + varint.len()].copy_from_slice(&varint);
+    }
+
+    /// Where the writer is now, to [`rollback`](FrameWriter::rollback) to.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            len: self.buf.len(),
+            group: self.group,
+        }
+    }
+
+    /// Drops everything written since `mark`.
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        self.buf.truncate(mark.len);
+        self.group = mark.group;
+        if let Some(g) = &self.group {
+            self.buf[g.count_at..g.count_at + 4].copy_from_slice(&g.count.to_le_bytes());
+        }
     }
 
     /// Sets the status of the outcome whose header ended at `at` (used when

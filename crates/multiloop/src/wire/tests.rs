@@ -562,11 +562,12 @@ fn results_iterator_stops_after_a_bad_entry() {
         status: Status::Ok,
         data: b"a",
     });
-    // A bad status byte, then what would be a valid outcome.
+    // A group with a bad status byte, then what would be a valid outcome.
     put_varint(w.buf(), 1);
     put_varint(w.buf(), 1);
+    w.buf().extend_from_slice(&1u32.to_le_bytes());
     w.buf().push(99);
-    w.buf().extend_from_slice(&0u32.to_le_bytes());
+    w.buf().push(0);
     w.outcome(&Outcome {
         chunk: 1,
         index: 2,
@@ -587,10 +588,11 @@ fn results_iterator_stops_after_a_bad_entry() {
 #[test]
 fn outcome_data_longer_than_the_frame_is_refused() {
     let mut body = Vec::new();
-    put_varint(&mut body, 1);
-    put_varint(&mut body, 0);
+    put_varint(&mut body, 1); // chunk
+    put_varint(&mut body, 0); // first index
+    body.extend_from_slice(&1u32.to_le_bytes()); // count
     body.push(Status::Ok as u8);
-    body.extend_from_slice(&u32::MAX.to_le_bytes());
+    put_varint(&mut body, u64::from(u32::MAX)); // data length
     body.extend_from_slice(b"short");
     let all: Vec<_> = Results { body: &body }.iter().collect();
     assert_eq!(all, vec![Err(WireError::Truncated)]);

@@ -102,14 +102,14 @@ impl Out {
                 start
             }
         };
-        let outcome_start = self.frames.buf().len();
-        let at = self.frames.outcome_header(key.chunk, key.index, Status::Ok);
+        let mark = self.frames.mark();
+        let mut at = self.frames.outcome_header(key.chunk, key.index, Status::Ok);
         let status = write(self.frames.buf());
         self.frames.outcome_set_status(at, status);
-        let data_len = self.frames.buf().len() - at - 4;
+        let data_len = self.frames.buf().len() - at - 1;
         // One outcome must fit in a frame on its own.
-        if data_len + 32 > self.max_frame {
-            self.frames.buf().truncate(at + 4);
+        if data_len + 40 > self.max_frame {
+            self.frames.buf().truncate(at + 1);
             self.frames.outcome_set_status(at, Status::EncodeFailed);
             let msg = format!(
                 "the result is {data_len} bytes, more than the frame cap of {} bytes",
@@ -117,16 +117,25 @@ impl Out {
             );
             self.frames.buf().extend_from_slice(msg.as_bytes());
         }
-        self.frames.outcome_end(at);
-        if self.frames.body_len(start) > self.max_frame && outcome_start > start + 5 {
+        if self.frames.body_len(start) + 10 > self.max_frame
+            && self.frames.body_len(start) > data_len + 40
+        {
             // This outcome fits a frame on its own but not with the ones
             // before it: it starts the next frame.
-            let tail = self.frames.buf().split_off(outcome_start);
+            let status = self.frames.buf()[at - 1];
+            let data = self.frames.buf().split_off(at + 1);
+            self.frames.rollback(mark);
             self.frames.finish(start);
             let next = self.frames.results_begin();
-            self.frames.buf().extend_from_slice(&tail);
             self.open = Some(next);
+            at = self.frames.outcome_header(
+                key.chunk,
+                key.index,
+                Status::from_u8(status).unwrap_or(Status::EncodeFailed),
+            );
+            self.frames.buf().extend_from_slice(&data);
         }
+        self.frames.outcome_end(at);
         if let Some(start) = self.open
             && self.frames.body_len(start) > self.max_frame / 2
         {
