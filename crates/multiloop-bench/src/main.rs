@@ -78,11 +78,15 @@ fn run(args: Args) -> BoxResult<bool> {
         return Ok(true);
     }
     let selected = select(&args.only)?;
-    let sizes = if args.smoke {
+    let mut sizes = if args.smoke {
         Sizes::smoke()
     } else {
         Sizes::full()
     };
+    sizes.chunk = args.chunk_size;
+    if let Some(size) = sizes.chunk {
+        eprintln!("--chunk-size {size}: a diagnosis run, not the benchmark's figures");
+    }
     let mut report = Report {
         load: load_average(),
         ..Report::default()

@@ -360,6 +360,7 @@ impl Core {
             };
             self.queue.remove(i);
             self.split_for_recycling(id, slot);
+            self.split_to_fit(id, slot);
             self.assign(id, slot);
         }
     }
@@ -389,6 +390,36 @@ impl Core {
         }
         let head: Vec<u32> = (0..left as u32).collect();
         let tail: Vec<u32> = (left as u32..count).collect();
+        let (head, tail) = (
+            rec.subset(&head, rec.attempt),
+            rec.subset(&tail, rec.attempt),
+        );
+        self.chunks.insert(id, head);
+        self.requeue(tail);
+    }
+
+    /// Balance: while another worker has free slots, a chunk must not push
+    /// this worker past its concurrency (its extra tasks would wait while
+    /// the other worker idles): the part that does not fit goes back to the
+    /// front of the queue.
+    fn split_to_fit(&mut self, id: u64, slot: usize) {
+        let concurrency = self.limits.concurrency;
+        let free = concurrency.saturating_sub(self.workers[slot].assigned);
+        let Some(rec) = self.chunks.get(&id) else {
+            return;
+        };
+        let count = rec.count() as usize;
+        if free == 0 || count <= free || rec.affinity.is_some() || rec.remaining as usize != count {
+            return;
+        }
+        let others_free = self.workers.iter().enumerate().any(|(s, w)| {
+            s != slot && w.ready && w.alive && !w.retiring && w.assigned < concurrency
+        });
+        if !others_free {
+            return;
+        }
+        let head: Vec<u32> = (0..free as u32).collect();
+        let tail: Vec<u32> = (free as u32..count as u32).collect();
         let (head, tail) = (
             rec.subset(&head, rec.attempt),
             rec.subset(&tail, rec.attempt),
