@@ -260,7 +260,7 @@ fn run_one(id: &str, sizes: &Sizes, report: &mut Report) -> BoxResult<()> {
                     count((2 * c) as u64)
                 ),
                 multiloop: String::new(),
-                baseline: format!("{:.3} s (tokio, 2 threads)", r.in_process_s),
+                baseline: format!("{:.3} s (2 threads x 1 runtime)", r.in_process_s),
                 ratio: format!("{:.3}", r.ideal_s / r.in_process_s),
                 target: (String::new(), true),
             });

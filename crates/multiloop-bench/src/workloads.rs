@@ -271,8 +271,9 @@ pub(crate) struct Sleep {
     pub(crate) n: u64,
     pub(crate) ideal_s: f64,
     pub(crate) wall_s: f64,
-    /// The same futures in-process, `PROCESSES × concurrency` at once on a
-    /// tokio runtime of `PROCESSES` threads: what tokio alone allows.
+    /// The same futures in-process on `PROCESSES` threads, each a
+    /// current-thread runtime running `concurrency` at once: the pool
+    /// without processes and IPC.
     pub(crate) in_process_s: f64,
 }
 
@@ -302,35 +303,7 @@ pub(crate) fn sleep(
         Ok(wall)
     })?;
     drop(rt);
-    let threads = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(PROCESSES)
-        .enable_all()
-        .build()?;
-    let in_process = run_limited(&threads, "W3 in-process baseline", limit, async {
-        // One tokio task per concurrency slot, each sleeping its share of
-        // the `n` naps one after another: how a worker runs them.
-        let slots = (PROCESSES * concurrency).clamp(1, n.max(1) as usize) as u64;
-        let t = Instant::now();
-        let mut handles = Vec::with_capacity(slots as usize);
-        for k in 0..slots {
-            let share = n / slots + u64::from(k < n % slots);
-            handles.push(tokio::spawn(async move {
-                let mut done = 0u64;
-                for _ in 0..share {
-                    done += u64::from(nap::run(ms).await == ms);
-                }
-                done
-            }));
-        }
-        let mut done = 0u64;
-        for h in handles {
-            done += h.await?;
-        }
-        if done != n {
-            return Err(format!("W3 baseline: {done} sleeps of {ms} ms, expected {n}").into());
-        }
-        Ok(t.elapsed())
-    })?;
+    let in_process = sleep_in_process(n, ms, concurrency)?;
     let waves = n as f64 / (PROCESSES * concurrency) as f64;
     Ok(Sleep {
         n,
@@ -338,6 +311,60 @@ pub(crate) fn sleep(
         wall_s: wall.as_secs_f64(),
         in_process_s: in_process.as_secs_f64(),
     })
+}
+
+/// The baseline of W3: the pool without processes. `PROCESSES` threads,
+/// each a current-thread tokio runtime like a worker's, each running its
+/// share of the naps on `concurrency` tokio tasks (one per slot, sleeping
+/// one nap after another).
+fn sleep_in_process(n: u64, ms: u64, concurrency: usize) -> BoxResult<Duration> {
+    let t = Instant::now();
+    let done: Result<Vec<u64>, String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..PROCESSES as u64)
+            .map(|w| {
+                let share = n / PROCESSES as u64 + u64::from(w < n % PROCESSES as u64);
+                s.spawn(move || -> Result<u64, String> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async move {
+                        let slots = (concurrency as u64).clamp(1, share.max(1));
+                        let mut handles = Vec::with_capacity(slots as usize);
+                        for k in 0..slots {
+                            let mine = share / slots + u64::from(k < share % slots);
+                            handles.push(tokio::spawn(async move {
+                                let mut done = 0u64;
+                                for _ in 0..mine {
+                                    done += u64::from(nap::run(ms).await == ms);
+                                }
+                                done
+                            }));
+                        }
+                        let mut done = 0u64;
+                        for h in handles {
+                            done += h.await.map_err(|e| e.to_string())?;
+                        }
+                        Ok(done)
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| "a baseline thread panicked".to_owned())
+                    .and_then(|r| r)
+            })
+            .collect()
+    });
+    let elapsed = t.elapsed();
+    let done: u64 = done?.iter().sum();
+    if done != n {
+        return Err(format!("W3 baseline: {done} sleeps of {ms} ms, expected {n}").into());
+    }
+    Ok(elapsed)
 }
 
 /// W4: the same CPU-bound tasks serially in-process, then on the pool.

@@ -371,7 +371,7 @@ impl Core {
             && w.alive
             && !w.retiring
             && !w.isolating
-            && (w.assigned < cap || w.chunks.len() < 2)
+            && (w.assigned < cap || w.chunks.len() < 3)
     }
 
     /// Recycling: never give a worker more tasks than it has left; the rest

@@ -234,7 +234,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
 
     fn window(&self) -> usize {
         self.window_base
-            .max(self.chunker.size * self.pool.config.processes * 2)
+            .max(self.chunker.size * self.pool.config.processes * 3)
     }
 
     /// Pulls inputs and submits chunks while the window has room. Results
