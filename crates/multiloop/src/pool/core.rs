@@ -764,7 +764,8 @@ impl Core {
                 per_worker.entry(wid.slot).or_default().push(*id);
             }
         }
-        self.queue.retain(|id| !ids.contains(id));
+        let chunks = &self.chunks;
+        self.queue.retain(|id| chunks.contains_key(id));
         for (slot, chunks) in per_worker {
             if let Some(w) = self.workers.get(slot).filter(|w| w.alive) {
                 w.outbox.with(|o| o.cancel(&chunks));
