@@ -388,14 +388,7 @@ impl Core {
         if u64::from(count) <= left || left == 0 {
             return;
         }
-        let head: Vec<u32> = (0..left as u32).collect();
-        let tail: Vec<u32> = (left as u32..count).collect();
-        let (head, tail) = (
-            rec.subset(&head, rec.attempt),
-            rec.subset(&tail, rec.attempt),
-        );
-        self.chunks.insert(id, head);
-        self.requeue(tail);
+        self.split(id, left as u32);
     }
 
     /// Balance: while another worker has free slots, a chunk must not push
@@ -418,8 +411,17 @@ impl Core {
         if !others_free {
             return;
         }
-        let head: Vec<u32> = (0..free as u32).collect();
-        let tail: Vec<u32> = (free as u32..count as u32).collect();
+        self.split(id, free as u32);
+    }
+
+    /// Keeps the first `keep` tasks of chunk `id` under its id and puts the
+    /// rest back at the front of the queue as a chunk of its own.
+    fn split(&mut self, id: u64, keep: u32) {
+        let Some(rec) = self.chunks.get(&id) else {
+            return;
+        };
+        let head: Vec<u32> = (0..keep).collect();
+        let tail: Vec<u32> = (keep..rec.count()).collect();
         let (head, tail) = (
             rec.subset(&head, rec.attempt),
             rec.subset(&tail, rec.attempt),
