@@ -400,3 +400,43 @@ async fn a_worker_from_a_different_binary_is_refused_at_the_handshake() {
     assert!(e.is_protocol(), "{e}");
     assert!(e.to_string().contains("refused at the handshake"), "{e}");
 }
+
+#[multiloop::task]
+async fn nap_ms(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[tokio::test]
+async fn a_frozen_worker_is_killed_past_its_tasks_deadline() {
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout_grace(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let frozen = pool.worker_pids()[0];
+    // Freeze the whole worker, watchdog thread included: only the parent
+    // can notice.
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(
+        unsafe { libc::kill(frozen as libc::pid_t, libc::SIGSTOP) },
+        0
+    );
+    let start = Instant::now();
+    let e = pool
+        .apply(nap_ms, 5_000)
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(e.is_timeout(), "{e}");
+    // Killed at 300 ms + 2 × 100 ms; then the task ran again on a fresh
+    // worker (the frozen one was not inside its poll) and timed out there.
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(
+        pid_gone_within(frozen, Duration::from_secs(1)),
+        "the frozen worker was killed"
+    );
+    assert_eq!(pool.apply(nap_ms, 1).await.unwrap(), 1, "the pool goes on");
+}

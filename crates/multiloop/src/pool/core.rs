@@ -53,6 +53,11 @@ pub(crate) enum Failure {
         last: ExitInfo,
     },
     Setup(String),
+    /// The worker stopped answering while running this task past its
+    /// deadline, so the parent killed it.
+    HardTimeout {
+        after: Duration,
+    },
 }
 
 impl Failure {
@@ -79,6 +84,10 @@ impl Failure {
                 restarts: *restarts,
                 within: *within,
                 last: last.clone(),
+            }),
+            Failure::HardTimeout { after } => Error::new(Kind::Timeout {
+                after: *after,
+                hard: true,
             }),
             Failure::Setup(reason) => Error::new(Kind::Initializer {
                 reason: reason.clone(),
@@ -220,6 +229,11 @@ pub(crate) struct WorkerSlot {
     pub(crate) chunks: ChunkSet,
     /// Runs an isolated chunk: gets nothing else until it finishes.
     pub(crate) isolating: bool,
+    /// When the worker last answered, or was given work while idle.
+    pub(crate) last_progress: Instant,
+    /// Wakes the supervisor to re-arm its deadline when the worker is
+    /// given a task that has one.
+    pub(crate) rearm: Arc<Notify>,
 }
 
 /// Pool-wide settings the core needs.
@@ -436,6 +450,12 @@ impl Core {
             return;
         };
         let worker = &mut self.workers[slot];
+        if worker.assigned == 0 {
+            worker.last_progress = Instant::now();
+        }
+        if rec.timeout.is_some() {
+            worker.rearm.notify_one();
+        }
         worker.isolating = rec.isolated;
         rec.worker = Some(worker.id);
         rec.dispatched = Some(Instant::now());
@@ -544,6 +564,7 @@ impl Core {
             self.chunks.remove(id);
         }
         if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
+            w.last_progress = Instant::now();
             w.assigned = w.assigned.saturating_sub(freed);
             if !finished.is_empty() {
                 for c in &finished {
@@ -558,6 +579,24 @@ impl Core {
             }
         }
         self.dispatch();
+    }
+
+    /// When worker `id` must have answered by: it holds tasks with a
+    /// deadline, and a worker whose event loop runs answers within the
+    /// longest of them (soft timeouts) plus the grace (its watchdog). Twice
+    /// the grace past that, only a worker that cannot run at all (stopped,
+    /// frozen) is still silent.
+    pub(crate) fn answer_deadline(&self, id: WorkerId, grace: Duration) -> Option<Instant> {
+        let w = self
+            .workers
+            .get(id.slot)
+            .filter(|w| w.id == id && w.alive)?;
+        let longest = w
+            .chunks
+            .iter()
+            .filter_map(|c| self.chunks.get(c)?.timeout)
+            .max()?;
+        Some(w.last_progress + longest + grace * 2)
     }
 
     /// A worker asked to be replaced (its memory passed the limit): it gets
@@ -587,9 +626,10 @@ impl Core {
         exit: &ExitInfo,
         stderr_tail: &str,
         culprit: Option<(u64, u32)>,
-        violated: bool,
+        cause: Cause,
         actions: &mut Actions,
     ) {
+        let (violated, unresponsive) = (cause == Cause::Violated, cause == Cause::Unresponsive);
         let Some(worker) = self.workers.get_mut(id.slot).filter(|w| w.id == id) else {
             return;
         };
@@ -624,6 +664,7 @@ impl Core {
             stderr_tail,
             culprit_elsewhere: culprit.is_some(),
             violated,
+            unresponsive,
         };
         for chunk in chunks {
             let blamed = culprit.filter(|(c, _)| *c == chunk).map(|(_, i)| i);
@@ -656,6 +697,7 @@ impl Core {
             stderr_tail,
             culprit_elsewhere,
             violated,
+            unresponsive,
         } = *death;
         let Some(rec) = self.chunks.remove(&chunk) else {
             return;
@@ -677,6 +719,17 @@ impl Core {
             self.requeue(rec.subset(&free, rec.attempt));
         }
         if charged.is_empty() {
+            return;
+        }
+        if unresponsive && blamed.is_some() {
+            // Frozen inside this task's poll past its deadline: it timed out.
+            let failure = Failure::HardTimeout {
+                after: rec.timeout.unwrap_or_default(),
+            };
+            let indices = charged.iter().map(|&i| rec.job_index(i)).collect();
+            actions
+                .events
+                .push((rec.sink.clone(), Event::Failed { indices, failure }));
             return;
         }
         if rec.attempt >= rec.max_attempts {
@@ -777,6 +830,17 @@ impl Core {
     }
 }
 
+/// Why a worker's supervisor stopped reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// It closed its channel: it exited or was killed.
+    Exited,
+    /// The parent killed it for breaking the protocol.
+    Violated,
+    /// The parent killed it for not answering past its tasks' deadlines.
+    Unresponsive,
+}
+
 /// What is known about a worker's death.
 #[derive(Clone, Copy)]
 struct Death<'a> {
@@ -786,6 +850,8 @@ struct Death<'a> {
     culprit_elsewhere: bool,
     /// The parent killed it for breaking the protocol.
     violated: bool,
+    /// The parent killed it for not answering past its tasks' deadlines.
+    unresponsive: bool,
 }
 
 /// A set of chunk ids.

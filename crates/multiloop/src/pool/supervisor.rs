@@ -8,9 +8,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
 
 use super::Inner;
-use super::core::{Actions, Outbox, WorkerId, WorkerSlot};
+use super::core::{Actions, Cause, Outbox, WorkerId, WorkerSlot};
 use super::spawn::{self, StderrTail};
 use crate::beacon::Beacon;
 use crate::error::{Error, ExitInfo};
@@ -43,6 +44,7 @@ pub(crate) fn launch(
         }
     };
     let outbox = Arc::new(Outbox::default());
+    let rearm = Arc::new(Notify::new());
     let id = {
         let mut core = inner.lock();
         let generation = core.new_generation();
@@ -58,6 +60,8 @@ pub(crate) fn launch(
             lifetime: 0,
             chunks: Default::default(),
             isolating: false,
+            last_progress: std::time::Instant::now(),
+            rearm: Arc::clone(&rearm),
         };
         if slot < core.workers.len() {
             core.workers[slot] = entry;
@@ -89,7 +93,7 @@ pub(crate) fn launch(
     let weak = Arc::downgrade(inner);
     inner
         .runtime
-        .spawn(supervise(weak, id, spawned, outbox, beacon, ready));
+        .spawn(supervise(weak, id, spawned, outbox, beacon, rearm, ready));
     Ok(())
 }
 
@@ -99,6 +103,7 @@ async fn supervise(
     spawned: spawn::Spawned,
     outbox: Arc<Outbox>,
     beacon: Arc<Beacon>,
+    rearm: Arc<Notify>,
     mut ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) {
     let spawn::Spawned {
@@ -115,10 +120,15 @@ async fn supervise(
         Some(i) => i.config.max_frame,
         None => return,
     };
-    let outcome = read_loop(&inner, id, rd, max_frame, &mut ready).await;
+    let mut cause = Cause::Exited;
+    let outcome = read_loop(&inner, id, rd, max_frame, &rearm, &mut cause, &mut ready).await;
+    if outcome.is_err() && cause == Cause::Exited {
+        cause = Cause::Violated;
+    }
     writer.abort();
     if outcome.is_err() {
-        // A worker that broke the protocol cannot be trusted with more work.
+        // A worker that broke the protocol, or stopped answering, cannot be
+        // trusted with more work.
         let _ = child.start_kill();
     }
     let status = child.wait().await;
@@ -147,14 +157,7 @@ async fn supervise(
     let mut actions = Actions::default();
     {
         let mut core = inner.lock();
-        core.on_death(
-            id,
-            &exit,
-            &tail_text,
-            beacon.read(),
-            outcome.is_err(),
-            &mut actions,
-        );
+        core.on_death(id, &exit, &tail_text, beacon.read(), cause, &mut actions);
     }
     inner.after(actions);
     inner.worker_exited.notify_waiters();
@@ -195,6 +198,8 @@ async fn read_loop(
     id: WorkerId,
     mut rd: OwnedReadHalf,
     max_frame: usize,
+    rearm: &Notify,
+    cause: &mut Cause,
     ready: &mut Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) -> Result<(), String> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -293,7 +298,29 @@ async fn read_loop(
             }
         }
         crate::worker::reserve_for_frame(&mut buf);
-        match rd.read_buf(&mut buf).await {
+        let read = loop {
+            let deadline = inner
+                .upgrade()
+                .and_then(|i| i.lock().answer_deadline(id, i.config.timeout_grace));
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = rd.read_buf(&mut buf) => break read,
+                () = rearm.notified() => {}
+                () = expired => {
+                    let still = inner.upgrade().and_then(|i| i.lock().answer_deadline(id, i.config.timeout_grace));
+                    if still.is_some_and(|at| at <= std::time::Instant::now()) {
+                        *cause = Cause::Unresponsive;
+                        return Err("the worker stopped answering past its tasks' deadlines plus twice the grace; killed".into());
+                    }
+                }
+            }
+        };
+        match read {
             Ok(0) => {
                 return if buf.is_empty() {
                     Ok(())
