@@ -88,6 +88,11 @@ macro_rules! init_before_main {
     };
 }
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The mistakes `#[multiloop::task]` refuses at compile time, each a
 /// `compile_fail` doctest.
 #[cfg(doctest)]
