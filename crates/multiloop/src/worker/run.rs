@@ -161,19 +161,24 @@ impl Ctx {
         result: Result<Result<T::Output, T::Error>, String>,
     ) {
         let result = match result {
-            Ok(Ok(value)) if self.folds.borrow().contains_key(&key.chunk) => {
-                match self.fold(key, &value) {
-                    None => return self.settle(key),
-                    Some(reason) => {
-                        self.push_failure(key, Status::EncodeFailed, &reason);
-                        return;
-                    }
+            Ok(Ok(value)) if self.is_folded(key.chunk) => match self.fold(key, &value) {
+                None => return self.settle(key),
+                Some(reason) => {
+                    self.push_failure(key, Status::EncodeFailed, &reason);
+                    return;
                 }
-            }
+            },
             other => other,
         };
         self.push_outcome::<T>(key, result);
         self.settle(key);
+    }
+
+    /// Whether `chunk`'s results are folded here (cheap when nothing is).
+    #[inline]
+    fn is_folded(&self, chunk: u64) -> bool {
+        let folds = self.folds.borrow();
+        !folds.is_empty() && folds.contains_key(&chunk)
     }
 
     /// Folds a result into its chunk's accumulator: `None` when folded, or
@@ -195,6 +200,9 @@ impl Ctx {
     /// One more task of `key`'s chunk has ended; a folded chunk whose tasks
     /// have all ended sends its accumulator.
     fn settle(&self, key: Key) {
+        if !self.is_folded(key.chunk) {
+            return;
+        }
         let mut folds = self.folds.borrow_mut();
         let Some(f) = folds.get_mut(&key.chunk) else {
             return;
