@@ -5,8 +5,10 @@
 //! running at that instant: a task that aborts, segfaults, exits or runs out
 //! of memory dies inside its own poll, so it is the one charged an attempt,
 //! and the tasks that merely shared the worker run again for free. A death
-//! outside any poll (a kill from outside while the worker waits) blames no
-//! one; restart intensity bounds how often that can happen.
+//! outside any poll (a kill from outside while the worker waits) charges
+//! every task the worker held: each was running when its worker died. A
+//! worker the parent killed for breaking the protocol blames nobody by its
+//! beacon (it was polling whatever it happened to be polling).
 //!
 //! The word is in a `memfd` page that the parent maps and the worker
 //! inherits, so no other process can open it. Writes are two relaxed

@@ -73,21 +73,55 @@ async fn leak(mib: usize) -> u32 {
 
 /// Writes garbage into every socket this process holds: the worker's
 /// channel to its parent among them.
+fn write_garbage_to_every_socket() {
+    for fd in 3..256 {
+        // SAFETY: fstat on any integer is fine; it fails on a closed fd.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+        {
+            let garbage = [0xffu8, 0xff, 0xff, 0x7f, 1, 2, 3];
+            // SAFETY: writing a valid buffer to an open descriptor.
+            unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
+        }
+    }
+}
+
+/// Task 7 corrupts its worker's channel.
 #[multiloop::task]
 async fn corrupt_channel(x: u64) -> u64 {
     if x == 7 {
-        for fd in 3..256 {
-            // SAFETY: fstat on any integer is fine; it fails on a closed fd.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            if unsafe { libc::fstat(fd, &mut st) } == 0
-                && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-            {
-                let garbage = [0xffu8, 0xff, 0xff, 0x7f, 1, 2, 3];
-                // SAFETY: writing a valid buffer to an open descriptor.
-                unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
-            }
-        }
+        write_garbage_to_every_socket();
         tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    x
+}
+
+/// Set by task 8 of `corrupt_while_another_runs` when it starts spinning.
+static SPINNING: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// Task 7 corrupts its worker's channel from a thread, at the moment task 8
+/// is inside its poll (or after a second, when it runs without task 8), so
+/// the parent reads the garbage while the worker's beacon names task 8,
+/// which did nothing wrong.
+#[multiloop::task]
+async fn corrupt_while_another_runs(x: u64) -> u64 {
+    if x == 7 {
+        std::thread::spawn(|| {
+            let (lock, cvar) = &SPINNING;
+            let guard = lock.lock().unwrap();
+            drop(cvar.wait_timeout_while(guard, Duration::from_secs(1), |spinning| !*spinning));
+            write_garbage_to_every_socket();
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    if x == 8 {
+        *SPINNING.0.lock().unwrap() = true;
+        SPINNING.1.notify_all();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(300) {
+            std::hint::spin_loop();
+        }
     }
     x
 }
@@ -313,6 +347,32 @@ async fn corrupt_frame_replaces_the_worker_and_retries_its_tasks() {
             assert!(e.to_string().contains("bad frame"), "{e}");
         } else {
             assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_protocol_violation_is_not_blamed_on_the_task_being_polled() {
+    // One worker, so task 8 runs beside task 7; one attempt, so a task
+    // charged for the crash fails at once.
+    let pool = Pool::builder()
+        .processes(1)
+        .max_attempts(1)
+        .build()
+        .await
+        .unwrap();
+    let results: Vec<_> = pool
+        .map(corrupt_while_another_runs, 0..16u64)
+        .collect()
+        .await;
+    for (i, r) in results.iter().enumerate() {
+        if i == 7 {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.is_crash() && e.to_string().contains("bad frame"), "{e}");
+        } else {
+            // Task 8 was inside its poll when the worker was killed; it
+            // must not pay for task 7's garbage.
+            assert_eq!(*r.as_ref().unwrap(), i as u64, "task {i}");
         }
     }
 }

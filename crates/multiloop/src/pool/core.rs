@@ -619,7 +619,11 @@ impl Core {
     ///
     /// `culprit` is the task the worker was polling when it died (from its
     /// beacon): only that task is charged an attempt; the others run again
-    /// for free.
+    /// for free; a worker that died outside any poll charges every task it
+    /// held. A worker the parent killed for breaking the protocol was
+    /// polling whatever it happened to be polling, so its beacon blames
+    /// nobody: its tasks run again one at a time, and only a worker that
+    /// breaks the protocol while running one task alone charges that task.
     pub(crate) fn on_death(
         &mut self,
         id: WorkerId,
@@ -650,9 +654,13 @@ impl Core {
         {
             self.deaths.pop_front();
         }
-        // Only a culprit among the worker's pending tasks counts (one that
-        // already answered, like a task its watchdog timed out, does not).
-        let culprit = culprit.filter(|(c, i)| {
+        // After a protocol violation the beacon names an innocent bystander
+        // at best: the parent, not the task, ended the worker.
+        let polled = culprit.filter(|_| !violated);
+        // Only a culprit among the worker's pending tasks is charged (one
+        // that already answered, like a task its watchdog timed out, is
+        // not), but any task inside its poll explains the death.
+        let culprit = polled.filter(|(c, i)| {
             chunks.contains(c)
                 && self
                     .chunks
@@ -662,7 +670,7 @@ impl Core {
         let death = Death {
             exit,
             stderr_tail,
-            culprit_elsewhere: culprit.is_some(),
+            died_in_a_poll: polled.is_some(),
             violated,
             unresponsive,
         };
@@ -695,7 +703,7 @@ impl Core {
         let Death {
             exit,
             stderr_tail,
-            culprit_elsewhere,
+            died_in_a_poll,
             violated,
             unresponsive,
         } = *death;
@@ -707,15 +715,33 @@ impl Core {
             // The worker died inside this chunk's task `culprit`: it alone
             // is charged.
             Some(culprit) => pending.iter().partition(|&&i| i == culprit),
-            // The worker broke the protocol while no task was running:
-            // any of its tasks may have done it. Each is charged and runs
-            // again alone, so the one that did it is soon found.
-            None if violated && !culprit_elsewhere => (pending, Vec::new()),
-            // The worker died inside another chunk's task, or while no task
-            // was running (a kill from outside): nobody here is to blame.
-            None => (Vec::new(), pending),
+            // The worker broke the protocol while running this one task
+            // alone: it did it. While running several, nobody is known to
+            // be guilty.
+            None if violated => {
+                if rec.isolated {
+                    (pending, Vec::new())
+                } else {
+                    (Vec::new(), pending)
+                }
+            }
+            // The worker died inside another task's poll: not their doing.
+            None if died_in_a_poll => (Vec::new(), pending),
+            // The worker died outside any poll (killed from outside, say,
+            // while its tasks awaited): each task it held was running when
+            // its worker died under it, and is charged.
+            None => (pending, Vec::new()),
         };
-        if !free.is_empty() {
+        if violated && !rec.isolated {
+            // Any of them may have written the bad bytes: each runs again
+            // alone, uncharged, so the one that did it is found and charged
+            // and the others finish.
+            for &i in &free {
+                let mut retry = rec.subset(&[i], rec.attempt);
+                retry.isolated = true;
+                self.requeue(retry);
+            }
+        } else if !free.is_empty() {
             self.requeue(rec.subset(&free, rec.attempt));
         }
         if charged.is_empty() {
@@ -743,14 +769,12 @@ impl Core {
             actions
                 .events
                 .push((rec.sink.clone(), Event::Failed { indices, failure }));
-        } else if blamed.is_some() {
-            self.requeue(rec.subset(&charged, rec.attempt + 1));
         } else {
-            for &i in &charged {
-                let mut retry = rec.subset(&[i], rec.attempt + 1);
-                retry.isolated = true;
-                self.requeue(retry);
-            }
+            // A task found guilty of a protocol violation keeps running
+            // alone.
+            let mut retry = rec.subset(&charged, rec.attempt + 1);
+            retry.isolated = violated;
+            self.requeue(retry);
         }
     }
 
@@ -846,8 +870,8 @@ pub(crate) enum Cause {
 struct Death<'a> {
     exit: &'a ExitInfo,
     stderr_tail: &'a str,
-    /// The worker died inside a task (of some chunk).
-    culprit_elsewhere: bool,
+    /// The worker died inside a task's poll (of any chunk, finished or not).
+    died_in_a_poll: bool,
     /// The parent killed it for breaking the protocol.
     violated: bool,
     /// The parent killed it for not answering past its tasks' deadlines.

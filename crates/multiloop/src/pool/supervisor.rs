@@ -122,9 +122,6 @@ async fn supervise(
     };
     let mut cause = Cause::Exited;
     let outcome = read_loop(&inner, id, rd, max_frame, &rearm, &mut cause, &mut ready).await;
-    if outcome.is_err() && cause == Cause::Exited {
-        cause = Cause::Violated;
-    }
     writer.abort();
     if outcome.is_err() {
         // A worker that broke the protocol, or stopped answering, cannot be
@@ -205,13 +202,13 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut handshaken = false;
     loop {
-        while let Some(f) =
-            wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame from worker: {e}"))?
+        while let Some(f) = wire::check_frame(&buf, max_frame)
+            .map_err(|e| violation(cause, format!("bad frame from worker: {e}")))?
         {
             let frame = buf.split_to(f.len).freeze();
             let body = &frame[4..];
-            let message =
-                Message::decode(body).map_err(|e| format!("bad frame from worker: {e}"))?;
+            let message = Message::decode(body)
+                .map_err(|e| violation(cause, format!("bad frame from worker: {e}")))?;
             let Some(inner) = inner.upgrade() else {
                 return Ok(());
             };
@@ -232,7 +229,7 @@ async fn read_loop(
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(Err(err));
                         }
-                        return Err(reason);
+                        return Err(violation(cause, reason));
                     }
                     if !r.error.is_empty() {
                         let err = Error::new(crate::error::Kind::Initializer {
@@ -241,7 +238,10 @@ async fn read_loop(
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(Err(err));
                         }
-                        return Err(format!("worker setup failed: {}", r.error));
+                        return Err(violation(
+                            cause,
+                            format!("worker setup failed: {}", r.error),
+                        ));
                     }
                     handshaken = true;
                     {
@@ -281,7 +281,10 @@ async fn read_loop(
                     }
                     inner.after(actions);
                     if let Some(e) = bad {
-                        return Err(format!("bad results frame from worker: {e}"));
+                        return Err(violation(
+                            cause,
+                            format!("bad results frame from worker: {e}"),
+                        ));
                     }
                 }
                 Message::Retire(_) if handshaken => {
@@ -290,9 +293,9 @@ async fn read_loop(
                     inner.after(actions);
                 }
                 other => {
-                    return Err(format!(
-                        "unexpected message from worker: {}",
-                        describe(&other)
+                    return Err(violation(
+                        cause,
+                        format!("unexpected message from worker: {}", describe(&other)),
                     ));
                 }
             }
@@ -332,6 +335,16 @@ async fn read_loop(
             Err(e) => return Err(format!("reading from the worker failed: {e}")),
         }
     }
+}
+
+/// Marks the worker as having broken the protocol (the parent kills it,
+/// and its beacon blames nobody); gives back `reason`.
+///
+/// Reading errors and a channel closed mid-frame are not violations: a
+/// worker killed while writing causes them, and it is already dead.
+fn violation(cause: &mut Cause, reason: String) -> String {
+    *cause = Cause::Violated;
+    reason
 }
 
 fn describe(m: &Message<'_>) -> &'static str {
