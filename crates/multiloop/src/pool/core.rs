@@ -491,11 +491,20 @@ impl Core {
         let mut current: Option<(u64, JobSink, Vec<Item>)> = None;
         let mut finished: Vec<u64> = Vec::new();
         let mut freed = 0usize;
+        // Outcomes come grouped by chunk: look each chunk up once.
+        let mut looked_up: Option<(u64, Option<&mut ChunkRec>)> = None;
         for (chunk, index, status, start, end) in outcomes {
-            let Some(rec) = self.chunks.get_mut(&chunk) else {
+            if looked_up.as_ref().is_none_or(|(c, _)| *c != chunk) {
+                let rec = self
+                    .chunks
+                    .get_mut(&chunk)
+                    .filter(|rec| rec.worker == Some(from));
+                looked_up = Some((chunk, rec));
+            }
+            let Some((_, Some(rec))) = looked_up.as_mut() else {
                 continue;
             };
-            if rec.worker != Some(from) {
+            if rec.remaining == 0 {
                 continue;
             }
             let item = if status == Status::Partial {
@@ -544,7 +553,9 @@ impl Core {
                             },
                         ));
                     }
-                    current = Some((rec.job, rec.sink.clone(), vec![item]));
+                    let mut items = Vec::with_capacity(rec.remaining as usize + 1);
+                    items.push(item);
+                    current = Some((rec.job, rec.sink.clone(), items));
                 }
             }
             if rec.remaining == 0 {

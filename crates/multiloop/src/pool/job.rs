@@ -32,6 +32,10 @@ pub trait Input: private::Sealed {
     type Item;
     #[doc(hidden)]
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::Item>>;
+    /// How many inputs are left, as far as the source knows (a lower
+    /// bound), to size the results up front.
+    #[doc(hidden)]
+    fn inputs_left(&self) -> usize;
 }
 
 mod private {
@@ -49,6 +53,9 @@ impl<I: Iterator> Input for IterInput<I> {
     fn poll_input(&mut self, _: &mut Context<'_>) -> Poll<Option<I::Item>> {
         Poll::Ready(self.0.next())
     }
+    fn inputs_left(&self) -> usize {
+        self.0.size_hint().0
+    }
 }
 
 /// Inputs pulled from a stream as capacity frees up.
@@ -61,6 +68,9 @@ impl<S: Stream + Unpin> Input for StreamInput<S> {
     type Item = S::Item;
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         Pin::new(&mut self.0).poll_next(cx)
+    }
+    fn inputs_left(&self) -> usize {
+        self.0.size_hint().0
     }
 }
 
@@ -77,6 +87,12 @@ pub(crate) struct CallOptions {
 
 /// The largest chunk the adaptive sizing picks.
 const MAX_CHUNK: usize = 32 * 1024;
+/// The window, in chunks per worker process (when chunks are large): what
+/// the workers hold, what waits for them, and the results the caller has
+/// yet to take.
+const WINDOW_CHUNKS: usize = 3;
+/// The most results an awaited `map` allocates room for up front.
+const MAX_PRESIZED: usize = 1 << 24;
 /// How much worker time a chunk should take.
 const CHUNK_TARGET: Duration = Duration::from_millis(1);
 
@@ -234,7 +250,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
 
     fn window(&self) -> usize {
         self.window_base
-            .max(self.chunker.size * self.pool.config.processes * 3)
+            .max(self.chunker.size * self.pool.config.processes * WINDOW_CHUNKS)
     }
 
     /// Pulls inputs and submits chunks while the window has room. Results
@@ -475,6 +491,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Outcomes { frame, items } => {
+                self.ready.reserve(items.len());
                 let mut n = 0;
                 for item in items {
                     if item.status == Status::Partial {
@@ -525,6 +542,11 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     /// The next finished task, in completion order.
     pub(crate) fn poll_next_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done<T>>> {
         loop {
+            // Keep the workers fed while the caller drains results: a whole
+            // chunk's room in the window is refilled at once.
+            if !self.exhausted && self.outstanding() + self.chunker.size <= self.window() {
+                self.feed(cx);
+            }
             if let Some(done) = self.ready.pop_front() {
                 return Poll::Ready(Some(done));
             }
@@ -764,9 +786,12 @@ impl<T: Task, S: Input<Item = T::Args>> IntoFuture for Map<T, S> {
     type IntoFuture = Collect<T, S>;
 
     fn into_future(self) -> Collect<T, S> {
+        // Sized once from the source's own count (capped, in case it is
+        // wrong), instead of growing and copying as results come.
+        let expected = self.job.source.inputs_left().min(MAX_PRESIZED);
         Collect {
             map: self,
-            values: Vec::new(),
+            values: Vec::with_capacity(expected),
         }
     }
 }
