@@ -325,13 +325,17 @@ impl Core {
         self.chunks.is_empty()
     }
 
-    /// Queues a chunk and hands out work.
-    pub(crate) fn submit(&mut self, rec: ChunkRec) -> Result<(), Failure> {
+    /// Queues a chunk and hands out work, or gives the chunk back with the
+    /// reason the pool refuses it.
+    pub(crate) fn submit(&mut self, rec: ChunkRec) -> Result<(), Box<(Failure, ChunkRec)>> {
         match self.phase {
             Phase::Open | Phase::Closing => {}
-            Phase::Stopped => return Err(Failure::Closed),
-            Phase::Terminated => return Err(Failure::Terminated),
-            Phase::Broken => return Err(self.broken.clone().unwrap_or(Failure::Terminated)),
+            Phase::Stopped => return Err(Box::new((Failure::Closed, rec))),
+            Phase::Terminated => return Err(Box::new((Failure::Terminated, rec))),
+            Phase::Broken => {
+                let failure = self.broken.clone().unwrap_or(Failure::Terminated);
+                return Err(Box::new((failure, rec)));
+            }
         }
         let id = self.next_chunk;
         self.next_chunk += 1;

@@ -471,7 +471,6 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             reduce: self.reduce.clone(),
             max_attempts: self.options.max_attempts.max(1),
         };
-        let all: Vec<u64> = (0..count as u32).map(|i| rec.job_index(i)).collect();
         let submitted = self.pool.lock().submit(rec);
         match submitted {
             Ok(()) => {
@@ -479,9 +478,11 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 self.chunker.started();
                 self.chunker.sent();
             }
-            Err(failure) => {
-                for index in all {
-                    self.ready.push_back((index, Err(failure.to_error())));
+            Err(refused) => {
+                let (failure, rec) = *refused;
+                for i in 0..rec.count() {
+                    self.ready
+                        .push_back((rec.job_index(i), Err(failure.to_error())));
                 }
                 self.refused = Some(failure);
             }

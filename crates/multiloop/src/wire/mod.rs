@@ -576,9 +576,14 @@ pub(crate) fn append_value<V: serde::Serialize + ?Sized>(
     value: &V,
 ) -> postcard::Result<()> {
     let start = buf.len();
-    let r = postcard::serialize_with_flavor(value, VecFlavor(buf));
+    // `postcard::serialize_with_flavor`, spelled out so that it inlines
+    // into the caller's loop.
+    let mut serializer = postcard::Serializer {
+        output: VecFlavor(buf),
+    };
+    let r = value.serialize(&mut serializer);
     if r.is_err() {
-        buf.truncate(start);
+        serializer.output.0.truncate(start);
     }
     r
 }
