@@ -46,6 +46,7 @@
 
 mod beacon;
 mod error;
+mod ids;
 mod pool;
 mod process;
 pub mod reduce;

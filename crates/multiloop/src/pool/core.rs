@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::{Error, ExitInfo, Kind};
+use crate::ids::{IdHasher, IdMap};
 use crate::wire::{FrameWriter, Status};
 
 /// What a job (one `map`, `apply`, ...) receives from the pool.
@@ -284,7 +285,7 @@ pub(crate) struct Core {
     pub(crate) phase: Phase,
     pub(crate) workers: Vec<WorkerSlot>,
     pub(crate) queue: VecDeque<u64>,
-    pub(crate) chunks: HashMap<u64, ChunkRec, BuildHasherDefault<IdHasher>>,
+    pub(crate) chunks: IdMap<u64, ChunkRec>,
     next_chunk: u64,
     next_job: u64,
     next_generation: u64,
@@ -895,27 +896,6 @@ struct Death<'a> {
 
 /// A set of chunk ids.
 pub(crate) type ChunkSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;
-
-/// Hashes the pool's own sequential ids: one multiply (Fibonacci hashing)
-/// instead of SipHash, which guards against adversarial keys we never see.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
 
 fn exit_is_clean(exit: &ExitInfo) -> bool {
     exit.code == Some(0) && exit.signal.is_none()

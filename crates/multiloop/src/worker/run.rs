@@ -10,7 +10,7 @@
 
 use std::any::type_name;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
@@ -30,6 +30,7 @@ use tokio::task::AbortHandle;
 
 use super::watchdog::{Channel, Watchdog};
 use super::{EXIT_ORPHANED, EXIT_SETUP, LocalFuture, Marker, RuntimeHook, timeout_from_us};
+use crate::ids::IdMap;
 use crate::task::{Registry, Task};
 use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION, Status};
 
@@ -74,10 +75,10 @@ pub(crate) struct Ctx {
     queue: RefCell<VecDeque<Queued>>,
     running: Cell<usize>,
     concurrency: usize,
-    waiting: RefCell<HashMap<Key, AbortHandle>>,
+    waiting: RefCell<IdMap<Key, AbortHandle>>,
     wake_loop: Notify,
     /// Chunks whose results are folded here (map-reduce).
-    folds: RefCell<HashMap<u64, Folding>>,
+    folds: RefCell<IdMap<u64, Folding>>,
     scratch: RefCell<Vec<u8>>,
     channel: Arc<Channel>,
     pub(crate) watchdog: Watchdog,
@@ -703,9 +704,9 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         queue: RefCell::new(VecDeque::new()),
         running: Cell::new(0),
         concurrency: setup.concurrency.max(1) as usize,
-        waiting: RefCell::new(HashMap::new()),
+        waiting: RefCell::new(IdMap::default()),
         wake_loop: Notify::new(),
-        folds: RefCell::new(HashMap::new()),
+        folds: RefCell::new(IdMap::default()),
         scratch: RefCell::new(Vec::new()),
         channel,
         watchdog,
