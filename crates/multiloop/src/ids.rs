@@ -2,7 +2,7 @@
 //! one multiply per word (Fibonacci hashing) instead of SipHash, which
 //! guards against adversarial keys that these maps never see.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Hashes sequential ids with a multiply per word.
@@ -36,6 +36,9 @@ impl Hasher for IdHasher {
 
 /// A map keyed by the library's own ids.
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A set of the library's own ids.
+pub(crate) type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 #[cfg(test)]
 mod tests {

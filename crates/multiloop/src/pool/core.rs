@@ -7,7 +7,6 @@
 //! appended to their outboxes and their writer tasks are woken.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::{Error, ExitInfo, Kind};
-use crate::ids::{IdHasher, IdMap};
+use crate::ids::{IdMap, IdSet};
 use crate::wire::{FrameWriter, Status};
 
 /// What a job (one `map`, `apply`, ...) receives from the pool.
@@ -509,9 +508,6 @@ impl Core {
             let Some((_, Some(rec))) = looked_up.as_mut() else {
                 continue;
             };
-            if rec.remaining == 0 {
-                continue;
-            }
             let item = if status == Status::Partial {
                 // A reduced chunk's folded results: every task not answered
                 // on its own is in it. The index carries how many.
@@ -748,7 +744,7 @@ impl Core {
             // its worker died under it, and is charged.
             None => (pending, Vec::new()),
         };
-        if violated && !rec.isolated {
+        if violated {
             // Any of them may have written the bad bytes: each runs again
             // alone, uncharged, so the one that did it is found and charged
             // and the others finish.
@@ -895,7 +891,7 @@ struct Death<'a> {
 }
 
 /// A set of chunk ids.
-pub(crate) type ChunkSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;
+pub(crate) type ChunkSet = IdSet<u64>;
 
 fn exit_is_clean(exit: &ExitInfo) -> bool {
     exit.code == Some(0) && exit.signal.is_none()

@@ -545,13 +545,16 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         loop {
             // Keep the workers fed while the caller drains results: a whole
             // chunk's room in the window is refilled at once.
-            if !self.exhausted && self.outstanding() + self.chunker.size <= self.window() {
+            let fed = !self.exhausted && self.outstanding() + self.chunker.size <= self.window();
+            if fed {
                 self.feed(cx);
             }
             if let Some(done) = self.ready.pop_front() {
                 return Poll::Ready(Some(done));
             }
-            self.feed(cx);
+            if !fed {
+                self.feed(cx);
+            }
             if !self.ready.is_empty() {
                 continue;
             }
