@@ -204,9 +204,6 @@ impl RoundObserver for Progress {
 }
 
 fn main() -> ExitCode {
-    // First: in a worker process of the pool this never returns. In any
-    // other process (including `serve-fleet`) it does nothing.
-    multiloop::init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

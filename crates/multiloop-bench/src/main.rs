@@ -57,7 +57,6 @@ struct Args {
 const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W3b", "W4", "W5", "W6"];
 
 fn main() -> ExitCode {
-    multiloop::init(); // in a worker process this never returns
     if std::env::args().nth(1).as_deref() == Some("--exit-at-once") {
         return ExitCode::SUCCESS;
     }

@@ -36,39 +36,34 @@ async fn hash_rounds(seed: u64, rounds: u32) -> u64 {
     h
 }
 
-fn main() -> Result<(), multiloop::Error> {
-    multiloop::init(); // in a worker process this never returns
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let pool = multiloop::Pool::builder().concurrency(256).build().await?;
+#[tokio::main]
+async fn main() -> Result<(), multiloop::Error> {
+    let pool = multiloop::Pool::builder().concurrency(256).build().await?;
 
-        // 5,000 "network calls" of 20 ms each, 256 at a time per worker.
-        let start = Instant::now();
-        let hosts = (0..5_000).map(|i| (format!("host-{i}.example"), 20));
-        let sizes = pool.starmap(check, hosts).await?;
-        println!("checked {} hosts in {:?}", sizes.len(), start.elapsed());
+    // 5,000 "network calls" of 20 ms each, 256 at a time per worker.
+    let start = Instant::now();
+    let hosts = (0..5_000).map(|i| (format!("host-{i}.example"), 20));
+    let sizes = pool.starmap(check, hosts).await?;
+    println!("checked {} hosts in {:?}", sizes.len(), start.elapsed());
 
-        // A typed error.
-        if let Err(err) = pool.apply(check, (String::new(), 1)).await {
-            println!(
-                "empty host: {err} (typed: {:?})",
-                err.task_error::<CheckError>()
-            );
-        }
+    // A typed error.
+    if let Err(err) = pool.apply(check, (String::new(), 1)).await {
+        println!(
+            "empty host: {err} (typed: {:?})",
+            err.task_error::<CheckError>()
+        );
+    }
 
-        // CPU-bound work folded in the workers.
-        let start = Instant::now();
-        let sum = pool
-            .map_reduce(
-                hash_rounds,
-                (0..2_000).map(|s| (s, 200_000)),
-                multiloop::reduce::Count::<u64>::new(),
-            )
-            .await?;
-        println!("hashed {} seeds in {:?}", sum.value, start.elapsed());
+    // CPU-bound work folded in the workers.
+    let start = Instant::now();
+    let sum = pool
+        .map_reduce(
+            hash_rounds,
+            (0..2_000).map(|s| (s, 200_000)),
+            multiloop::reduce::Count::<u64>::new(),
+        )
+        .await?;
+    println!("hashed {} seeds in {:?}", sum.value, start.elapsed());
 
-        pool.close().await
-    })
+    pool.close().await
 }

@@ -54,6 +54,8 @@ pub(crate) enum Kind {
         restarts: u32,
         within: Duration,
         last: ExitInfo,
+        /// When the pool starts workers again; `None`: it stopped for good.
+        backoff: Option<Duration>,
     },
     /// Starting or talking to a worker failed at the OS level.
     Io {
@@ -328,10 +330,20 @@ impl fmt::Display for Error {
                 restarts,
                 within,
                 last,
-            } => write!(
-                f,
-                "workers died {restarts} times within {within:?}, more than the pool allows; it stopped restarting them (the last one {last})"
-            ),
+                backoff,
+            } => {
+                write!(
+                    f,
+                    "workers died {restarts} times within {within:?} for reasons no task explains, more than the pool allows (the last one {last}); "
+                )?;
+                match backoff {
+                    Some(delay) => write!(
+                        f,
+                        "every pending task was failed, and the pool starts workers again after {delay:?}"
+                    ),
+                    None => f.write_str("the pool stopped for good"),
+                }
+            }
             Kind::Io { context, source } => write!(f, "{context}: {source}"),
             Kind::Protocol { reason } => {
                 write!(f, "protocol error between parent and worker: {reason}")

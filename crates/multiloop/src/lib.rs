@@ -9,32 +9,31 @@
 //! of them uses every core.
 //!
 //! ```
-//! # multiloop::init_before_main!();
 //! #[multiloop::task]
 //! async fn inc(x: u64) -> u64 {
 //!     x + 1
 //! }
 //!
-//! fn main() -> Result<(), multiloop::Error> {
-//!     multiloop::init(); // in a worker process this never returns
-//!     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-//!     runtime.block_on(async {
-//!         let pool = multiloop::Pool::builder().processes(2).concurrency(64).build().await?;
-//!         let out: Vec<u64> = pool.map(inc, 0..1000).await?;
-//!         assert_eq!(out[999], 1000);
-//!         assert_eq!(pool.apply(inc, 41).await?, 42);
-//!         pool.close().await
-//!     })
+//! #[tokio::main]
+//! async fn main() -> Result<(), multiloop::Error> {
+//!     let pool = multiloop::Pool::builder().processes(2).concurrency(64).build().await?;
+//!     let out: Vec<u64> = pool.map(inc, 0..1000).await?;
+//!     assert_eq!(out[999], 1000);
+//!     assert_eq!(pool.apply(inc, 41).await?, 42);
+//!     pool.close().await
 //! }
 //! ```
 //!
 //! # Workers
 //!
 //! A worker is your own executable started again with a marker in its
-//! environment. [`init`] at the top of `main` turns such a process into a
-//! worker (and never returns there); in a normal run it does nothing. Test
-//! binaries, benches and doctests, whose `main` is generated, use
-//! [`init_before_main!`] once per binary instead.
+//! environment. Every program that links multiloop checks for the marker
+//! before `main` runs: a worker serves its pool and never reaches `main`,
+//! so nothing needs to be called, and `main` may start with
+//! `#[tokio::main]`, parse arguments or set up logging as usual. In a
+//! normal run the check costs one environment lookup. A worker shows in
+//! `ps` under its program's name, as `myapp: multiloop worker 3`. Tune the
+//! workers' runtime with [`worker_runtime_hook!`].
 //!
 //! # Tasks
 //!
@@ -57,36 +56,64 @@ mod worker;
 pub use error::{Error, ExitInfo, Result};
 pub use multiloop_macros::task;
 pub use pool::{
-    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder, StreamInput,
+    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder,
+    RestartPolicy, StreamInput,
 };
 pub use process::{Process, Worker};
 pub use reduce::{Reduced, Reducer};
 pub use task::{NoError, Task};
-pub use worker::{init, init_with, set_worker_state, worker_state};
+#[allow(deprecated)]
+pub use worker::{init, init_with};
+pub use worker::{set_worker_state, worker_state};
 
-/// Makes the current binary able to serve as a worker without calling
-/// [`init`] from `main`: it runs `init` before `main` starts.
+/// Formerly made test binaries able to serve as workers; every program
+/// that links multiloop now can, so this expands to nothing.
 ///
-/// Put it once at the top level of each integration test file, bench or
-/// doctest that builds a [`Pool`]; their `main` functions are generated,
-/// so there is nowhere to call `init` yourself.
+/// Kept so that code written for earlier versions still builds; remove it.
 ///
 /// ```
-/// multiloop::init_before_main!();
+/// multiloop::init_before_main!(); // does nothing
 /// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! init_before_main {
-    () => {
-        // SAFETY: `init` touches only the environment, its own statics and
-        // the descriptors the parent passed, all usable before `main`; in a
-        // process that is not a worker it returns after one lookup. `late`
-        // runs it after the other constructors it could depend on.
-        #[$crate::__private::ctor::ctor(unsafe, priority = late, crate_path = $crate::__private::ctor)]
-        fn __multiloop_init_before_main() {
-            $crate::init();
-        }
+    () => {};
+}
+
+/// Registers a function that tunes each worker's tokio runtime before it
+/// is built (aiomultiprocess's `loop_initializer`).
+///
+/// The runtime is a current-thread runtime with time and I/O enabled; the
+/// hook may change its settings (event interval, thread name, ...). Hooks
+/// run in every worker of every pool in the program, in no fixed order.
+///
+/// ```
+/// fn tune(runtime: &mut tokio::runtime::Builder) {
+///     runtime.event_interval(31);
+/// }
+/// multiloop::worker_runtime_hook!(tune);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! worker_runtime_hook {
+    ($hook:path) => {
+        const _: () = {
+            #[$crate::__private::linkme::distributed_slice($crate::__private::RUNTIME_HOOKS)]
+            #[linkme(crate = $crate::__private::linkme)]
+            static HOOK: fn(&mut $crate::__private::tokio::runtime::Builder) = $hook;
+        };
     };
+}
+
+/// Every program that links multiloop becomes a worker here, before its
+/// `main` runs, when it was started as one (see `worker::enter_if_worker`).
+// SAFETY: `enter_if_worker` touches only the environment (no thread exists
+// yet), its own statics and the descriptors the parent passed, all usable
+// before `main`; in a process that is not a worker it returns after one
+// lookup. `late` runs it after other constructors it could depend on.
+#[ctor::ctor(unsafe, priority = late)]
+fn enter_worker_before_main() {
+    worker::enter_if_worker();
 }
 
 /// The README's examples, compiled and run as doctests.
@@ -105,9 +132,11 @@ pub mod __private {
     //! Used by the code that the macros generate; not a public API.
     pub use crate::reduce::{REDUCERS, ReducerEntry};
     pub use crate::task::{TASKS, TaskEntry};
+    pub use crate::worker::RUNTIME_HOOKS;
     pub use ctor;
     pub use linkme;
     pub use serde;
+    pub use tokio;
 
     /// Decodes `bytes` as a stream of frames the way both ends do, for the
     /// fuzz target: it must never panic, whatever the input.

@@ -28,7 +28,6 @@ type Outcome = Option<(Status, Bytes)>;
 /// get it, or its error.
 ///
 /// ```
-/// # multiloop::init_before_main!();
 /// #[multiloop::task]
 /// async fn hello(name: String) {
 ///     println!("hello, {name}");
@@ -110,13 +109,18 @@ impl Process {
         }
         tokio::runtime::Handle::try_current()
             .map_err(|_| Error::usage("Process::start must be called inside a tokio runtime"))?;
-        crate::worker::refuse_unhandled_worker();
         let lifeline =
             Lifeline::new().map_err(|e| Error::io("could not create the lifeline pipe", e))?;
         let beacon = crate::beacon::Beacon::new()
             .map_err(|e| Error::io("could not create the beacon page", e))?;
-        let spawned = spawn::spawn_worker(&lifeline, &beacon, false, None)
-            .map_err(|e| Error::io(format!("could not start process `{}`", self.name), e))?;
+        let spawned = spawn::spawn_worker(
+            &lifeline,
+            &beacon,
+            false,
+            None,
+            &format!("process {}", self.name),
+        )
+        .map_err(|e| Error::io(format!("could not start process `{}`", self.name), e))?;
         self.pid = Some(spawned.pid);
         self.child = Some(spawned.child);
         self.lifeline = Some(lifeline);
@@ -295,7 +299,6 @@ async fn drive(stream: UnixStream, task: &'static str, args: Vec<u8>) -> Result<
 /// (aiomultiprocess's `Worker`).
 ///
 /// ```
-/// # multiloop::init_before_main!();
 /// #[multiloop::task]
 /// async fn square(x: u64) -> u64 {
 ///     x * x

@@ -80,7 +80,7 @@ impl TaskEntry {
 
 /// Every task linked into the executable. The linker gathers the entries
 /// into one section, so the slice is complete before any code runs, even
-/// code that runs before `main` (see `init_before_main!`).
+/// code that runs before `main` (where workers start).
 #[linkme::distributed_slice]
 pub static TASKS: [TaskEntry];
 

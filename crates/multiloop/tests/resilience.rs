@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use multiloop::Pool;
 
-multiloop::init_before_main!();
-
 #[multiloop::task]
 async fn slow_square(x: u64) -> u64 {
     tokio::time::sleep(Duration::from_micros(500)).await;
@@ -27,11 +25,6 @@ async fn poison(x: u64) -> u64 {
         std::process::abort();
     }
     x
-}
-
-#[multiloop::task]
-async fn always_abort(_x: u64) -> u64 {
-    std::process::abort()
 }
 
 #[multiloop::task]
@@ -256,32 +249,6 @@ async fn stuck_task_gets_hard_timeout_and_worker_is_replaced() {
             .filter(|p| !after.contains(p))
             .all(|&p| pid_gone_within(p, Duration::from_secs(1)))
     );
-}
-
-#[tokio::test]
-async fn restart_storm_stops_the_pool_with_a_named_error() {
-    let pool = Pool::builder()
-        .processes(2)
-        .max_attempts(100)
-        .restart_intensity(3, Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
-    let results: Vec<_> = pool.map(always_abort, 0..20u64).collect().await;
-    assert!(results.iter().all(|r| r.is_err()));
-    let e = results
-        .iter()
-        .find_map(|r| r.as_ref().err().filter(|e| e.is_restart_intensity()))
-        .unwrap();
-    assert!(e.to_string().contains("more than the pool allows"), "{e}");
-    // It stopped spawning: no live workers remain, and new calls fail.
-    let gone = pool.worker_pids();
-    assert!(
-        gone.iter()
-            .all(|&p| pid_gone_within(p, Duration::from_secs(2)))
-    );
-    let e = pool.apply(always_abort, 1).await.unwrap_err();
-    assert!(e.is_restart_intensity(), "{e}");
 }
 
 #[tokio::test]

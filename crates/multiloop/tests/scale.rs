@@ -11,8 +11,6 @@ use multiloop::Pool;
 use multiloop::reduce::{GroupBy, Sum};
 use serde::{Deserialize, Serialize};
 
-multiloop::init_before_main!();
-
 #[multiloop::task]
 async fn mul3(x: u64) -> u64 {
     x.wrapping_mul(3)

@@ -2,8 +2,6 @@
 //! Quick end-to-end checks: map, apply, typed errors, hard timeouts, map-reduce, routing.
 use serde::{Deserialize, Serialize};
 
-multiloop::init_before_main!();
-
 #[multiloop::task]
 async fn inc(x: u64) -> u64 {
     x + 1

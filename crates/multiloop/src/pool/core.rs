@@ -51,6 +51,7 @@ pub(crate) enum Failure {
         restarts: u32,
         within: Duration,
         last: ExitInfo,
+        backoff: Option<Duration>,
     },
     Setup(String),
     /// The worker stopped answering while running this task past its
@@ -80,10 +81,12 @@ impl Failure {
                 restarts,
                 within,
                 last,
+                backoff,
             } => Error::new(Kind::RestartIntensity {
                 restarts: *restarts,
                 within: *within,
                 last: last.clone(),
+                backoff: *backoff,
             }),
             Failure::HardTimeout { after } => Error::new(Kind::Timeout {
                 after: *after,
@@ -218,6 +221,8 @@ impl Outbox {
 pub(crate) struct WorkerSlot {
     pub(crate) id: WorkerId,
     pub(crate) pid: u32,
+    /// Kills this very process, never one that reused its pid.
+    pub(crate) process: Arc<super::spawn::ProcessHandle>,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) ready: bool,
     pub(crate) alive: bool,
@@ -243,6 +248,58 @@ pub(crate) struct Limits {
     pub(crate) max_tasks_per_child: Option<u64>,
     pub(crate) restart_limit: u32,
     pub(crate) restart_window: Duration,
+    pub(crate) restart_policy: RestartPolicy,
+}
+
+/// What a pool does when its workers die more often than its restart
+/// intensity allows, for reasons no task explains (killed from outside,
+/// dying at start-up, the OOM killer while tasks wait). A death inside a
+/// task's poll is that task's own failure and never counts.
+///
+/// Either way, every task pending at that moment ends with an error for
+/// which [`Error::is_restart_intensity`](crate::Error::is_restart_intensity)
+/// is true, naming the cause.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiloop::{Pool, RestartPolicy};
+///
+/// // A batch job that would rather stop than limp along:
+/// let builder = Pool::builder().restart_policy(RestartPolicy::Stop);
+/// // A service that waits out storms, retrying at most every minute:
+/// let builder = Pool::builder()
+///     .restart_policy(RestartPolicy::backoff(Duration::from_millis(50), Duration::from_secs(60)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestartPolicy {
+    /// The default: the pool waits before starting workers again, `initial`
+    /// after the first storm, doubling while storms follow each other, up
+    /// to `max`, and back to `initial` once the pool ran calm for a restart
+    /// window. Live workers keep serving; calls made later are served as
+    /// usual.
+    Backoff {
+        /// The first delay (default 100 ms).
+        initial: Duration,
+        /// The longest delay (default 30 s).
+        max: Duration,
+    },
+    /// Stop for good (as an OTP supervisor does): workers are stopped and
+    /// every later call fails at once with the same error.
+    Stop,
+}
+
+impl RestartPolicy {
+    /// [`RestartPolicy::Backoff`] from `initial` doubling up to `max`.
+    pub fn backoff(initial: Duration, max: Duration) -> Self {
+        RestartPolicy::Backoff { initial, max }
+    }
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy::backoff(Duration::from_millis(100), Duration::from_secs(30))
+    }
 }
 
 /// What the caller of a core method must do after the lock is released.
@@ -250,14 +307,14 @@ pub(crate) struct Limits {
 pub(crate) struct Actions {
     /// Events to deliver to jobs.
     pub(crate) events: Vec<(JobSink, Event)>,
-    /// Slots that need a fresh worker.
-    pub(crate) respawn: Vec<usize>,
+    /// Slots that need a fresh worker, and when (`None`: now).
+    pub(crate) respawn: Vec<(usize, Option<Instant>)>,
     /// Workers to ask to exit once idle.
     pub(crate) retire: Vec<WorkerId>,
 }
 
 impl Actions {
-    pub(crate) fn deliver(self) -> (Vec<usize>, Vec<WorkerId>) {
+    pub(crate) fn deliver(self) -> (Vec<(usize, Option<Instant>)>, Vec<WorkerId>) {
         for (sink, event) in self.events {
             // A job whose receiver is gone was cancelled: nothing to do.
             let _ = sink.send(event);
@@ -279,6 +336,13 @@ pub(crate) enum Phase {
     Broken,
 }
 
+impl Phase {
+    /// Whether a slot whose worker ended gets a fresh one.
+    pub(crate) fn takes_workers(self) -> bool {
+        matches!(self, Phase::Open | Phase::Closing)
+    }
+}
+
 pub(crate) struct Core {
     pub(crate) limits: Limits,
     pub(crate) phase: Phase,
@@ -288,8 +352,13 @@ pub(crate) struct Core {
     next_chunk: u64,
     next_job: u64,
     next_generation: u64,
+    /// Deaths no task explains, within the restart window.
     deaths: VecDeque<Instant>,
     pub(crate) broken: Option<Failure>,
+    /// After a restart storm: no worker starts before this instant.
+    respawn_at: Option<Instant>,
+    /// The delay set at the last storm, and when that storm was.
+    backoff: Option<(Duration, Instant)>,
 }
 
 impl Core {
@@ -305,6 +374,8 @@ impl Core {
             next_generation: 1,
             deaths: VecDeque::new(),
             broken: None,
+            respawn_at: None,
+            backoff: None,
         }
     }
 
@@ -329,8 +400,11 @@ impl Core {
     /// reason the pool refuses it.
     pub(crate) fn submit(&mut self, rec: ChunkRec) -> Result<(), Box<(Failure, ChunkRec)>> {
         match self.phase {
-            Phase::Open | Phase::Closing => {}
-            Phase::Stopped => return Err(Box::new((Failure::Closed, rec))),
+            Phase::Open => {}
+            // A call still pulling lazy inputs when `close` was called
+            // submits nothing more: `close` returns once what was submitted
+            // before it has finished.
+            Phase::Closing | Phase::Stopped => return Err(Box::new((Failure::Closed, rec))),
             Phase::Terminated => return Err(Box::new((Failure::Terminated, rec))),
             Phase::Broken => {
                 let failure = self.broken.clone().unwrap_or(Failure::Terminated);
@@ -612,18 +686,53 @@ impl Core {
     }
 
     /// A worker asked to be replaced (its memory passed the limit): it gets
-    /// no new work, and exits once it has finished what it holds.
-    pub(crate) fn retire_worker(&mut self, id: WorkerId, actions: &mut Actions) {
-        if let Some(w) = self
+    /// no new work, and exits once it has finished what it holds. The tasks
+    /// it hands back unstarted (`(chunk, from)`: tasks `from..` of `chunk`)
+    /// go back to the front of the queue, uncharged.
+    pub(crate) fn retire_worker(
+        &mut self,
+        id: WorkerId,
+        returned: &[(u64, u32)],
+        actions: &mut Actions,
+    ) {
+        let Some(w) = self
             .workers
             .get_mut(id.slot)
             .filter(|w| w.id == id && w.alive)
-        {
-            w.retiring = true;
-            if w.chunks.is_empty() {
-                actions.retire.push(id);
+        else {
+            return;
+        };
+        w.retiring = true;
+        for &(chunk, from) in returned {
+            let Some(rec) = self.chunks.get_mut(&chunk).filter(|r| r.worker == Some(id)) else {
+                continue;
+            };
+            let back: Vec<u32> = (from..rec.count()).filter(|&i| !rec.is_done(i)).collect();
+            if back.is_empty() {
+                continue;
             }
+            let mut tail = rec.subset(&back, rec.attempt);
+            tail.isolated = rec.isolated;
+            // Any late answer for them from this worker is now dropped.
+            for &i in &back {
+                rec.set_done(i);
+            }
+            rec.remaining -= back.len() as u32;
+            let finished = rec.remaining == 0;
+            let w = &mut self.workers[id.slot];
+            w.assigned = w.assigned.saturating_sub(back.len());
+            if finished {
+                self.chunks.remove(&chunk);
+                w.chunks.remove(&chunk);
+            }
+            self.requeue(tail);
         }
+        let w = &mut self.workers[id.slot];
+        if w.chunks.is_empty() {
+            w.isolating = false;
+            actions.retire.push(id);
+        }
+        self.dispatch();
     }
 
     /// A worker died (or was killed): its unfinished tasks go back to the
@@ -655,8 +764,14 @@ impl Core {
         let chunks = std::mem::take(&mut worker.chunks);
         worker.assigned = 0;
         worker.isolating = false;
+        // After a protocol violation the beacon names an innocent bystander
+        // at best: the parent, not the task, ended the worker.
+        let polled = culprit.filter(|_| !violated);
+        // A death inside a task's poll is that task's failure (charged
+        // below), not a sign that workers cannot run: it never counts
+        // towards the restart intensity.
         let now = Instant::now();
-        if !was_retiring_clean || !exit_is_clean(exit) {
+        if polled.is_none() && (!was_retiring_clean || !exit_is_clean(exit)) {
             self.deaths.push_back(now);
         }
         while self
@@ -666,9 +781,6 @@ impl Core {
         {
             self.deaths.pop_front();
         }
-        // After a protocol violation the beacon names an innocent bystander
-        // at best: the parent, not the task, ended the worker.
-        let polled = culprit.filter(|_| !violated);
         // Only a culprit among the worker's pending tasks is charged (one
         // that already answered, like a task its watchdog timed out, is
         // not), but any task inside its poll explains the death.
@@ -690,19 +802,55 @@ impl Core {
             let blamed = culprit.filter(|(c, _)| *c == chunk).map(|(_, i)| i);
             self.requeue_after_crash(chunk, &death, blamed, actions);
         }
-        if self.deaths.len() as u32 > self.limits.restart_limit && self.phase == Phase::Open {
-            let failure = Failure::RestartIntensity {
-                restarts: self.deaths.len() as u32,
-                within: self.limits.restart_window,
-                last: exit.clone(),
-            };
-            self.break_pool(failure, actions);
-            return;
+        if self.deaths.len() as u32 > self.limits.restart_limit && self.phase.takes_workers() {
+            self.restart_storm(exit, now, actions);
+            if !self.phase.takes_workers() {
+                return;
+            }
         }
-        if matches!(self.phase, Phase::Open | Phase::Closing) {
-            actions.respawn.push(id.slot);
+        if self.phase.takes_workers() {
+            let at = self.respawn_at.filter(|&at| at > now);
+            actions.respawn.push((id.slot, at));
         }
         self.dispatch();
+    }
+
+    /// Workers died more often than the restart intensity allows: every
+    /// pending task fails, then the pool either waits before starting
+    /// workers again or stops for good, as its policy says.
+    fn restart_storm(&mut self, last: &ExitInfo, now: Instant, actions: &mut Actions) {
+        let restarts = self.deaths.len() as u32;
+        self.deaths.clear();
+        let (initial, max) = match self.limits.restart_policy {
+            RestartPolicy::Stop => {
+                let failure = Failure::RestartIntensity {
+                    restarts,
+                    within: self.limits.restart_window,
+                    last: last.clone(),
+                    backoff: None,
+                };
+                self.break_pool(failure, actions);
+                return;
+            }
+            RestartPolicy::Backoff { initial, max } => (initial, max),
+        };
+        // Storms that follow each other double the delay; a calm restart
+        // window since the last one starts it over.
+        let delay = match self.backoff {
+            Some((delay, at)) if now.duration_since(at) < self.limits.restart_window + delay => {
+                (delay * 2).min(max)
+            }
+            _ => initial,
+        };
+        self.backoff = Some((delay, now));
+        self.respawn_at = Some(now + delay);
+        let failure = Failure::RestartIntensity {
+            restarts,
+            within: self.limits.restart_window,
+            last: last.clone(),
+            backoff: Some(delay),
+        };
+        self.fail_pending(&failure, actions);
     }
 
     fn requeue_after_crash(
@@ -806,6 +954,18 @@ impl Core {
             Phase::Broken
         };
         self.broken = Some(failure.clone());
+        self.fail_pending(&failure, actions);
+        for w in &mut self.workers {
+            w.retiring = true;
+            if w.alive {
+                actions.retire.push(w.id);
+            }
+        }
+    }
+
+    /// Ends every queued and running task with `failure`; workers are told
+    /// to drop the tasks they run.
+    fn fail_pending(&mut self, failure: &Failure, actions: &mut Actions) {
         self.queue.clear();
         for (_, rec) in self.chunks.drain() {
             let indices: Vec<u64> = rec.pending().iter().map(|&i| rec.job_index(i)).collect();
@@ -820,12 +980,13 @@ impl Core {
             }
         }
         for w in &mut self.workers {
+            let running: Vec<u64> = w.chunks.iter().copied().collect();
+            if w.alive && !running.is_empty() {
+                w.outbox.with(|o| o.cancel(&running));
+            }
             w.chunks.clear();
             w.assigned = 0;
-            w.retiring = true;
-            if w.alive {
-                actions.retire.push(w.id);
-            }
+            w.isolating = false;
         }
     }
 

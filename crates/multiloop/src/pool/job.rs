@@ -165,7 +165,7 @@ pub(crate) struct Job<T: Task, S> {
     id: u64,
     source: S,
     exhausted: bool,
-    /// Set when the pool refused the job: the rest of the inputs fail.
+    /// Set when the pool refused the call before it started.
     refused: Option<super::core::Failure>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
@@ -257,6 +257,18 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     /// not yet handed out count against the window: a consumer that stops
     /// reading stops the inputs from being pulled.
     fn feed(&mut self, cx: &mut Context<'_>) {
+        if self.exhausted {
+            return;
+        }
+        if let Some(failure) = self.refused.take() {
+            // The pool refused the call before it started: one error stands
+            // for the inputs it will never pull, and the call ends.
+            self.ready
+                .push_back((self.next_index, Err(failure.to_error())));
+            self.next_index += 1;
+            self.exhausted = true;
+            return;
+        }
         if let Some(route) = self.route {
             return self.feed_routed(cx, route);
         }
@@ -286,10 +298,6 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 pulled += 1;
                 let index = self.next_index;
                 self.next_index += 1;
-                if let Some(failure) = &self.refused {
-                    self.ready.push_back((index, Err(failure.to_error())));
-                    continue;
-                }
                 match wire::append_value(&mut payload, &item) {
                     Ok(()) => {
                         offsets.push(payload.len() as u32);
@@ -351,10 +359,6 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             };
             let index = self.next_index;
             self.next_index += 1;
-            if let Some(failure) = &self.refused {
-                self.ready.push_back((index, Err(failure.to_error())));
-                continue;
-            }
             let slot = (mix(route(&item)) % slots as u64) as usize;
             let b = &mut building[slot];
             if let Err(e) = wire::append_value(&mut b.payload, &item) {
@@ -484,7 +488,9 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                     self.ready
                         .push_back((rec.job_index(i), Err(failure.to_error())));
                 }
-                self.refused = Some(failure);
+                // Nothing more is pulled from the inputs: the call ends
+                // once what was submitted before has come back.
+                self.exhausted = true;
             }
         }
     }
@@ -594,6 +600,8 @@ impl<T: Task, S> Drop for Job<T, S> {
     fn drop(&mut self) {
         if self.in_flight > 0 {
             self.pool.lock().cancel_job(self.id);
+            // `close` waits for the pool to run out of work: this may be it.
+            self.pool.progress.notify_waiters();
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use tokio::sync::Notify;
 
+pub use self::core::RestartPolicy;
 use self::core::{Actions, Core, Failure, Limits, Phase};
 pub(crate) use self::job::decode_outcome;
 pub use self::job::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, StreamInput};
@@ -38,7 +39,9 @@ pub(crate) struct Config {
     pub(crate) max_frame: usize,
     pub(crate) restart_limit: u32,
     pub(crate) restart_window: Duration,
+    pub(crate) restart_policy: RestartPolicy,
     pub(crate) startup_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     pub(crate) capture_stderr: bool,
     pub(crate) worker_executable: Option<std::path::PathBuf>,
 }
@@ -65,12 +68,20 @@ impl Inner {
     /// Carries out what a core method asked for, outside the lock.
     pub(crate) fn after(self: &Arc<Self>, actions: Actions) {
         let (respawn, retire) = actions.deliver();
-        for slot in respawn {
-            if let Err(e) = supervisor::launch(self, slot, None) {
-                let mut actions = Actions::default();
-                self.lock()
-                    .break_pool(Failure::Setup(e.to_string()), &mut actions);
-                actions.deliver();
+        for (slot, at) in respawn {
+            match at {
+                None => self.respawn(slot),
+                Some(at) => {
+                    // After a restart storm: wait, holding no strong
+                    // reference, so a pool dropped meanwhile just goes.
+                    let weak = Arc::downgrade(self);
+                    self.runtime.spawn(async move {
+                        tokio::time::sleep_until(at.into()).await;
+                        if let Some(inner) = weak.upgrade() {
+                            inner.respawn(slot);
+                        }
+                    });
+                }
             }
         }
         if !retire.is_empty() {
@@ -84,13 +95,20 @@ impl Inner {
         self.progress.notify_waiters();
     }
 
+    /// Starts a fresh worker in `slot` (when the pool still takes workers).
+    fn respawn(self: &Arc<Self>, slot: usize) {
+        if let Err(e) = supervisor::launch(self, slot, None) {
+            let mut actions = Actions::default();
+            self.lock()
+                .break_pool(Failure::Setup(e.to_string()), &mut actions);
+            actions.deliver();
+        }
+    }
+
     /// Kills every live worker at once.
     fn kill_all(&self, core: &Core) {
         for w in core.workers.iter().filter(|w| w.alive) {
-            // The supervisor reaps the child only after marking it dead
-            // under this lock, so the pid still names our child here.
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGKILL) };
+            w.process.kill();
         }
     }
 }
@@ -115,7 +133,6 @@ impl Core {
 /// call [`close`](Pool::close) first to let queued work finish.
 ///
 /// ```
-/// # multiloop::init_before_main!();
 /// #[multiloop::task]
 /// async fn double(x: u64) -> u64 {
 ///     x * 2
@@ -168,7 +185,9 @@ impl Default for PoolBuilder {
                 max_frame: crate::wire::DEFAULT_MAX_FRAME,
                 restart_limit: 0,
                 restart_window: Duration::from_secs(10),
+                restart_policy: RestartPolicy::default(),
                 startup_timeout: Duration::from_secs(20),
+                shutdown_timeout: Duration::from_secs(10),
                 capture_stderr: true,
                 worker_executable: None,
             },
@@ -263,18 +282,28 @@ impl PoolBuilder {
         self
     }
 
-    /// Stop restarting workers when more than `restarts` die within
-    /// `within`: every pending task then fails with an error naming the
-    /// cause (default: `4 × processes` within 10 seconds).
+    /// A restart storm is more than `restarts` worker deaths within
+    /// `within` that no task explains (default: `max(8, 4 × processes)`
+    /// within 10 seconds). Deaths inside a task's poll (a poison task) are
+    /// that task's failure and never count. In a storm every pending task
+    /// fails with an error naming the cause; what follows is the
+    /// [`restart_policy`](PoolBuilder::restart_policy).
     pub fn restart_intensity(mut self, restarts: u32, within: Duration) -> Self {
         self.config.restart_limit = restarts;
         self.config.restart_window = within;
         self
     }
 
+    /// What the pool does after a restart storm (default: back off from
+    /// 100 ms up to 30 s and serve again; see [`RestartPolicy`]).
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.config.restart_policy = policy;
+        self
+    }
+
     /// Starts workers from another executable instead of this one (default:
     /// this process's own, `/proc/self/exe`). It must call
-    /// `multiloop::init()` and register the same tasks: a worker whose task
+    /// link multiloop and register the same tasks: a worker whose task
     /// registry differs is refused at the handshake.
     pub fn worker_executable(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.config.worker_executable = Some(path.into());
@@ -284,6 +313,15 @@ impl PoolBuilder {
     /// How long a new worker may take to answer the handshake (default 20 s).
     pub fn startup_timeout(mut self, limit: Duration) -> Self {
         self.config.startup_timeout = limit;
+        self
+    }
+
+    /// How long [`close`](Pool::close) and [`join`](Pool::join) let workers
+    /// take to exit once asked before killing them (default 10 s). Work
+    /// submitted before `close` is waited for in full first; this bounds only
+    /// the workers' exit (a cancelled task that never yields, say).
+    pub fn shutdown_timeout(mut self, limit: Duration) -> Self {
+        self.config.shutdown_timeout = limit;
         self
     }
 
@@ -338,7 +376,6 @@ impl PoolBuilder {
                 "the initializer `{name}` is not a registered task"
             )));
         }
-        crate::worker::refuse_unhandled_worker();
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::usage("Pool::build must be called inside a tokio runtime"))?;
         let lifeline = spawn::Lifeline::new()
@@ -348,6 +385,7 @@ impl PoolBuilder {
             max_tasks_per_child: c.max_tasks_per_child,
             restart_limit: c.restart_limit,
             restart_window: c.restart_window,
+            restart_policy: c.restart_policy,
         };
         let inner = Arc::new(Inner {
             config: self.config,
@@ -376,7 +414,7 @@ impl PoolBuilder {
                 }
                 Err(_) => {
                     return Err(Error::protocol(format!(
-                        "a worker did not answer the handshake within {limit:?}: does `main` call `multiloop::init()` first?"
+                        "a worker did not answer the handshake within {limit:?}"
                     )));
                 }
             }
@@ -479,7 +517,6 @@ impl Pool {
     /// runs again: nothing is folded twice.
     ///
     /// ```
-    /// # multiloop::init_before_main!();
     /// #[multiloop::task]
     /// async fn square(x: u64) -> u64 {
     ///     x * x
@@ -547,9 +584,18 @@ impl Pool {
     /// Stops taking new calls, waits for every submitted task to finish,
     /// then stops the workers and waits for them to exit.
     ///
-    /// Calls already made keep their results. A lazy `map` that still had
-    /// inputs to pull when the pool stopped gets a pool-closed error for
-    /// each input it could not submit.
+    /// Calls already made keep their results. A call still pulling a lazy
+    /// input (an iterator or stream given to `map` and the like) submits
+    /// nothing more once `close` is called: the tasks it submitted before
+    /// finish and deliver their results, then one pool-closed error stands
+    /// for the inputs it did not pull, and the call ends. Dropping a call's
+    /// stream or future cancels its tasks, and `close` does not wait for
+    /// them.
+    ///
+    /// A worker that has not exited within
+    /// [`shutdown_timeout`](PoolBuilder::shutdown_timeout) of being asked
+    /// (a cancelled task spinning in a CPU loop, say) is killed, so `close`
+    /// returns in bounded time once the submitted work is done.
     pub async fn close(&self) -> Result<(), Error> {
         {
             let mut core = self.inner.lock();
@@ -574,6 +620,9 @@ impl Pool {
             if core.phase == Phase::Closing {
                 core.phase = Phase::Stopped;
             }
+            // Under the lock that `supervisor::launch` takes to register a
+            // worker: one registered after this sees the pool stopped and
+            // ends itself, so every worker either hears this or never runs.
             for w in core.workers.iter_mut().filter(|w| w.alive) {
                 w.retiring = true;
                 supervisor::retire(&w.outbox);
@@ -605,7 +654,12 @@ impl Pool {
     /// Waits until every worker process has exited. The pool must have been
     /// closed or terminated first, otherwise this is an error (it would
     /// wait forever).
+    ///
+    /// Workers still alive [`shutdown_timeout`](PoolBuilder::shutdown_timeout)
+    /// after `join` began are killed.
     pub async fn join(&self) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_timeout;
+        let mut killed = false;
         loop {
             let exited = self.inner.worker_exited.notified();
             tokio::pin!(exited);
@@ -621,7 +675,13 @@ impl Pool {
                     return Ok(());
                 }
             }
-            exited.await;
+            if killed {
+                exited.await;
+            } else if tokio::time::timeout_at(deadline, exited).await.is_err() {
+                // A killed process always ends, so this wait is bounded too.
+                self.inner.kill_all(&self.inner.lock());
+                killed = true;
+            }
         }
     }
 }

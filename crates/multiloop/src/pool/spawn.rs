@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStderr};
 
 use crate::beacon::Beacon;
-use crate::worker::ENV_MARKER;
+use crate::worker::{ENV_MARKER, marker_value};
 
 /// The pipe whose read end every worker of a pool holds and whose write end
 /// only the parent holds: when the parent dies, the workers read EOF.
@@ -52,20 +52,69 @@ impl Lifeline {
     }
 }
 
+/// A handle that signals one process and never another that later reuses
+/// its pid (a pidfd), falling back to the pid on kernels without pidfds.
+#[derive(Debug)]
+pub(crate) struct ProcessHandle {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl ProcessHandle {
+    /// Must be called before the child can have been reaped.
+    fn open(pid: u32) -> Self {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor or -1; it touches no memory of ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: the syscall succeeded, so `fd` is a new descriptor
+            // that nobody else owns.
+            unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) }
+        });
+        ProcessHandle { pid, pidfd }
+    }
+
+    /// Sends SIGKILL. A process already gone (even reaped) is left alone.
+    pub(crate) fn kill(&self) {
+        match &self.pidfd {
+            // SAFETY: pidfd_send_signal reads only its arguments (the info
+            // pointer is null).
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            },
+            // SAFETY: kill has no memory-safety preconditions.
+            None => unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+            },
+        }
+    }
+}
+
 /// A started worker process.
 pub(crate) struct Spawned {
     pub(crate) child: Child,
     pub(crate) pid: u32,
+    pub(crate) handle: Arc<ProcessHandle>,
     pub(crate) stream: UnixStream,
     pub(crate) stderr: Option<ChildStderr>,
 }
 
 /// Starts the current executable as a worker.
+///
+/// `role` ("worker 3", "process fetch") is shown after the program's name
+/// in `ps`: the worker's `argv[0]` becomes `<argv[0]>: multiloop <role>`.
 pub(crate) fn spawn_worker(
     lifeline: &Lifeline,
     beacon: &Beacon,
     capture_stderr: bool,
     executable: Option<&std::path::Path>,
+    role: &str,
 ) -> io::Result<Spawned> {
     let (parent_end, child_end) = StdUnixStream::pair()?;
     let exe = if let Some(path) = executable {
@@ -77,17 +126,14 @@ pub(crate) fn spawn_worker(
     };
     let mut cmd = tokio::process::Command::new(exe);
     let mut args = std::env::args_os();
-    if let Some(arg0) = args.next() {
-        cmd.arg0(arg0);
-    }
+    let mut arg0 = args.next().unwrap_or_default();
+    arg0.push(format!(": multiloop {role}"));
+    cmd.arg0(arg0);
     cmd.args(args);
     let child_fd: RawFd = child_end.as_raw_fd();
     let life_fd: RawFd = lifeline.read.as_raw_fd();
     let beacon_fd: RawFd = beacon.fd().as_raw_fd();
-    cmd.env(
-        ENV_MARKER,
-        format!("1:{}:{child_fd}:{life_fd}:{beacon_fd}", std::process::id()),
-    );
+    cmd.env(ENV_MARKER, marker_value([child_fd, life_fd, beacon_fd]));
     cmd.stdin(Stdio::null());
     cmd.stdout(Stdio::inherit());
     cmd.stderr(if capture_stderr {
@@ -122,6 +168,7 @@ pub(crate) fn spawn_worker(
     Ok(Spawned {
         child,
         pid,
+        handle: Arc::new(ProcessHandle::open(pid)),
         stream,
         stderr,
     })

@@ -28,14 +28,19 @@ pub(crate) fn launch(
     slot: usize,
     ready: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) -> Result<(), Error> {
+    // A slot refilled after the pool stopped would never be told to exit.
+    if !inner.lock().phase.takes_workers() {
+        return Ok(());
+    }
     let beacon = Arc::new(
         Beacon::new().map_err(|e| Error::io("could not create a worker's beacon page", e))?,
     );
-    let spawned = match spawn::spawn_worker(
+    let mut spawned = match spawn::spawn_worker(
         &inner.lifeline,
         &beacon,
         inner.config.capture_stderr,
         inner.config.worker_executable.as_deref(),
+        &format!("worker {slot}"),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -52,6 +57,7 @@ pub(crate) fn launch(
         let entry = WorkerSlot {
             id,
             pid: spawned.pid,
+            process: Arc::clone(&spawned.handle),
             outbox: Arc::clone(&outbox),
             ready: false,
             alive: true,
@@ -67,6 +73,14 @@ pub(crate) fn launch(
             core.workers[slot] = entry;
         } else {
             core.workers.push(entry);
+        }
+        // The pool stopped while this worker was starting: `close` and
+        // `terminate` could not see it, so it goes now. Its supervisor
+        // reaps it and reports it gone like any other, under this same
+        // lock's rules, so `join` waits for it and no more.
+        if !core.phase.takes_workers() {
+            core.workers[slot].retiring = true;
+            let _ = spawned.child.start_kill();
         }
         id
     };
@@ -109,6 +123,7 @@ async fn supervise(
     let spawn::Spawned {
         mut child,
         pid: _,
+        handle: _,
         stream,
         stderr,
     } = spawned;
@@ -287,9 +302,11 @@ async fn read_loop(
                         ));
                     }
                 }
-                Message::Retire(_) if handshaken => {
+                Message::Retire(retire) if handshaken => {
                     let mut actions = Actions::default();
-                    inner.lock().retire_worker(id, &mut actions);
+                    inner
+                        .lock()
+                        .retire_worker(id, &retire.returned, &mut actions);
                     inner.after(actions);
                 }
                 other => {

@@ -16,7 +16,7 @@ mod codec;
 pub(crate) use codec::{Reader, WireError, check_frame, put_bytes, put_varint};
 
 /// Bumped whenever the frame layout or a message changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame accepted by default (64 MiB).
 pub(crate) const DEFAULT_MAX_FRAME: usize = 64 << 20;
@@ -140,8 +140,17 @@ pub(crate) enum Message<'a> {
     Ready(Ready<'a>),
     /// The outcomes, still encoded: iterate with [`Results::iter`].
     Results(Results<'a>),
-    /// The worker's resident memory (bytes) passed the limit.
-    Retire(u64),
+    /// The worker's resident memory (bytes) passed the limit: it starts no
+    /// more tasks, and hands back the ones it had not started.
+    Retire(Retire),
+}
+
+/// A worker over its memory limit: how much it holds, and the tasks it
+/// hands back unstarted: `(chunk, from)` means tasks `from..` of `chunk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Retire {
+    pub(crate) rss: u64,
+    pub(crate) returned: Vec<(u64, u32)>,
 }
 
 /// The outcomes of a RESULTS frame, decoded lazily.
@@ -281,7 +290,20 @@ impl<'a> Message<'a> {
                 })
             }
             tag::RESULTS => Message::Results(Results { body: r.rest() }),
-            tag::RETIRE => Message::Retire(r.varint()?),
+            tag::RETIRE => {
+                let rss = r.varint()?;
+                let n = r.varint()?;
+                // Each pair takes at least two bytes: a count larger than
+                // what is left is refused before allocating for it.
+                if n > r.remaining() as u64 / 2 {
+                    return Err(WireError::Truncated);
+                }
+                let mut returned = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    returned.push((r.varint()?, r.varint_u32()?));
+                }
+                Message::Retire(Retire { rss, returned })
+            }
             other => return Err(WireError::BadValue("message tag", u64::from(other))),
         };
         if !r.is_empty() {
@@ -440,9 +462,14 @@ impl FrameWriter {
         self.finish(start);
     }
 
-    pub(crate) fn retire(&mut self, rss: u64) {
+    pub(crate) fn retire(&mut self, rss: u64, returned: &[(u64, u32)]) {
         let start = self.begin(tag::RETIRE);
         put_varint(&mut self.buf, rss);
+        put_varint(&mut self.buf, returned.len() as u64);
+        for &(chunk, from) in returned {
+            put_varint(&mut self.buf, chunk);
+            put_varint(&mut self.buf, u64::from(from));
+        }
         self.finish(start);
     }
 
@@ -574,18 +601,46 @@ mod tests;
 pub(crate) fn append_value<V: serde::Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &V,
-) -> postcard::Result<()> {
+) -> Result<(), EncodeError> {
     let start = buf.len();
     // `postcard::serialize_with_flavor`, spelled out so that it inlines
     // into the caller's loop.
     let mut serializer = postcard::Serializer {
         output: VecFlavor(buf),
     };
-    let r = value.serialize(&mut serializer);
-    if r.is_err() {
-        serializer.output.0.truncate(start);
+    match value.serialize(&mut serializer) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            serializer.output.0.truncate(start);
+            Err(EncodeError::explain(value, e))
+        }
     }
-    r
+}
+
+/// Why a value could not be serialized, in words the user can act on.
+#[derive(Debug)]
+pub(crate) struct EncodeError(String);
+
+impl EncodeError {
+    /// postcard drops the message of a `serde::ser::Error::custom` (what a
+    /// `Serialize` impl raises to refuse a value): serializing the value
+    /// again into JSON, which keeps it, recovers the user's own words.
+    #[cold]
+    fn explain<V: serde::Serialize + ?Sized>(value: &V, e: postcard::Error) -> Self {
+        if e == postcard::Error::SerdeSerCustom
+            && let Err(json) = serde_json::to_writer(std::io::sink(), value)
+            && json.is_data()
+        {
+            return EncodeError(json.to_string());
+        }
+        EncodeError(e.to_string())
+    }
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A postcard output that appends to a borrowed `Vec`.

@@ -47,7 +47,7 @@ enum Owned {
         error: String,
     },
     Results(Vec<(u64, u32, Status, Vec<u8>)>),
-    Retire(u64),
+    Retire(u64, Vec<(u64, u32)>),
 }
 
 impl Owned {
@@ -111,7 +111,7 @@ impl Owned {
                 }
                 w.finish(start);
             }
-            Owned::Retire(rss) => w.retire(*rss),
+            Owned::Retire(rss, returned) => w.retire(*rss, returned),
         }
     }
 
@@ -150,7 +150,7 @@ impl Owned {
                     })
                     .collect(),
             ),
-            Message::Retire(rss) => Owned::Retire(*rss),
+            Message::Retire(r) => Owned::Retire(r.rss, r.returned.clone()),
         }
     }
 }
@@ -231,8 +231,8 @@ fn examples() -> Vec<Owned> {
                 .collect(),
         ),
         Owned::Results(vec![(u64::MAX, u32::MAX, Status::Ok, vec![0xff; 300])]),
-        Owned::Retire(0),
-        Owned::Retire(u64::MAX),
+        Owned::Retire(0, Vec::new()),
+        Owned::Retire(u64::MAX, vec![(u64::MAX, u32::MAX), (7, 0)]),
     ]
 }
 
@@ -847,7 +847,11 @@ fn any_message() -> impl Strategy<Value = Owned> {
         ),
         proptest::collection::vec((any::<u64>(), any::<u32>(), any_status(), bytes()), 0..10)
             .prop_map(Owned::Results),
-        any::<u64>().prop_map(Owned::Retire),
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<u32>()), 0..5)
+        )
+            .prop_map(|(rss, returned)| Owned::Retire(rss, returned)),
     ]
 }
 

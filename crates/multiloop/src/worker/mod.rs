@@ -2,20 +2,27 @@
 //! worker's event loop.
 //!
 //! A worker is the parent's own executable started again with
-//! [`ENV_MARKER`] in its environment. `init()` (or the
-//! [`init_before_main!`](crate::init_before_main) hook) sees the marker,
-//! builds a single-threaded tokio runtime and serves the parent over the
-//! inherited socket until told to stop or until the parent goes away; it
-//! never returns to the caller.
+//! [`ENV_MARKER`] in its environment. Every program that links multiloop
+//! checks for the marker in a constructor that runs before `main`
+//! ([`enter_if_worker`]): a worker builds its single-threaded tokio runtime
+//! and serves the parent over the inherited socket until told to stop or
+//! until the parent goes away, and never returns to `main`.
+//!
+//! Why before `main`, not from a call in `main`: a worker must never run
+//! the user's code other than tasks and initializers, whatever the user
+//! forgot or wrote first (a `#[tokio::main]` runtime, argument parsing,
+//! logging set-up). Before `main` nothing of the user's has run, no runtime
+//! exists yet (so the worker can build its own), and no thread has been
+//! started (so removing the marker from the environment is sound).
 
 mod run;
 mod state;
 mod watchdog;
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::time::Duration;
 
 pub(crate) use run::{InitFn, StartFn, init_task, reserve_for_frame, start};
@@ -24,101 +31,153 @@ pub use state::{set_worker_state, worker_state};
 /// The environment variable that marks a process as a worker.
 pub(crate) const ENV_MARKER: &str = "MULTILOOP_WORKER";
 
+/// The version of the marker's format.
+const MARKER_VERSION: &str = "2";
+
 /// Exit code of a worker whose parent went away.
 pub(crate) const EXIT_ORPHANED: i32 = 70;
 /// Exit code of a worker that could not start or broke the protocol.
 pub(crate) const EXIT_SETUP: i32 = 71;
 
-type RuntimeHook = Box<dyn FnOnce(&mut tokio::runtime::Builder) + Send>;
+/// Hooks that tune each worker's tokio runtime before it is built,
+/// registered with [`worker_runtime_hook!`](crate::worker_runtime_hook).
+#[linkme::distributed_slice]
+pub static RUNTIME_HOOKS: [fn(&mut tokio::runtime::Builder)];
 
-static RUNTIME_HOOK: Mutex<Option<RuntimeHook>> = Mutex::new(None);
+/// Formerly turned the process into a worker; workers now start before
+/// `main` in every program that links multiloop, so this does nothing.
+///
+/// Kept so that programs written for earlier versions still build; remove
+/// the call.
+#[deprecated(
+    since = "0.2.0",
+    note = "workers start before `main` now: remove the call (it does nothing)"
+)]
+pub fn init() {}
 
-/// Turns this process into a worker when it was started as one; otherwise
-/// returns at once and does nothing.
+/// Formerly [`init`] with a hook for the workers' runtime; the hook was
+/// never run in a worker started before `main`.
 ///
-/// Call it first thing in `main`, before starting threads or a runtime: in
-/// a worker process it never returns. In a normal run it costs one
-/// environment lookup.
-///
-/// ```no_run
-/// multiloop::init(); // in a worker process this never returns
-/// // ... build a runtime and a `Pool` ...
-/// ```
-///
-/// Test binaries, benches and other programs whose `main` is not yours use
-/// [`init_before_main!`](crate::init_before_main) instead.
-pub fn init() {
-    if let Some(marker) = take_marker() {
-        let hook = RUNTIME_HOOK.lock().ok().and_then(|mut h| h.take());
-        run::serve(marker, hook);
-    }
-}
-
-/// Like [`init`], and lets you tune each worker's tokio runtime before it is
-/// built: the analog of aiomultiprocess's `loop_initializer`.
-///
-/// The runtime is a current-thread runtime with time and I/O enabled; the
-/// hook may change its settings (event interval, thread name, ...).
-///
-/// ```no_run
-/// multiloop::init_with(|runtime| {
-///     runtime.event_interval(31);
-/// });
-/// ```
+/// Register the hook with [`worker_runtime_hook!`](crate::worker_runtime_hook)
+/// instead; this function does nothing.
+#[deprecated(
+    since = "0.2.0",
+    note = "register the hook with `multiloop::worker_runtime_hook!(your_fn)` instead"
+)]
 pub fn init_with(hook: impl FnOnce(&mut tokio::runtime::Builder) + Send + 'static) {
-    if let Ok(mut slot) = RUNTIME_HOOK.lock() {
-        *slot = Some(Box::new(hook));
-    }
-    init();
+    let _ = hook;
 }
 
-/// What the parent put in the marker: which descriptors to use.
+/// What the parent put in the marker: which descriptors to use, and the
+/// name to show in `ps`.
 pub(crate) struct Marker {
     pub(crate) socket: OwnedFd,
     pub(crate) lifeline: OwnedFd,
     pub(crate) beacon: OwnedFd,
 }
 
-/// Reads and removes the worker marker, when this process is a worker.
+/// The marker's text: `version:parent pid:socket:lifeline:beacon:name`,
+/// where `name` is the parent's own short name (its `comm`), which the
+/// worker takes too.
+pub(crate) fn marker_value(fds: [RawFd; 3]) -> String {
+    let [socket, lifeline, beacon] = fds;
+    let name = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    format!(
+        "{MARKER_VERSION}:{}:{socket}:{lifeline}:{beacon}:{}",
+        std::process::id(),
+        name.trim_end_matches('\n')
+    )
+}
+
+/// Runs before `main` in every program that links multiloop: when this
+/// process was started as a worker it serves its parent and never returns;
+/// otherwise it returns at once (one environment lookup).
 ///
-/// The marker names the parent's pid: a process that merely inherited the
-/// variable (a grandchild started by a task) is not the worker it names.
-fn take_marker() -> Option<Marker> {
-    let value = std::env::var(ENV_MARKER).ok()?;
-    let mut parts = value.split(':');
-    let version = parts.next()?;
-    let ppid: u32 = parts.next()?.parse().ok()?;
-    let socket: RawFd = parts.next()?.parse().ok()?;
-    let lifeline: RawFd = parts.next()?.parse().ok()?;
-    let beacon: RawFd = parts.next()?.parse().ok()?;
-    if version != "1" || std::os::unix::process::parent_id() != ppid {
-        return None;
-    }
-    // SAFETY: `init` is documented to run first in `main` (or before main,
-    // from `init_before_main!`), before this process starts other threads,
-    // so nothing reads the environment concurrently.
-    unsafe { std::env::remove_var(ENV_MARKER) };
-    if !fd_is_open(socket) || !fd_is_open(lifeline) || !fd_is_open(beacon) {
-        eprintln!(
-            "multiloop: {ENV_MARKER} names descriptors this process does not have; not starting as a worker"
-        );
-        std::process::exit(EXIT_SETUP);
-    }
-    // SAFETY: the parent opened these descriptors for this process alone
-    // (they were close-on-exec everywhere else) and nothing else in this
-    // process knows their numbers, so we are their only owner.
-    let (socket, lifeline, beacon) = unsafe {
-        (
-            OwnedFd::from_raw_fd(socket),
-            OwnedFd::from_raw_fd(lifeline),
-            OwnedFd::from_raw_fd(beacon),
-        )
+/// A process that carries the marker but cannot be the worker it names
+/// (its parent already died, the descriptors are missing, the marker is
+/// from another version) exits: it must not run the user's `main`.
+pub(crate) fn enter_if_worker() {
+    let Some(value) = std::env::var_os(ENV_MARKER) else {
+        return;
     };
-    Some(Marker {
+    // SAFETY: this runs in a constructor before `main`, before any thread
+    // of this process was started, so nothing reads the environment at the
+    // same time. Removed so that processes started by tasks do not inherit it.
+    unsafe { std::env::remove_var(ENV_MARKER) };
+    match parse_marker(&value) {
+        Ok(marker) => run::serve(marker),
+        Err(Refusal::Orphaned) => std::process::exit(EXIT_ORPHANED),
+        Err(Refusal::Invalid(reason)) => {
+            eprintln!(
+                "multiloop: {ENV_MARKER} is set but {reason}; exiting without running `main`"
+            );
+            std::process::exit(EXIT_SETUP);
+        }
+    }
+}
+
+/// Why a process carrying the marker cannot serve as a worker.
+enum Refusal {
+    /// The parent the marker names is gone (it died before this process
+    /// got this far): nobody waits for this worker.
+    Orphaned,
+    Invalid(String),
+}
+
+fn parse_marker(value: &OsString) -> Result<Marker, Refusal> {
+    let invalid = || {
+        Refusal::Invalid(format!(
+            "its value {value:?} is not a marker this version of multiloop wrote"
+        ))
+    };
+    let value = value.to_str().ok_or_else(invalid)?;
+    let mut parts = value.splitn(6, ':');
+    if parts.next() != Some(MARKER_VERSION) {
+        return Err(invalid());
+    }
+    let mut number = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<i64>().ok())
+            .ok_or_else(invalid)
+    };
+    let ppid = number()?;
+    let fds = [number()?, number()?, number()?];
+    let name = parts.next().ok_or_else(invalid)?;
+    if i64::from(std::os::unix::process::parent_id()) != ppid {
+        return Err(Refusal::Orphaned);
+    }
+    let mut raw = [0 as RawFd; 3];
+    for (slot, fd) in raw.iter_mut().zip(fds) {
+        *slot = RawFd::try_from(fd).map_err(|_| invalid())?;
+        if !fd_is_open(*slot) {
+            return Err(Refusal::Invalid(format!(
+                "descriptor {fd} it names is not open in this process"
+            )));
+        }
+    }
+    set_process_name(name);
+    // SAFETY: the parent opened these descriptors for this process alone
+    // (they were close-on-exec everywhere else), we checked they are open,
+    // and nothing else in this process knows their numbers, so we are their
+    // only owner.
+    let [socket, lifeline, beacon] = raw.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(Marker {
         socket,
         lifeline,
         beacon,
     })
+}
+
+/// Gives the worker its program's short name (what `ps`, `top`, `pgrep -x`
+/// and `killall` match), instead of `exe` from `/proc/self/exe`.
+fn set_process_name(name: &str) {
+    // The kernel keeps 15 bytes and a NUL.
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
+    // from the pointer, which `bytes` is for the duration of the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
 
 fn fd_is_open(fd: RawFd) -> bool {
@@ -126,7 +185,6 @@ fn fd_is_open(fd: RawFd) -> bool {
     // valid argument and an unknown descriptor answers -1 (EBADF).
     fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
 }
-
 /// This worker's beacon (see `crate::beacon`), mapped at startup.
 static BEACON: std::sync::OnceLock<crate::beacon::Beacon> = std::sync::OnceLock::new();
 
@@ -141,26 +199,4 @@ pub(crate) type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// The deadline of a task in a RUN frame.
 pub(crate) fn timeout_from_us(us: u64) -> Option<Duration> {
     (us > 0).then(|| Duration::from_micros(us))
-}
-
-/// Called when building a pool: a process started as a worker that never
-/// called `init` would otherwise build pools of its own, recursively.
-pub(crate) fn refuse_unhandled_worker() {
-    if take_marker_peek() {
-        eprintln!(
-            "multiloop: this process was started as a worker but `multiloop::init()` was not called \
-             first thing in `main` (or `multiloop::init_before_main!()` in a test binary); exiting"
-        );
-        std::process::exit(EXIT_SETUP);
-    }
-}
-
-fn take_marker_peek() -> bool {
-    let Ok(value) = std::env::var(ENV_MARKER) else {
-        return false;
-    };
-    let mut parts = value.split(':');
-    parts.next() == Some("1")
-        && parts.next().and_then(|p| p.parse::<u32>().ok())
-            == Some(std::os::unix::process::parent_id())
 }

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::watchdog::{Channel, Watchdog};
-use super::{EXIT_ORPHANED, EXIT_SETUP, LocalFuture, Marker, RuntimeHook, timeout_from_us};
+use super::{EXIT_ORPHANED, EXIT_SETUP, LocalFuture, Marker, timeout_from_us};
 use crate::ids::IdMap;
 use crate::task::{Registry, Task};
 use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION, Status};
@@ -82,6 +82,7 @@ pub(crate) struct Ctx {
     scratch: RefCell<Vec<u8>>,
     channel: Arc<Channel>,
     pub(crate) watchdog: Watchdog,
+    memory: RefCell<MemoryLimit>,
 }
 
 /// The output buffer: whole frames, plus the RESULTS frame being filled.
@@ -260,7 +261,9 @@ impl Ctx {
         self.settle(key);
     }
 
-    /// Starts queued tasks while there are free slots.
+    /// Starts queued tasks while there are free slots, and while this
+    /// worker's memory is within its limit (checked before every start, so
+    /// the peak is the limit plus what running tasks allocate).
     fn fill(self: &Rc<Self>) {
         loop {
             if self.running.get() >= self.concurrency {
@@ -271,6 +274,11 @@ impl Ctx {
             if q.next >= q.count {
                 queue.pop_front();
                 continue;
+            }
+            if self.memory.borrow_mut().is_over() {
+                drop(queue);
+                self.hand_back();
+                return;
             }
             let key = Key {
                 chunk: q.chunk,
@@ -336,6 +344,39 @@ impl Ctx {
         for h in handles {
             h.abort();
         }
+    }
+
+    /// Over the memory limit: hands the tasks not yet started back to the
+    /// parent (which runs them elsewhere, uncharged) and asks to be
+    /// replaced. A map-reduce chunk whose fold has begun is finished here:
+    /// its partial must fold every task of it.
+    fn hand_back(&self) {
+        let mut returned = Vec::new();
+        {
+            let mut folds = self.folds.borrow_mut();
+            self.queue.borrow_mut().retain(|q| {
+                if q.next >= q.count {
+                    return false;
+                }
+                if q.next > 0 && folds.contains_key(&q.chunk) {
+                    return true;
+                }
+                if q.next == 0 {
+                    folds.remove(&q.chunk);
+                }
+                returned.push((q.chunk, q.next));
+                false
+            });
+        }
+        let mut memory = self.memory.borrow_mut();
+        if returned.is_empty() && memory.retire_sent {
+            return;
+        }
+        memory.retire_sent = true;
+        let mut w = FrameWriter::new();
+        w.retire(memory.over.unwrap_or_default(), &returned);
+        // A broken channel is noticed by the loop's next read.
+        let _ = self.channel.write_all(&w.take());
     }
 
     fn idle(&self) -> bool {
@@ -590,7 +631,13 @@ fn watch_lifeline(lifeline: OwnedFd) {
 }
 
 /// Runs the worker until the parent says stop or goes away; never returns.
-pub(crate) fn serve(marker: Marker, hook: Option<RuntimeHook>) -> ! {
+pub(crate) fn serve(marker: Marker) -> ! {
+    // We run before `main`, where the standard library would have set
+    // SIGPIPE to be ignored: do the same, so a write to a closed pipe is an
+    // error for the task (or for us), as in any Rust program, not a death.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no
+    // preconditions; no other thread exists yet.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     watch_lifeline(marker.lifeline);
     match crate::beacon::Beacon::map(marker.beacon) {
         Ok(b) => {
@@ -604,7 +651,7 @@ pub(crate) fn serve(marker: Marker, hook: Option<RuntimeHook>) -> ! {
     install_panic_hook();
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    if let Some(hook) = hook {
+    for hook in super::RUNTIME_HOOKS {
         hook(&mut builder);
     }
     let runtime = match builder.build() {
@@ -710,12 +757,13 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         scratch: RefCell::new(Vec::new()),
         channel,
         watchdog,
+        memory: RefCell::new(MemoryLimit::new(setup.max_rss)),
     });
     CTX.with(|c| *c.borrow_mut() = Some(Rc::clone(&ctx)));
 
     let mut spare = Vec::new();
     let mut draining = false;
-    let mut memory = MemoryCheck::new(setup.max_rss);
+    let mut next_memory_check = std::time::Instant::now();
     loop {
         while let Some(f) =
             wire::check_frame(&buf, max_frame).map_err(|e| format!("bad frame: {e}"))?
@@ -731,11 +779,12 @@ async fn serve_socket(socket: OwnedFd) -> Result<(), String> {
         if draining && ctx.idle() {
             return Ok(());
         }
-        if let Some(rss) = memory.over_limit() {
-            let mut w = FrameWriter::new();
-            w.retire(rss);
-            if ctx.channel.write_all(&w.take()).is_err() {
-                return Ok(());
+        // Running tasks may pass the limit with nothing left to start: look
+        // every few milliseconds while busy, so the parent stops sending.
+        if !ctx.idle() && std::time::Instant::now() >= next_memory_check {
+            next_memory_check = std::time::Instant::now() + MemoryLimit::EVERY;
+            if ctx.memory.borrow_mut().is_over() {
+                ctx.hand_back();
             }
         }
         tokio::select! {
@@ -768,51 +817,61 @@ pub(crate) fn reserve_for_frame(buf: &mut BytesMut) {
     }
 }
 
-/// Watches this process's resident memory against the limit, reading it
-/// at most every few milliseconds.
-struct MemoryCheck {
+/// This worker's resident memory against its limit (`max_memory_per_child`).
+struct MemoryLimit {
+    /// Bytes; 0: no limit.
     limit: u64,
-    next: std::time::Instant,
-    reported: bool,
+    /// `/proc/self/statm`, kept open: one `pread` per look (about a
+    /// microsecond), cheap enough to look before every task start.
+    statm: Option<std::fs::File>,
+    /// The resident memory when first seen over the limit; once over, the
+    /// worker stays retiring.
+    over: Option<u64>,
+    retire_sent: bool,
 }
 
-impl MemoryCheck {
+impl MemoryLimit {
+    /// How often a busy worker looks when it starts nothing.
     const EVERY: Duration = Duration::from_millis(5);
 
     fn new(limit: u64) -> Self {
-        MemoryCheck {
+        let statm = (limit > 0)
+            .then(|| std::fs::File::open("/proc/self/statm").ok())
+            .flatten();
+        MemoryLimit {
             limit,
-            next: std::time::Instant::now(),
-            reported: false,
+            statm,
+            over: None,
+            retire_sent: false,
         }
     }
 
-    /// The resident memory, the first time it is seen over the limit.
-    fn over_limit(&mut self) -> Option<u64> {
-        if self.limit == 0 || self.reported {
-            return None;
+    fn is_over(&mut self) -> bool {
+        if self.limit == 0 || self.over.is_some() {
+            return self.over.is_some();
         }
-        let now = std::time::Instant::now();
-        if now < self.next {
-            return None;
+        let Some(statm) = &self.statm else {
+            return false;
+        };
+        let mut buf = [0u8; 128];
+        let Ok(n) = std::os::unix::fs::FileExt::read_at(statm, &mut buf, 0) else {
+            return false;
+        };
+        let rss = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|pages| pages * page_size());
+        if let Some(rss) = rss.filter(|&rss| rss > self.limit) {
+            self.over = Some(rss);
         }
-        self.next = now + Self::EVERY;
-        let rss = resident_bytes()?;
-        if rss > self.limit {
-            self.reported = true;
-            return Some(rss);
-        }
-        None
+        self.over.is_some()
     }
 }
 
-/// This process's resident memory, from `/proc/self/statm`.
-pub(crate) fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
+    u64::try_from(page).unwrap_or(4096)
 }
 
 fn handle_frame(
