@@ -954,17 +954,14 @@ impl Core {
             Phase::Broken
         };
         self.broken = Some(failure.clone());
-        self.fail_pending(&failure, actions);
         for w in &mut self.workers {
             w.retiring = true;
-            if w.alive {
-                actions.retire.push(w.id);
-            }
         }
+        self.fail_pending(&failure, actions);
     }
 
     /// Ends every queued and running task with `failure`; workers are told
-    /// to drop the tasks they run.
+    /// to drop the tasks they run, and retiring ones to exit.
     fn fail_pending(&mut self, failure: &Failure, actions: &mut Actions) {
         self.queue.clear();
         for (_, rec) in self.chunks.drain() {
@@ -987,6 +984,9 @@ impl Core {
             w.chunks.clear();
             w.assigned = 0;
             w.isolating = false;
+            if w.alive && w.retiring {
+                actions.retire.push(w.id);
+            }
         }
     }
 
@@ -1020,7 +1020,15 @@ impl Core {
         self.queue.retain(|id| chunks.contains_key(id));
         for (slot, chunks) in per_worker {
             if let Some(w) = self.workers.get(slot).filter(|w| w.alive) {
-                w.outbox.with(|o| o.cancel(&chunks));
+                // A retiring worker left with nothing to finish exits now,
+                // so its replacement can start.
+                let exit = w.retiring && w.chunks.is_empty();
+                w.outbox.with(|o| {
+                    o.cancel(&chunks);
+                    if exit {
+                        o.shutdown();
+                    }
+                });
             }
         }
         self.dispatch();
