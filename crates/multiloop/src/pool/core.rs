@@ -1065,3 +1065,6 @@ pub(crate) type ChunkSet = IdSet<u64>;
 fn exit_is_clean(exit: &ExitInfo) -> bool {
     exit.code == Some(0) && exit.signal.is_none()
 }
+
+#[cfg(test)]
+mod tests;

@@ -74,8 +74,21 @@ impl ProcessHandle {
         ProcessHandle { pid, pidfd }
     }
 
+    /// A handle to no process, for the scheduler's unit tests.
+    #[cfg(test)]
+    pub(crate) fn none() -> Self {
+        ProcessHandle {
+            pid: 0,
+            pidfd: None,
+        }
+    }
+
     /// Sends SIGKILL. A process already gone (even reaped) is left alone.
     pub(crate) fn kill(&self) {
+        if self.pid == 0 {
+            // Never `kill(0, ..)`: that would be our own process group.
+            return;
+        }
         match &self.pidfd {
             // SAFETY: pidfd_send_signal reads only its arguments (the info
             // pointer is null).
