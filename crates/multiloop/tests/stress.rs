@@ -283,23 +283,53 @@ fn random_call(pool: &Pool, rng: &mut Rng) -> Call {
     }
 }
 
-/// Waits (on a pidfd, woken by the exit) until `pid` is gone.
-fn pid_gone_within(pid: u32, limit: Duration) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as libc::c_int;
-    if fd < 0 {
-        return true;
+/// The workers seen during an iteration, each held by a pidfd opened
+/// when it was first seen: pids are reused quickly on a busy machine, a
+/// pidfd always names the process it was opened for.
+#[derive(Default)]
+struct Seen(std::collections::HashMap<u32, std::os::fd::OwnedFd>);
+
+impl Seen {
+    fn add(&mut self, pids: impl IntoIterator<Item = u32>) {
+        use std::os::fd::FromRawFd;
+        for pid in pids {
+            if self.0.contains_key(&pid) {
+                continue;
+            }
+            // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            if fd < 0 {
+                continue; // already gone
+            }
+            // SAFETY: a new descriptor that nobody else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
+            // Opened after the pool named it: make sure it is still that
+            // worker, not a process that took over its pid.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(": multiloop worker") {
+                self.0.insert(pid, fd);
+            }
+        }
     }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as libc::c_int) };
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
-    n == 1
+
+    /// The first worker still running after `limit`, if any.
+    fn still_running_after(&self, limit: Duration) -> Option<u32> {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + limit;
+        for (&pid, fd) in &self.0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) } != 1 {
+                return Some(pid);
+            }
+        }
+        None
+    }
 }
 
 #[derive(Default)]
@@ -330,7 +360,8 @@ async fn iteration(seed: u64, totals: &mut Totals) {
         builder = builder.max_memory_per_child(64 << 20);
     }
     let pool = within("build", seed, builder.build()).await.unwrap();
-    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    let mut seen = Seen::default();
+    seen.add(pool.worker_pids());
     let calls: Vec<(Duration, Call)> = (0..1 + rng.below(6))
         .map(|_| {
             (
@@ -354,7 +385,7 @@ async fn iteration(seed: u64, totals: &mut Totals) {
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
         let live = pool.worker_pids();
-        pids.extend(&live);
+        seen.add(live.iter().copied());
         if let Some(&victim) = live.get(rng.below(live.len() as u64) as usize) {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
@@ -362,7 +393,7 @@ async fn iteration(seed: u64, totals: &mut Totals) {
         }
     }
     tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
-    pids.extend(pool.worker_pids());
+    seen.add(pool.worker_pids());
     match rng.below(3) {
         0 => within("close", seed, pool.close()).await.unwrap(),
         1 => within("terminate", seed, pool.terminate()).await.unwrap(),
@@ -378,11 +409,8 @@ async fn iteration(seed: u64, totals: &mut Totals) {
         totals.results += report.delivered as u64;
         totals.errors += report.errors as u64;
     }
-    for pid in pids {
-        assert!(
-            pid_gone_within(pid, Duration::from_secs(10)),
-            "seed {seed}: worker {pid} outlived its pool"
-        );
+    if let Some(pid) = seen.still_running_after(Duration::from_secs(10)) {
+        panic!("seed {seed}: worker {pid} outlived its pool");
     }
     totals.iterations += 1;
 }
