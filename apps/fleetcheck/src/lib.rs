@@ -17,8 +17,9 @@
 //! of a round are merged the parent calls [`Report::finish_round`]
 //! (fleet-level checks).
 //!
-//! A binary that uses [`pool`] must call `multiloop::init()` first thing in
-//! `main` (tests and examples: `multiloop::init_before_main!();`).
+//! A binary that uses [`pool`] needs nothing else: its worker processes are
+//! the binary itself, started again, and multiloop turns them into workers
+//! before `main` runs.
 
 pub mod bench;
 pub mod checks;
