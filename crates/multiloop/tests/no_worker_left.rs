@@ -66,12 +66,12 @@ async fn stop_while_a_worker_is_replaced(stop: Stop) {
         assert_eq!(within(30, "apply", pool.apply(inc, 1)).await.unwrap(), 2);
         let victim = pool.worker_pids()[0];
         sigkill(victim);
-        // Wait until the pool has seen the death (the slot shows no live
-        // worker) and its replacement is being started, on another thread
-        // of this runtime: that is the window to stop the pool in. Nothing
-        // can be awaited for it, so spin, yielding.
+        // Wait until the pool has seen the death: its replacement is being
+        // started (or has just been), on another thread of this runtime;
+        // that is the window to stop the pool in. Nothing can be awaited
+        // for it, so spin, yielding.
         within(30, "the death is seen", async {
-            while pool.worker_pids().len() != 1 {
+            while pool.worker_pids().contains(&victim) {
                 tokio::task::yield_now().await;
             }
         })
