@@ -303,10 +303,14 @@ impl Seen {
             }
             // SAFETY: a new descriptor that nobody else owns.
             let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
-            // Opened after the pool named it: make sure it is still that
-            // worker, not a process that took over its pid.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(": multiloop worker") {
+            // Opened after the pool named it: make sure it is still one of
+            // our workers (our child), not a process that took over its pid.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1));
+            if ppid == Some(std::process::id().to_string().as_str()) {
                 self.0.insert(pid, fd);
             }
         }
@@ -394,7 +398,8 @@ async fn iteration(seed: u64, totals: &mut Totals) {
     }
     tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
     seen.add(pool.worker_pids());
-    match rng.below(3) {
+    let stop = rng.below(3);
+    match stop {
         0 => within("close", seed, pool.close()).await.unwrap(),
         1 => within("terminate", seed, pool.terminate()).await.unwrap(),
         _ => drop(pool),
@@ -410,7 +415,8 @@ async fn iteration(seed: u64, totals: &mut Totals) {
         totals.errors += report.errors as u64;
     }
     if let Some(pid) = seen.still_running_after(Duration::from_secs(10)) {
-        panic!("seed {seed}: worker {pid} outlived its pool");
+        let how = ["close", "terminate", "drop"][stop as usize];
+        panic!("seed {seed}: worker {pid} outlived its pool (stopped by {how})");
     }
     totals.iterations += 1;
 }
