@@ -44,11 +44,14 @@
 //! value: see [`Error::task_error`].
 
 mod beacon;
+mod connection;
 mod error;
 mod ids;
+mod marker;
 mod pool;
 mod process;
 pub mod reduce;
+mod spawn;
 mod task;
 mod wire;
 mod worker;
@@ -131,8 +134,8 @@ pub struct TaskCompileFail;
 pub mod __private {
     //! Used by the code that the macros generate; not a public API.
     pub use crate::reduce::{REDUCERS, ReducerEntry};
-    pub use crate::task::{TASKS, TaskEntry};
     pub use crate::worker::RUNTIME_HOOKS;
+    pub use crate::worker::{TASKS, TaskEntry};
     pub use ctor;
     pub use linkme;
     pub use serde;

@@ -6,16 +6,18 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::task::JoinHandle;
 
+use crate::connection::{FrameReader, ReadError};
 use crate::error::{Error, ExitInfo, Kind};
-use crate::pool::spawn::{self, Lifeline};
-use crate::task::{Registry, Task};
+use crate::spawn::{self, Lifeline};
+use crate::task::Task;
 use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION, Status};
+use crate::worker::Registry;
 
 /// What the driver learned from the worker: the task's outcome, if it sent
 /// one.
@@ -249,7 +251,7 @@ impl IntoFuture for Process {
 /// Talks to the one-shot worker: setup, one RUN, shutdown; returns the
 /// outcome the worker sent.
 async fn drive(stream: UnixStream, task: &'static str, args: Vec<u8>) -> Result<Outcome, String> {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let mut out = FrameWriter::new();
     out.setup(&wire::Setup {
         protocol: PROTOCOL_VERSION,
@@ -268,29 +270,27 @@ async fn drive(stream: UnixStream, task: &'static str, args: Vec<u8>) -> Result<
         // The process died before it could read its task: no outcome.
         return Ok(None);
     }
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut conn = FrameReader::new(rd, wire::DEFAULT_MAX_FRAME);
     let mut outcome = None;
     loop {
-        while let Some(f) =
-            wire::check_frame(&buf, wire::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?
-        {
-            let frame = buf.split_to(f.len).freeze();
-            match Message::decode(&frame[4..]).map_err(|e| e.to_string())? {
-                Message::Ready(r) if !r.error.is_empty() => return Err(r.error.to_owned()),
-                Message::Ready(_) => {}
-                Message::Results(results) => {
-                    for o in results.iter() {
-                        let o = o.map_err(|e| e.to_string())?;
-                        let start = o.data.as_ptr() as usize - frame.as_ptr() as usize;
-                        outcome = Some((o.status, frame.slice(start..start + o.data.len())));
-                    }
+        let frame = match conn.read_frame().await {
+            Ok(Some(frame)) => frame,
+            // The process ended (or was killed mid-frame): what it sent
+            // before is all there is.
+            Ok(None) | Err(ReadError::ClosedMidFrame | ReadError::Io(_)) => return Ok(outcome),
+            Err(e) => return Err(e.to_string()),
+        };
+        match Message::decode(&frame[4..]).map_err(|e| e.to_string())? {
+            Message::Ready(r) if !r.error.is_empty() => return Err(r.error.to_owned()),
+            Message::Ready(_) => {}
+            Message::Results(results) => {
+                for o in results.iter() {
+                    let o = o.map_err(|e| e.to_string())?;
+                    let start = o.data.as_ptr() as usize - frame.as_ptr() as usize;
+                    outcome = Some((o.status, frame.slice(start..start + o.data.len())));
                 }
-                _ => return Err("unexpected message from the process".into()),
             }
-        }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Ok(outcome),
-            Ok(_) => {}
+            _ => return Err("unexpected message from the process".into()),
         }
     }
 }

@@ -100,7 +100,7 @@ impl ReducerEntry {
     }
 }
 
-/// Every reducer registered in the executable (see `crate::task::TASKS`).
+/// Every reducer registered in the executable (see `crate::worker::TASKS`).
 #[doc(hidden)]
 #[linkme::distributed_slice]
 pub static REDUCERS: [ReducerEntry];

@@ -5,10 +5,8 @@
 //! registry that every copy of the executable builds the same way at link
 //! time (`linkme`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -56,74 +54,3 @@ impl fmt::Display for NoError {
 }
 
 impl std::error::Error for NoError {}
-
-/// One registered task, as the worker sees it: a name and a type-erased entry
-/// point. Created by `#[multiloop::task]`; not meant to be used directly.
-#[doc(hidden)]
-pub struct TaskEntry {
-    pub(crate) name: &'static str,
-    pub(crate) start: crate::worker::StartFn,
-    pub(crate) init: crate::worker::InitFn,
-}
-
-impl TaskEntry {
-    /// The entry for task type `T`.
-    #[doc(hidden)]
-    pub const fn new<T: Task>() -> Self {
-        TaskEntry {
-            name: T::NAME,
-            start: crate::worker::start::<T>,
-            init: crate::worker::init_task::<T>,
-        }
-    }
-}
-
-/// Every task linked into the executable. The linker gathers the entries
-/// into one section, so the slice is complete before any code runs, even
-/// code that runs before `main` (where workers start).
-#[linkme::distributed_slice]
-pub static TASKS: [TaskEntry];
-
-/// The registry: every task linked into this executable, by name.
-pub(crate) struct Registry {
-    by_name: HashMap<&'static str, &'static TaskEntry>,
-    /// Names registered twice (a registry conflict the user must fix).
-    pub(crate) duplicates: Vec<&'static str>,
-    /// A fingerprint of the set of task names, compared at the handshake so
-    /// that a worker built from different code is refused.
-    pub(crate) fingerprint: u64,
-}
-
-impl Registry {
-    pub(crate) fn get() -> &'static Registry {
-        static REGISTRY: OnceLock<Registry> = OnceLock::new();
-        REGISTRY.get_or_init(|| {
-            let mut by_name = HashMap::new();
-            let mut duplicates = Vec::new();
-            for entry in TASKS {
-                if by_name.insert(entry.name, entry).is_some() {
-                    duplicates.push(entry.name);
-                }
-            }
-            let mut names: Vec<&str> = by_name.keys().copied().collect();
-            names.sort_unstable();
-            // FNV-1a: stable across runs and builds, unlike `DefaultHasher`.
-            let mut fingerprint: u64 = 0xcbf2_9ce4_8422_2325;
-            for name in names {
-                for byte in name.bytes().chain([0u8]) {
-                    fingerprint ^= u64::from(byte);
-                    fingerprint = fingerprint.wrapping_mul(0x0100_0000_01b3);
-                }
-            }
-            Registry {
-                by_name,
-                duplicates,
-                fingerprint,
-            }
-        })
-    }
-
-    pub(crate) fn lookup(&self, name: &str) -> Option<&'static TaskEntry> {
-        self.by_name.get(name).copied()
-    }
-}

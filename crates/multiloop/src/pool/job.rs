@@ -16,7 +16,7 @@ use futures_core::Stream;
 use tokio::sync::mpsc;
 
 use super::Inner;
-use super::core::{ChunkRec, Event, Item};
+use super::scheduler::{ChunkRec, Event, Item};
 use crate::error::{Error, Kind};
 use crate::reduce::{Reduced, Reducer};
 use crate::task::Task;
@@ -166,7 +166,7 @@ pub(crate) struct Job<T: Task, S> {
     source: S,
     exhausted: bool,
     /// Set when the pool refused the call before it started.
-    refused: Option<super::core::Failure>,
+    refused: Option<super::scheduler::Failure>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     next_index: u64,

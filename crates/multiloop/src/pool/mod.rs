@@ -5,9 +5,8 @@
 //! - `job`: the caller's side of a call (lazy inputs, window, typed results);
 //! - `spawn`: starting a worker process.
 
-mod core;
 mod job;
-pub(crate) mod spawn;
+mod scheduler;
 mod supervisor;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,10 +15,10 @@ use std::time::Duration;
 use futures_core::Stream;
 use tokio::sync::Notify;
 
-pub use self::core::RestartPolicy;
-use self::core::{Actions, Core, Failure, Limits, Phase};
 pub(crate) use self::job::decode_outcome;
 pub use self::job::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, StreamInput};
+pub use self::scheduler::RestartPolicy;
+use self::scheduler::{Actions, Core, Failure, Limits, Phase};
 use crate::error::Error;
 use crate::reduce::Reducer;
 use crate::task::Task;
@@ -50,7 +49,7 @@ pub(crate) struct Config {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     core: Mutex<Core>,
-    pub(crate) lifeline: spawn::Lifeline,
+    pub(crate) lifeline: crate::spawn::Lifeline,
     pub(crate) runtime: tokio::runtime::Handle,
     /// Woken whenever a worker process has ended.
     pub(crate) worker_exited: Notify,
@@ -363,7 +362,7 @@ impl PoolBuilder {
         if c.restart_limit == 0 {
             c.restart_limit = (4 * c.processes).max(8) as u32;
         }
-        let registry = crate::task::Registry::get();
+        let registry = crate::worker::Registry::get();
         if let Some(name) = registry.duplicates.first() {
             return Err(Error::usage(format!(
                 "two tasks are registered under the name `{name}`"
@@ -378,7 +377,7 @@ impl PoolBuilder {
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::usage("Pool::build must be called inside a tokio runtime"))?;
-        let lifeline = spawn::Lifeline::new()
+        let lifeline = crate::spawn::Lifeline::new()
             .map_err(|e| Error::io("could not create the lifeline pipe", e))?;
         let limits = Limits {
             concurrency: c.concurrency,

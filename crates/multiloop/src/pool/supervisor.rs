@@ -5,18 +5,18 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use super::Inner;
-use super::core::{Actions, Cause, Outbox, WorkerId, WorkerSlot};
-use super::spawn::{self, StderrTail};
+use super::scheduler::{Actions, Cause, Outbox, WorkerId, WorkerSlot};
 use crate::beacon::Beacon;
+use crate::connection::{FrameReader, ReadError};
 use crate::error::{Error, ExitInfo};
-use crate::task::Registry;
+use crate::spawn::{self, StderrTail};
 use crate::wire::{self, FrameWriter, Message, PROTOCOL_VERSION};
+use crate::worker::Registry;
 
 /// How long to wait for a dead worker's last stderr bytes.
 const STDERR_DRAIN: Duration = Duration::from_millis(200);
@@ -203,106 +203,32 @@ async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>) {
     }
 }
 
-/// Reads frames until the worker closes the channel (`Ok`) or breaks the
-/// protocol (`Err` with the reason).
+/// Reads the worker until it closes the channel (`Ok`) or breaks the
+/// protocol or stops answering (`Err` with the reason, `cause` set).
 async fn read_loop(
     inner: &Weak<Inner>,
     id: WorkerId,
-    mut rd: OwnedReadHalf,
+    rd: OwnedReadHalf,
     max_frame: usize,
     rearm: &Notify,
     cause: &mut Cause,
     ready: &mut Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) -> Result<(), String> {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut handshaken = false;
+    let mut conn = FrameReader::new(rd, max_frame);
+    if !handshake(&mut conn, inner, id, cause, ready).await? {
+        return Ok(());
+    }
     loop {
-        while let Some(f) = wire::check_frame(&buf, max_frame)
-            .map_err(|e| violation(cause, format!("bad frame from worker: {e}")))?
-        {
-            let frame = buf.split_to(f.len).freeze();
-            let body = &frame[4..];
-            let message = Message::decode(body)
-                .map_err(|e| violation(cause, format!("bad frame from worker: {e}")))?;
+        while let Some(frame) = conn.buffered_frame().map_err(|e| read_failed(cause, e))? {
             let Some(inner) = inner.upgrade() else {
                 return Ok(());
             };
+            let message = Message::decode(&frame[4..])
+                .map_err(|e| violation(cause, format!("bad frame from worker: {e}")))?;
             match message {
-                Message::Ready(r) if !handshaken => {
-                    if r.protocol != PROTOCOL_VERSION
-                        || r.fingerprint != Registry::get().fingerprint
-                    {
-                        let err = Error::protocol(format!(
-                            "worker refused at the handshake: it speaks protocol {} with task registry {:#x}, \
-                             the parent {} with {:#x} (a different binary?)",
-                            r.protocol,
-                            r.fingerprint,
-                            PROTOCOL_VERSION,
-                            Registry::get().fingerprint
-                        ));
-                        let reason = err.to_string();
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(Err(err));
-                        }
-                        return Err(violation(cause, reason));
-                    }
-                    if !r.error.is_empty() {
-                        let err = Error::new(crate::error::Kind::Initializer {
-                            reason: r.error.to_owned(),
-                        });
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(Err(err));
-                        }
-                        return Err(violation(
-                            cause,
-                            format!("worker setup failed: {}", r.error),
-                        ));
-                    }
-                    handshaken = true;
-                    {
-                        let mut core = inner.lock();
-                        if let Some(w) = core.workers.get_mut(id.slot).filter(|w| w.id == id) {
-                            w.ready = true;
-                        }
-                        core.dispatch();
-                    }
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Message::Results(results) if handshaken => {
-                    let base = frame.as_ptr() as usize;
-                    let mut bad = None;
-                    let outcomes = results.iter().map_while(|o| match o {
-                        Ok(o) => {
-                            let start = (o.data.as_ptr() as usize - base) as u32;
-                            Some((
-                                o.chunk,
-                                o.index,
-                                o.status,
-                                start,
-                                start + o.data.len() as u32,
-                            ))
-                        }
-                        Err(e) => {
-                            bad = Some(e);
-                            None
-                        }
-                    });
-                    let mut actions = Actions::default();
-                    {
-                        let mut core = inner.lock();
-                        core.on_results(id, &frame, outcomes, &mut actions);
-                    }
-                    inner.after(actions);
-                    if let Some(e) = bad {
-                        return Err(violation(
-                            cause,
-                            format!("bad results frame from worker: {e}"),
-                        ));
-                    }
-                }
-                Message::Retire(retire) if handshaken => {
+                Message::Results(results) => on_results(&inner, id, &frame, results)
+                    .map_err(|e| violation(cause, format!("bad results frame from worker: {e}")))?,
+                Message::Retire(retire) => {
                     let mut actions = Actions::default();
                     inner
                         .lock()
@@ -317,8 +243,8 @@ async fn read_loop(
                 }
             }
         }
-        crate::worker::reserve_for_frame(&mut buf);
-        let read = loop {
+        // Wait for bytes, or for the worker's answer deadline to pass.
+        loop {
             let deadline = inner
                 .upgrade()
                 .and_then(|i| i.lock().answer_deadline(id, i.config.timeout_grace));
@@ -329,7 +255,12 @@ async fn read_loop(
                 }
             };
             tokio::select! {
-                read = rd.read_buf(&mut buf) => break read,
+                read = conn.read_more() => {
+                    if !read.map_err(|e| read_failed(cause, e))? {
+                        return Ok(());
+                    }
+                    break;
+                }
                 () = rearm.notified() => {}
                 () = expired => {
                     let still = inner.upgrade().and_then(|i| i.lock().answer_deadline(id, i.config.timeout_grace));
@@ -339,18 +270,114 @@ async fn read_loop(
                     }
                 }
             }
-        };
-        match read {
-            Ok(0) => {
-                return if buf.is_empty() {
-                    Ok(())
-                } else {
-                    Err("the worker closed the channel mid-frame".into())
-                };
-            }
-            Ok(_) => {}
-            Err(e) => return Err(format!("reading from the worker failed: {e}")),
         }
+    }
+}
+
+/// The parent's half of the handshake: the worker's first frame must be
+/// READY, from the same protocol and task registry, with its initializer
+/// done. Tells `ready` (the pool's build) how it went. `Ok(false)`: the
+/// worker or the pool went away first.
+async fn handshake(
+    conn: &mut FrameReader<OwnedReadHalf>,
+    inner: &Weak<Inner>,
+    id: WorkerId,
+    cause: &mut Cause,
+    ready: &mut Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+) -> Result<bool, String> {
+    let Some(frame) = conn.read_frame().await.map_err(|e| read_failed(cause, e))? else {
+        return Ok(false);
+    };
+    let message = Message::decode(&frame[4..])
+        .map_err(|e| violation(cause, format!("bad frame from worker: {e}")))?;
+    let Message::Ready(r) = message else {
+        return Err(violation(
+            cause,
+            format!("unexpected message from worker: {}", describe(&message)),
+        ));
+    };
+    let refusal = if r.protocol != PROTOCOL_VERSION || r.fingerprint != Registry::get().fingerprint
+    {
+        Some(Error::protocol(format!(
+            "worker refused at the handshake: it speaks protocol {} with task registry {:#x}, \
+             the parent {} with {:#x} (a different binary?)",
+            r.protocol,
+            r.fingerprint,
+            PROTOCOL_VERSION,
+            Registry::get().fingerprint
+        )))
+    } else if !r.error.is_empty() {
+        Some(Error::new(crate::error::Kind::Initializer {
+            reason: r.error.to_owned(),
+        }))
+    } else {
+        None
+    };
+    if let Some(err) = refusal {
+        let reason = match err.is_initializer() {
+            true => format!("worker setup failed: {}", r.error),
+            false => err.to_string(),
+        };
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(Err(err));
+        }
+        return Err(violation(cause, reason));
+    }
+    let Some(inner) = inner.upgrade() else {
+        return Ok(false);
+    };
+    {
+        let mut core = inner.lock();
+        if let Some(w) = core.workers.get_mut(id.slot).filter(|w| w.id == id) {
+            w.ready = true;
+        }
+        core.dispatch();
+    }
+    if let Some(tx) = ready.take() {
+        let _ = tx.send(Ok(()));
+    }
+    Ok(true)
+}
+
+/// Hands one RESULTS frame to the scheduler: each outcome as where its data
+/// lies in the frame. A malformed outcome ends the frame: the ones before
+/// it are delivered, and the error is returned.
+fn on_results(
+    inner: &Arc<Inner>,
+    id: WorkerId,
+    frame: &bytes::Bytes,
+    results: wire::Results<'_>,
+) -> Result<(), wire::WireError> {
+    let base = frame.as_ptr() as usize;
+    let mut bad = None;
+    let outcomes = results.iter().map_while(|o| match o {
+        Ok(o) => {
+            let start = (o.data.as_ptr() as usize - base) as u32;
+            Some((
+                o.chunk,
+                o.index,
+                o.status,
+                start,
+                start + o.data.len() as u32,
+            ))
+        }
+        Err(e) => {
+            bad = Some(e);
+            None
+        }
+    });
+    let mut actions = Actions::default();
+    inner.lock().on_results(id, frame, outcomes, &mut actions);
+    inner.after(actions);
+    bad.map_or(Ok(()), Err)
+}
+
+/// A read that failed: a bad frame is a protocol violation; a reset or a
+/// channel closed mid-frame is a death (a worker killed while writing).
+fn read_failed(cause: &mut Cause, e: ReadError) -> String {
+    match e {
+        ReadError::BadFrame(_) => violation(cause, format!("{e} from worker")),
+        ReadError::ClosedMidFrame | ReadError::Io(_) => e.to_string(),
     }
 }
 

@@ -130,6 +130,13 @@ pub(crate) struct Outcome<'a> {
     pub(crate) data: &'a [u8],
 }
 
+/// Which task an outcome belongs to: its chunk, and its place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TaskKey {
+    pub(crate) chunk: u64,
+    pub(crate) index: u32,
+}
+
 /// A decoded frame body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message<'a> {

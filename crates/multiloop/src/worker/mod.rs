@@ -15,29 +15,19 @@
 //! exists yet (so the worker can build its own), and no thread has been
 //! started (so removing the marker from the environment is sound).
 
-mod run;
+mod channel;
+mod ctx;
+mod panics;
+mod registry;
+mod serve;
 mod state;
 mod watchdog;
 
-use std::ffi::OsString;
-use std::future::Future;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
-use std::time::Duration;
+use crate::marker::{ENV_MARKER, Refusal, parse_marker};
 
-pub(crate) use run::{InitFn, StartFn, init_task, reserve_for_frame, start};
+pub(crate) use registry::Registry;
+pub use registry::{TASKS, TaskEntry};
 pub use state::{set_worker_state, worker_state};
-
-/// The environment variable that marks a process as a worker.
-pub(crate) const ENV_MARKER: &str = "MULTILOOP_WORKER";
-
-/// The version of the marker's format.
-const MARKER_VERSION: &str = "2";
-
-/// Exit code of a worker whose parent went away.
-pub(crate) const EXIT_ORPHANED: i32 = 70;
-/// Exit code of a worker that could not start or broke the protocol.
-pub(crate) const EXIT_SETUP: i32 = 71;
 
 /// Hooks that tune each worker's tokio runtime before it is built,
 /// registered with [`worker_runtime_hook!`](crate::worker_runtime_hook).
@@ -68,27 +58,6 @@ pub fn init_with(hook: impl FnOnce(&mut tokio::runtime::Builder) + Send + 'stati
     let _ = hook;
 }
 
-/// What the parent put in the marker: which descriptors to use, and the
-/// name to show in `ps`.
-pub(crate) struct Marker {
-    pub(crate) socket: OwnedFd,
-    pub(crate) lifeline: OwnedFd,
-    pub(crate) beacon: OwnedFd,
-}
-
-/// The marker's text: `version:parent pid:socket:lifeline:beacon:name`,
-/// where `name` is the parent's own short name (its `comm`), which the
-/// worker takes too.
-pub(crate) fn marker_value(fds: [RawFd; 3]) -> String {
-    let [socket, lifeline, beacon] = fds;
-    let name = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-    format!(
-        "{MARKER_VERSION}:{}:{socket}:{lifeline}:{beacon}:{}",
-        std::process::id(),
-        name.trim_end_matches('\n')
-    )
-}
-
 /// Runs before `main` in every program that links multiloop: when this
 /// process was started as a worker it serves its parent and never returns;
 /// otherwise it returns at once (one environment lookup).
@@ -105,98 +74,13 @@ pub(crate) fn enter_if_worker() {
     // same time. Removed so that processes started by tasks do not inherit it.
     unsafe { std::env::remove_var(ENV_MARKER) };
     match parse_marker(&value) {
-        Ok(marker) => run::serve(marker),
-        Err(Refusal::Orphaned) => std::process::exit(EXIT_ORPHANED),
+        Ok(marker) => serve::serve(marker),
+        Err(Refusal::Orphaned) => std::process::exit(serve::EXIT_ORPHANED),
         Err(Refusal::Invalid(reason)) => {
             eprintln!(
                 "multiloop: {ENV_MARKER} is set but {reason}; exiting without running `main`"
             );
-            std::process::exit(EXIT_SETUP);
+            std::process::exit(serve::EXIT_SETUP);
         }
     }
-}
-
-/// Why a process carrying the marker cannot serve as a worker.
-enum Refusal {
-    /// The parent the marker names is gone (it died before this process
-    /// got this far): nobody waits for this worker.
-    Orphaned,
-    Invalid(String),
-}
-
-fn parse_marker(value: &OsString) -> Result<Marker, Refusal> {
-    let invalid = || {
-        Refusal::Invalid(format!(
-            "its value {value:?} is not a marker this version of multiloop wrote"
-        ))
-    };
-    let value = value.to_str().ok_or_else(invalid)?;
-    let mut parts = value.splitn(6, ':');
-    if parts.next() != Some(MARKER_VERSION) {
-        return Err(invalid());
-    }
-    let mut number = || {
-        parts
-            .next()
-            .and_then(|p| p.parse::<i64>().ok())
-            .ok_or_else(invalid)
-    };
-    let ppid = number()?;
-    let fds = [number()?, number()?, number()?];
-    let name = parts.next().ok_or_else(invalid)?;
-    if i64::from(std::os::unix::process::parent_id()) != ppid {
-        return Err(Refusal::Orphaned);
-    }
-    let mut raw = [0 as RawFd; 3];
-    for (slot, fd) in raw.iter_mut().zip(fds) {
-        *slot = RawFd::try_from(fd).map_err(|_| invalid())?;
-        if !fd_is_open(*slot) {
-            return Err(Refusal::Invalid(format!(
-                "descriptor {fd} it names is not open in this process"
-            )));
-        }
-    }
-    set_process_name(name);
-    // SAFETY: the parent opened these descriptors for this process alone
-    // (they were close-on-exec everywhere else), we checked they are open,
-    // and nothing else in this process knows their numbers, so we are their
-    // only owner.
-    let [socket, lifeline, beacon] = raw.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-    Ok(Marker {
-        socket,
-        lifeline,
-        beacon,
-    })
-}
-
-/// Gives the worker its program's short name (what `ps`, `top`, `pgrep -x`
-/// and `killall` match), instead of `exe` from `/proc/self/exe`.
-fn set_process_name(name: &str) {
-    // The kernel keeps 15 bytes and a NUL.
-    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
-    bytes.push(0);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
-    // from the pointer, which `bytes` is for the duration of the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
-}
-
-fn fd_is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a
-    // valid argument and an unknown descriptor answers -1 (EBADF).
-    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
-}
-/// This worker's beacon (see `crate::beacon`), mapped at startup.
-static BEACON: std::sync::OnceLock<crate::beacon::Beacon> = std::sync::OnceLock::new();
-
-#[inline]
-pub(crate) fn beacon() -> Option<&'static crate::beacon::Beacon> {
-    BEACON.get()
-}
-
-/// A boxed future local to the worker's thread.
-pub(crate) type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
-
-/// The deadline of a task in a RUN frame.
-pub(crate) fn timeout_from_us(us: u64) -> Option<Duration> {
-    (us > 0).then(|| Duration::from_micros(us))
 }

@@ -1,4 +1,4 @@
-//! The worker's writer and its watchdog.
+//! The worker's watchdog, which enforces hard deadlines.
 //!
 //! Outcomes are written with blocking writes under a mutex, from the event
 //! loop's thread, once per loop turn: one write carries everything produced
@@ -12,69 +12,19 @@
 //! attempt.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::run::Key;
-use crate::wire::{FrameWriter, Status};
+use super::channel::Channel;
+use crate::wire::{FrameWriter, Status, TaskKey};
 
 /// Exit code of a worker ended by its watchdog.
 pub(crate) const EXIT_STUCK: i32 = 72;
 
-/// The write side of the channel to the parent.
-pub(crate) struct Channel {
-    socket: Mutex<OwnedFd>,
-}
-
-impl Channel {
-    pub(crate) fn new(socket: OwnedFd) -> Self {
-        Channel {
-            socket: Mutex::new(socket),
-        }
-    }
-
-    /// Writes all of `data`, waiting for the socket to drain when it is full.
-    pub(crate) fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
-        let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        let fd = socket.as_raw_fd();
-        while !data.is_empty() {
-            // SAFETY: `data` is a valid readable slice of `data.len()` bytes
-            // and `fd` is an open socket owned by `socket`, locked here.
-            let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-            if n >= 0 {
-                data = &data[n as usize..];
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    };
-                    // SAFETY: `pfd` is one valid pollfd; -1 waits until the
-                    // socket is writable (the parent read) or broken.
-                    if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-                        let e = io::Error::last_os_error();
-                        if e.kind() != io::ErrorKind::Interrupted {
-                            return Err(e);
-                        }
-                    }
-                }
-                _ => return Err(err),
-            }
-        }
-        Ok(())
-    }
-}
-
 #[derive(Default)]
 struct Watch {
     /// The task being polled and when its poll becomes a hard timeout.
-    current: Option<(Key, Instant, Duration)>,
+    current: Option<(TaskKey, Instant, Duration)>,
     /// Bumped on every change, so the watchdog knows a poll it timed ended.
     generation: u64,
 }
@@ -99,7 +49,7 @@ impl Watchdog {
 
     /// The loop is about to poll task `key`, whose deadline is `deadline`.
     #[inline]
-    pub(crate) fn enter(&self, key: Key, deadline: Instant, limit: Duration) {
+    pub(crate) fn enter(&self, key: TaskKey, deadline: Instant, limit: Duration) {
         let (lock, cvar) = &*self.state;
         let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
         w.current = Some((key, deadline + self.grace, limit));

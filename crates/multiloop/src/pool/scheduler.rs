@@ -222,7 +222,7 @@ pub(crate) struct WorkerSlot {
     pub(crate) id: WorkerId,
     pub(crate) pid: u32,
     /// Kills this very process, never one that reused its pid.
-    pub(crate) process: Arc<super::spawn::ProcessHandle>,
+    pub(crate) process: Arc<crate::spawn::ProcessHandle>,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) ready: bool,
     pub(crate) alive: bool,

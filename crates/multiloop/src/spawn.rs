@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStderr};
 
 use crate::beacon::Beacon;
-use crate::worker::{ENV_MARKER, marker_value};
+use crate::marker::{ENV_MARKER, marker_value};
 
 /// The pipe whose read end every worker of a pool holds and whose write end
 /// only the parent holds: when the parent dies, the workers read EOF.

@@ -116,7 +116,7 @@ impl Sim {
         let entry = WorkerSlot {
             id: WorkerId { slot, generation },
             pid: 0,
-            process: Arc::new(super::super::spawn::ProcessHandle::none()),
+            process: Arc::new(crate::spawn::ProcessHandle::none()),
             outbox: Arc::new(Outbox::default()),
             ready: false,
             alive: true,
