@@ -336,6 +336,30 @@ impl Seen {
     }
 }
 
+/// What a process is doing, for a failure message: its state and each
+/// thread's name and wait channel.
+fn describe_process(pid: u32) -> String {
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let status = read(format!("/proc/{pid}/status"));
+    let state: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("State") || l.starts_with("PPid") || l.starts_with("SigBlk"))
+        .collect();
+    let mut out = format!(
+        "{state:?} cmdline {:?}",
+        read(format!("/proc/{pid}/cmdline"))
+    );
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let comm = read(format!("/proc/{pid}/task/{tid}/comm"));
+            let wchan = read(format!("/proc/{pid}/task/{tid}/wchan"));
+            out.push_str(&format!("\n  thread {tid} {} in {wchan}", comm.trim()));
+        }
+    }
+    out
+}
+
 #[derive(Default)]
 struct Totals {
     iterations: u64,
@@ -416,7 +440,10 @@ async fn iteration(seed: u64, totals: &mut Totals) {
     }
     if let Some(pid) = seen.still_running_after(Duration::from_secs(10)) {
         let how = ["close", "terminate", "drop"][stop as usize];
-        panic!("seed {seed}: worker {pid} outlived its pool (stopped by {how})");
+        panic!(
+            "seed {seed}: worker {pid} outlived its pool (stopped by {how})\n{}",
+            describe_process(pid)
+        );
     }
     totals.iterations += 1;
 }

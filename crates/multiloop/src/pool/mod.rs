@@ -68,6 +68,11 @@ impl Inner {
     pub(crate) fn after(self: &Arc<Self>, actions: Actions) {
         let (respawn, retire) = actions.deliver();
         for (slot, at) in respawn {
+            tracing::debug!(
+                slot,
+                delay = ?at.map(|at| at.saturating_duration_since(std::time::Instant::now())),
+                "starting a replacement worker"
+            );
             match at {
                 None => self.respawn(slot),
                 Some(at) => {
@@ -122,6 +127,48 @@ impl Core {
             Phase::Broken => Err(self.broken.clone().unwrap_or(Failure::Terminated)),
         }
     }
+}
+
+/// What [`Pool::stats`] reports: counters since the pool started, and the
+/// state at this moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Worker processes running now.
+    pub workers_alive: usize,
+    /// Worker processes started, replacements included.
+    pub workers_spawned: u64,
+    /// Workers that exited cleanly when recycled (`max_tasks_per_child`,
+    /// `max_memory_per_child`) or stopped.
+    pub workers_retired: u64,
+    /// Workers that died inside a task's poll (a crash that task is charged
+    /// for: abort, segfault, `exit()`, a hard timeout).
+    pub workers_died_in_task: u64,
+    /// Workers that died outside any task (killed from outside, the OOM
+    /// killer while tasks waited, a crash at start-up).
+    pub workers_died_outside_tasks: u64,
+    /// Workers the pool killed for breaking the protocol.
+    pub workers_killed_for_protocol: u64,
+    /// Workers the pool killed for not answering past their tasks' deadlines.
+    pub workers_killed_unresponsive: u64,
+    /// Tasks waiting for a worker now.
+    pub tasks_queued: u64,
+    /// Tasks given to workers now.
+    pub tasks_running: u64,
+    /// Tasks whose outcome (a value or the task's own error, a panic, a
+    /// soft timeout) came back from a worker.
+    pub tasks_done: u64,
+    /// Task runs started again because a worker died under them.
+    pub tasks_retried: u64,
+    /// Tasks that ended without an outcome from a worker: crashed on their
+    /// last attempt, hard timeouts the pool enforced, failed by a restart
+    /// storm, terminated.
+    pub tasks_failed: u64,
+    /// Deaths no task explains within the restart window now (the storm
+    /// threshold is `restart_intensity`).
+    pub restarts_in_window: usize,
+    /// Restart storms so far.
+    pub restart_storms: u64,
 }
 
 /// A pool of worker processes, each running many async tasks at once on its
@@ -567,6 +614,47 @@ impl Pool {
             job::Job::new(Arc::clone(&self.inner), StreamInput(inputs)),
             reducer,
         )
+    }
+
+    /// A snapshot of the pool's counters, cheap enough to take on every
+    /// scrape of a service's metrics.
+    ///
+    /// ```
+    /// #[multiloop::task]
+    /// async fn inc(x: u64) -> u64 {
+    ///     x + 1
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), multiloop::Error> {
+    /// let pool = multiloop::Pool::builder().processes(2).build().await?;
+    /// pool.map(inc, 0..100).await?;
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.workers_alive, 2);
+    /// assert_eq!(stats.tasks_done, 100);
+    /// # pool.close().await
+    /// # }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let core = self.inner.lock();
+        let c = &core.counters;
+        let (tasks_queued, tasks_running) = core.tasks_queued_and_running();
+        PoolStats {
+            workers_alive: core.workers.iter().filter(|w| w.alive).count(),
+            workers_spawned: c.spawned,
+            workers_retired: c.retired,
+            workers_died_in_task: c.died_in_task,
+            workers_died_outside_tasks: c.died_outside_tasks,
+            workers_killed_for_protocol: c.killed_for_protocol,
+            workers_killed_unresponsive: c.killed_unresponsive,
+            tasks_queued,
+            tasks_running,
+            tasks_done: c.done,
+            tasks_retried: c.retried,
+            tasks_failed: c.failed,
+            restarts_in_window: core.restarts_in_window(),
+            restart_storms: c.storms,
+        }
     }
 
     /// The process ids of the live workers.

@@ -343,6 +343,22 @@ impl Phase {
     }
 }
 
+/// Counters kept by the scheduler since the pool started, for
+/// [`Pool::stats`](crate::Pool::stats).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    pub(crate) spawned: u64,
+    pub(crate) retired: u64,
+    pub(crate) died_in_task: u64,
+    pub(crate) died_outside_tasks: u64,
+    pub(crate) killed_for_protocol: u64,
+    pub(crate) killed_unresponsive: u64,
+    pub(crate) done: u64,
+    pub(crate) retried: u64,
+    pub(crate) failed: u64,
+    pub(crate) storms: u64,
+}
+
 pub(crate) struct Core {
     pub(crate) limits: Limits,
     pub(crate) phase: Phase,
@@ -359,6 +375,7 @@ pub(crate) struct Core {
     respawn_at: Option<Instant>,
     /// The delay set at the last storm, and when that storm was.
     backoff: Option<(Duration, Instant)>,
+    pub(crate) counters: Counters,
 }
 
 impl Core {
@@ -376,6 +393,7 @@ impl Core {
             broken: None,
             respawn_at: None,
             backoff: None,
+            counters: Counters::default(),
         }
     }
 
@@ -385,7 +403,31 @@ impl Core {
         id
     }
 
+    /// Deaths no task explains within the restart window, now.
+    pub(crate) fn restarts_in_window(&self) -> usize {
+        let now = Instant::now();
+        self.deaths
+            .iter()
+            .filter(|t| now.duration_since(**t) <= self.limits.restart_window)
+            .count()
+    }
+
+    /// Tasks waiting for a worker, and tasks given to workers.
+    pub(crate) fn tasks_queued_and_running(&self) -> (u64, u64) {
+        let mut queued = 0;
+        let mut running = 0;
+        for rec in self.chunks.values() {
+            match rec.worker {
+                Some(_) => running += u64::from(rec.remaining),
+                None => queued += u64::from(rec.remaining),
+            }
+        }
+        (queued, running)
+    }
+
+    /// A new worker incarnation is starting.
     pub(crate) fn new_generation(&mut self) -> u64 {
+        self.counters.spawned += 1;
         let g = self.next_generation;
         self.next_generation += 1;
         g
@@ -553,8 +595,15 @@ impl Core {
         });
         if let Some(max) = self.limits.max_tasks_per_child
             && worker.lifetime >= max
+            && !worker.retiring
         {
             worker.retiring = true;
+            tracing::info!(
+                slot,
+                pid = worker.pid,
+                tasks = worker.lifetime,
+                "worker retiring: it was given max_tasks_per_child tasks"
+            );
         }
     }
 
@@ -649,6 +698,7 @@ impl Core {
         for id in &finished {
             self.chunks.remove(id);
         }
+        self.counters.done += freed as u64;
         if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
             w.last_progress = Instant::now();
             w.assigned = w.assigned.saturating_sub(freed);
@@ -692,6 +742,7 @@ impl Core {
     pub(crate) fn retire_worker(
         &mut self,
         id: WorkerId,
+        rss: u64,
         returned: &[(u64, u32)],
         actions: &mut Actions,
     ) {
@@ -702,6 +753,15 @@ impl Core {
         else {
             return;
         };
+        if !w.retiring {
+            tracing::info!(
+                slot = id.slot,
+                pid = w.pid,
+                rss,
+                handed_back = returned.len(),
+                "worker retiring: its resident memory passed max_memory_per_child"
+            );
+        }
         w.retiring = true;
         for &(chunk, from) in returned {
             let Some(rec) = self.chunks.get_mut(&chunk).filter(|r| r.worker == Some(id)) else {
@@ -771,8 +831,24 @@ impl Core {
         // below), not a sign that workers cannot run: it never counts
         // towards the restart intensity.
         let now = Instant::now();
-        if polled.is_none() && (!was_retiring_clean || !exit_is_clean(exit)) {
+        let retired = was_retiring_clean && exit_is_clean(exit);
+        if polled.is_none() && !retired {
             self.deaths.push_back(now);
+        }
+        let c = &mut self.counters;
+        match () {
+            () if retired => c.retired += 1,
+            () if violated => c.killed_for_protocol += 1,
+            () if unresponsive => c.killed_unresponsive += 1,
+            () if polled.is_some() => c.died_in_task += 1,
+            () => c.died_outside_tasks += 1,
+        }
+        if retired {
+            tracing::debug!(%exit, "worker exited (retired)");
+        } else if exit.code == Some(crate::worker::EXIT_STUCK) {
+            tracing::warn!(%exit, "worker ended by its watchdog: a task ran past its deadline without yielding");
+        } else {
+            tracing::warn!(%exit, ?cause, in_task = polled.is_some(), "worker died");
         }
         while self
             .deaths
@@ -821,8 +897,14 @@ impl Core {
     fn restart_storm(&mut self, last: &ExitInfo, now: Instant, actions: &mut Actions) {
         let restarts = self.deaths.len() as u32;
         self.deaths.clear();
+        self.counters.storms += 1;
         let (initial, max) = match self.limits.restart_policy {
             RestartPolicy::Stop => {
+                tracing::error!(
+                    restarts,
+                    within = ?self.limits.restart_window,
+                    "restart storm: workers died more often than the pool allows; it stops for good"
+                );
                 let failure = Failure::RestartIntensity {
                     restarts,
                     within: self.limits.restart_window,
@@ -844,6 +926,12 @@ impl Core {
         };
         self.backoff = Some((delay, now));
         self.respawn_at = Some(now + delay);
+        tracing::error!(
+            restarts,
+            within = ?self.limits.restart_window,
+            backoff = ?delay,
+            "restart storm: workers died more often than the pool allows; pending tasks fail, workers start again after the backoff"
+        );
         let failure = Failure::RestartIntensity {
             restarts,
             within: self.limits.restart_window,
@@ -892,6 +980,7 @@ impl Core {
             // its worker died under it, and is charged.
             None => (pending, Vec::new()),
         };
+        self.counters.retried += free.len() as u64;
         if violated {
             // Any of them may have written the bad bytes: each runs again
             // alone, uncharged, so the one that did it is found and charged
@@ -913,12 +1002,16 @@ impl Core {
                 after: rec.timeout.unwrap_or_default(),
             };
             let indices = charged.iter().map(|&i| rec.job_index(i)).collect();
-            actions
-                .events
-                .push((rec.sink.clone(), Event::Failed { indices, failure }));
+            self.fail(&rec.sink, indices, failure, actions);
             return;
         }
         if rec.attempt >= rec.max_attempts {
+            tracing::warn!(
+                task = rec.task,
+                attempts = rec.attempt,
+                tasks = charged.len(),
+                "task failed: its worker died under it on every attempt"
+            );
             let failure = Failure::Crash {
                 task: rec.task,
                 exit: exit.clone(),
@@ -926,16 +1019,23 @@ impl Core {
                 stderr_tail: stderr_tail.to_owned(),
             };
             let indices = charged.iter().map(|&i| rec.job_index(i)).collect();
-            actions
-                .events
-                .push((rec.sink.clone(), Event::Failed { indices, failure }));
+            self.fail(&rec.sink, indices, failure, actions);
         } else {
+            self.counters.retried += charged.len() as u64;
             // A task found guilty of a protocol violation keeps running
             // alone.
             let mut retry = rec.subset(&charged, rec.attempt + 1);
             retry.isolated = violated;
             self.requeue(retry);
         }
+    }
+
+    /// Ends tasks of a job without an outcome from a worker.
+    fn fail(&mut self, sink: &JobSink, indices: Vec<u64>, failure: Failure, actions: &mut Actions) {
+        self.counters.failed += indices.len() as u64;
+        actions
+            .events
+            .push((sink.clone(), Event::Failed { indices, failure }));
     }
 
     /// Puts a retried chunk at the front of the queue.
@@ -964,16 +1064,11 @@ impl Core {
     /// to drop the tasks they run, and retiring ones to exit.
     fn fail_pending(&mut self, failure: &Failure, actions: &mut Actions) {
         self.queue.clear();
-        for (_, rec) in self.chunks.drain() {
+        let chunks: Vec<ChunkRec> = self.chunks.drain().map(|(_, rec)| rec).collect();
+        for rec in chunks {
             let indices: Vec<u64> = rec.pending().iter().map(|&i| rec.job_index(i)).collect();
             if !indices.is_empty() {
-                actions.events.push((
-                    rec.sink.clone(),
-                    Event::Failed {
-                        indices,
-                        failure: failure.clone(),
-                    },
-                ));
+                self.fail(&rec.sink, indices, failure.clone(), actions);
             }
         }
         for w in &mut self.workers {

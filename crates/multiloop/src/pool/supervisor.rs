@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::Inner;
 use super::scheduler::{Actions, Cause, Outbox, WorkerId, WorkerSlot};
@@ -105,9 +106,16 @@ pub(crate) fn launch(
         })
     });
     let weak = Arc::downgrade(inner);
+    let span = tracing::info_span!(
+        "worker",
+        slot,
+        generation = id.generation,
+        pid = spawned.pid
+    );
+    span.in_scope(|| tracing::debug!("worker started"));
     inner
         .runtime
-        .spawn(supervise(weak, id, spawned, outbox, beacon, rearm, ready));
+        .spawn(supervise(weak, id, spawned, outbox, beacon, rearm, ready).instrument(span));
     Ok(())
 }
 
@@ -138,6 +146,13 @@ async fn supervise(
     let mut cause = Cause::Exited;
     let outcome = read_loop(&inner, id, rd, max_frame, &rearm, &mut cause, &mut ready).await;
     writer.abort();
+    if let Err(reason) = &outcome {
+        match cause {
+            Cause::Violated => tracing::warn!(%reason, "worker broke the protocol; killing it"),
+            Cause::Unresponsive => tracing::warn!(%reason, "worker stopped answering; killing it"),
+            Cause::Exited => tracing::debug!(%reason, "worker's channel ended"),
+        }
+    }
     if outcome.is_err() {
         // A worker that broke the protocol, or stopped answering, cannot be
         // trusted with more work.
@@ -232,7 +247,7 @@ async fn read_loop(
                     let mut actions = Actions::default();
                     inner
                         .lock()
-                        .retire_worker(id, &retire.returned, &mut actions);
+                        .retire_worker(id, retire.rss, &retire.returned, &mut actions);
                     inner.after(actions);
                 }
                 other => {
@@ -336,6 +351,7 @@ async fn handshake(
     if let Some(tx) = ready.take() {
         let _ = tx.send(Ok(()));
     }
+    tracing::debug!("worker ready");
     Ok(true)
 }
 

@@ -28,6 +28,7 @@ use crate::marker::{ENV_MARKER, Refusal, parse_marker};
 pub(crate) use registry::Registry;
 pub use registry::{TASKS, TaskEntry};
 pub use state::{set_worker_state, worker_state};
+pub(crate) use watchdog::EXIT_STUCK;
 
 /// Hooks that tune each worker's tokio runtime before it is built,
 /// registered with [`worker_runtime_hook!`](crate::worker_runtime_hook).

@@ -97,12 +97,7 @@ fn watch(state: &(Mutex<Watch>, Condvar), channel: &Channel) {
         out.outcome_end(pos);
         out.finish(start);
         let _ = channel.write_all(&out.take());
-        eprintln!(
-            "multiloop worker {}: task {}#{} ran past its deadline of {limit:?} without yielding; ending this worker",
-            std::process::id(),
-            key.chunk,
-            key.index
-        );
+        // The parent reports it (a tracing event, and the task's timeout).
         // SAFETY: `_exit` has no preconditions; the event loop is stuck, so
         // ending the process without unwinding it is the only way out.
         unsafe { libc::_exit(EXIT_STUCK) };

@@ -354,7 +354,7 @@ impl Sim {
                         .into_iter()
                         .collect();
                     let mut actions = Actions::default();
-                    self.core.retire_worker(id, &returned, &mut actions);
+                    self.core.retire_worker(id, 0, &returned, &mut actions);
                     self.after(actions);
                 }
             }
