@@ -328,12 +328,28 @@ impl Seen {
                 revents: 0,
             };
             // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) } != 1 {
+            if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) } != 1
+                && !exiting(pid)
+            {
                 return Some(pid);
             }
         }
         None
     }
+}
+
+/// Whether `pid` is past the point of no return: its main thread has
+/// exited (a zombie leader) and the kernel is tearing down the rest. On a
+/// loaded machine the last thread of a killed process with a large address
+/// space can take seconds to go; no code of ours runs in it any more.
+fn exiting(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    matches!(
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next()),
+        Some("Z" | "X") | None
+    )
 }
 
 /// What a process is doing, for a failure message: its state and each
