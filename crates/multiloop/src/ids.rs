@@ -1,44 +1,24 @@
-//! A hasher for the library's own sequential ids (chunk ids, task indexes):
-//! one multiply per word (Fibonacci hashing) instead of SipHash, which
-//! guards against adversarial keys that these maps never see.
+//! Maps and sets keyed by the library's own ids (chunk ids, task keys),
+//! hashed with foldhash's fast, fixed-seed hasher: these keys come from the
+//! library itself, never from an adversary, so no random seed is needed.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// Hashes sequential ids with a multiply per word.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-const K: u64 = 0x9e37_79b9_7f4a_7c15;
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(32) ^ n).wrapping_mul(K);
-    }
-
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-}
+/// The hasher of [`IdMap`] and [`IdSet`].
+pub(crate) type IdHasher = foldhash::fast::FixedState;
 
 /// A map keyed by the library's own ids.
-pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdMap<K, V> = HashMap<K, V, IdHasher>;
 
 /// A set of the library's own ids.
-pub(crate) type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdSet<K> = HashSet<K, IdHasher>;
+
+/// A stable 64-bit hash (the same in every process built from the same
+/// code), for fingerprints and routing keys.
+pub(crate) fn stable_hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x6d75_6c74_696c_6f6f).hash_one(value)
+}
 
 #[cfg(test)]
 mod tests {
@@ -47,7 +27,7 @@ mod tests {
 
     #[test]
     fn nearby_ids_spread_over_buckets_and_tags() {
-        let build = BuildHasherDefault::<IdHasher>::default();
+        let build = IdHasher::default();
         let hashes: Vec<u64> = (0..4096u64)
             .map(|i| build.hash_one((7u64, i as u32)))
             .collect();

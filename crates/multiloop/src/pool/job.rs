@@ -606,12 +606,9 @@ impl<T: Task, S> Drop for Job<T, S> {
     }
 }
 
-/// Spreads routing keys over the worker slots (splitmix64's finalizer).
+/// Spreads routing keys over the worker slots.
 fn mix(key: u64) -> u64 {
-    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    crate::ids::stable_hash(&key)
 }
 
 /// The most bytes a RUN frame's body takes besides its payload: tag,

@@ -71,14 +71,9 @@ impl Registry {
             }
             let mut names: Vec<&str> = by_name.keys().copied().collect();
             names.sort_unstable();
-            // FNV-1a: stable across runs and builds, unlike `DefaultHasher`.
-            let mut fingerprint: u64 = 0xcbf2_9ce4_8422_2325;
-            for name in names {
-                for byte in name.bytes().chain([0u8]) {
-                    fingerprint ^= u64::from(byte);
-                    fingerprint = fingerprint.wrapping_mul(0x0100_0000_01b3);
-                }
-            }
+            // Stable across processes of the same build, unlike
+            // `DefaultHasher`'s random seed.
+            let fingerprint = crate::ids::stable_hash(&names);
             Registry {
                 by_name,
                 duplicates,
