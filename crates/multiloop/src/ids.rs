@@ -34,7 +34,8 @@ mod tests {
         // Low bits pick the bucket, the top 7 bits the tag: both must vary.
         let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 4095).collect();
         let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
-        assert!(buckets.len() > 4000, "{} distinct buckets", buckets.len());
+        // A random function fills 1 - 1/e of them (about 2,590 of 4,096).
+        assert!(buckets.len() > 2400, "{} distinct buckets", buckets.len());
         assert_eq!(tags.len(), 128);
     }
 }
