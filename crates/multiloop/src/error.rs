@@ -344,7 +344,9 @@ impl fmt::Display for Error {
                     None => f.write_str("the pool stopped for good"),
                 }
             }
-            Kind::Io { context, source } => write!(f, "{context}: {source}"),
+            // The OS error is the `source()`: reporters print the chain,
+            // so saying it here too would print it twice.
+            Kind::Io { context, .. } => f.write_str(context),
             Kind::Protocol { reason } => {
                 write!(f, "protocol error between parent and worker: {reason}")
             }

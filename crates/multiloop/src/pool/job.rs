@@ -456,25 +456,15 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         affinity: Option<usize>,
     ) {
         let count = offsets.len() - 1;
-        let rec = ChunkRec {
-            job: self.id,
-            sink: self.tx.clone(),
-            task: T::NAME,
-            timeout: self.options.timeout,
-            payload,
-            offsets,
-            indices,
-            base,
-            done: vec![0; count.div_ceil(64)],
-            remaining: count as u32,
-            worker: None,
-            dispatched: None,
-            attempt: 1,
-            isolated: false,
+        let rec = ChunkRec::new(
+            (self.id, self.tx.clone()),
+            T::NAME,
+            (payload, offsets, indices, base),
+            self.options.timeout,
+            self.options.max_attempts,
             affinity,
-            reduce: self.reduce.clone(),
-            max_attempts: self.options.max_attempts.max(1),
-        };
+            self.reduce.clone(),
+        );
         let submitted = self.pool.lock().submit(rec);
         match submitted {
             Ok(()) => {

@@ -117,18 +117,6 @@ impl Inner {
     }
 }
 
-impl Core {
-    /// Whether a new call may start.
-    pub(crate) fn accepting(&self) -> Result<(), Failure> {
-        match self.phase {
-            Phase::Open => Ok(()),
-            Phase::Closing | Phase::Stopped => Err(Failure::Closed),
-            Phase::Terminated => Err(Failure::Terminated),
-            Phase::Broken => Err(self.broken.clone().unwrap_or(Failure::Terminated)),
-        }
-    }
-}
-
 /// What [`Pool::stats`] reports: counters since the pool started, and the
 /// state at this moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

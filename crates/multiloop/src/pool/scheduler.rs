@@ -134,6 +134,41 @@ pub(crate) struct ChunkRec {
 }
 
 impl ChunkRec {
+    /// A chunk of a job's tasks as a call submits it: `job` is the job's id
+    /// and where its outcomes go; `tasks` the arguments back to back, their
+    /// offsets, and their job indices (`None`: `base + i`).
+    pub(crate) fn new(
+        job: (u64, JobSink),
+        task: &'static str,
+        tasks: (Bytes, Vec<u32>, Option<Vec<u64>>, u64),
+        timeout: Option<Duration>,
+        max_attempts: u32,
+        affinity: Option<usize>,
+        reduce: Option<(&'static str, Bytes)>,
+    ) -> Self {
+        let (payload, offsets, indices, base) = tasks;
+        let count = offsets.len().saturating_sub(1);
+        ChunkRec {
+            job: job.0,
+            sink: job.1,
+            task,
+            timeout,
+            payload,
+            offsets,
+            indices,
+            base,
+            done: vec![0; count.div_ceil(64)],
+            remaining: count as u32,
+            worker: None,
+            dispatched: None,
+            attempt: 1,
+            isolated: false,
+            affinity,
+            reduce,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
     pub(crate) fn count(&self) -> u32 {
         (self.offsets.len() - 1) as u32
     }
@@ -431,6 +466,16 @@ impl Core {
         let g = self.next_generation;
         self.next_generation += 1;
         g
+    }
+
+    /// Whether a new call may start.
+    pub(crate) fn accepting(&self) -> Result<(), Failure> {
+        match self.phase {
+            Phase::Open => Ok(()),
+            Phase::Closing | Phase::Stopped => Err(Failure::Closed),
+            Phase::Terminated => Err(Failure::Terminated),
+            Phase::Broken => Err(self.broken.clone().unwrap_or(Failure::Terminated)),
+        }
     }
 
     /// True when nothing is queued or running.
