@@ -358,10 +358,10 @@ pub struct Matcher {
 impl Matcher {
     /// Does the series match?
     pub fn matches(&self, s: &SeriesInfo<'_>) -> bool {
-        if let Some(m) = &self.metric {
-            if m != s.name {
-                return false;
-            }
+        if let Some(m) = &self.metric
+            && m != s.name
+        {
+            return false;
         }
         self.labels
             .iter()
@@ -370,15 +370,15 @@ impl Matcher {
 }
 
 fn bounds(v: f64, above: Option<f64>, below: Option<f64>) -> Option<String> {
-    if let Some(a) = above {
-        if v > a {
-            return Some(format!("above {a}"));
-        }
+    if let Some(a) = above
+        && v > a
+    {
+        return Some(format!("above {a}"));
     }
-    if let Some(b) = below {
-        if v < b {
-            return Some(format!("below {b}"));
-        }
+    if let Some(b) = below
+        && v < b
+    {
+        return Some(format!("below {b}"));
     }
     None
 }

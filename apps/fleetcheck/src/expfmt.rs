@@ -556,21 +556,20 @@ impl<'a> Parser<'a> {
                     Err(e) => self.err(e),
                 };
             }
-            if let Some((key, ctx)) = hint {
-                if ctx == self.fam_hash
-                    && l.len() > key.len()
-                    && (l[key.len()] == b' ' || l[key.len()] == b'\t')
-                    && l.starts_with(key)
-                {
-                    return match parse_value_ts(l, key.len()) {
-                        Ok((value, timestamp_ms)) => Some(Ok(Hinted::Known {
-                            value,
-                            timestamp_ms,
-                            line: self.line,
-                        })),
-                        Err(e) => self.err(e),
-                    };
-                }
+            if let Some((key, ctx)) = hint
+                && ctx == self.fam_hash
+                && l.len() > key.len()
+                && (l[key.len()] == b' ' || l[key.len()] == b'\t')
+                && l.starts_with(key)
+            {
+                return match parse_value_ts(l, key.len()) {
+                    Ok((value, timestamp_ms)) => Some(Ok(Hinted::Known {
+                        value,
+                        timestamp_ms,
+                        line: self.line,
+                    })),
+                    Err(e) => self.err(e),
+                };
             }
             return match self.parse_sample(l) {
                 Ok(s) => Some(Ok(Hinted::Item(Item::Sample(s)))),

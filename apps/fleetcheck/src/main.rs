@@ -391,13 +391,13 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         let mut so = std::io::stdout().lock();
         let _ = writeln!(so, "{out}");
         let _ = so.flush();
-        if let Some(v) = &verification {
-            if !v.passed() {
-                return Err(format!(
-                    "verification against injected anomalies failed: precision {:.4}, recall {:.4}",
-                    v.precision, v.recall
-                ));
-            }
+        if let Some(v) = &verification
+            && !v.passed()
+        {
+            return Err(format!(
+                "verification against injected anomalies failed: precision {:.4}, recall {:.4}",
+                v.precision, v.recall
+            ));
         }
         Ok(report.exit_code() as u8)
     })

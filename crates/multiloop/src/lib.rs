@@ -42,7 +42,25 @@
 //! never by a function address. Arguments and results are serde types. A
 //! task returning `Result<T, E>` delivers `E` to the caller as a typed
 //! value: see [`Error::task_error`].
+//!
+//! # Threads and pinning
+//!
+//! [`Pool`] is `Send + Sync`: share it by reference or in an `Arc`.
+//! [`Error`] is `Send + Sync + 'static`, so it converts into
+//! `Box<dyn std::error::Error + Send + Sync>`. The future or stream of a
+//! call ([`Apply`], [`Map`] and its [`Collect`], [`MapUnordered`],
+//! [`MapReduce`]) is `Send` whenever its inputs are, so it can be awaited in
+//! a spawned task, and always `Unpin`. These are checked at compile time.
+//!
+//! # Platforms
+//!
+//! Linux only: the pool uses pidfds, memfd, `prctl` and `/proc`. On any
+//! other target the crate fails to compile with an error saying so.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!("multiloop runs on Linux only: it uses pidfds, memfd, prctl and /proc");
+
+mod assertions;
 mod beacon;
 mod connection;
 mod error;
@@ -119,16 +137,17 @@ fn enter_worker_before_main() {
     worker::enter_if_worker();
 }
 
-/// The README's examples, compiled and run as doctests.
+/// The crate README's examples, compiled and run as doctests.
 #[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;
+
+/// The repository README's examples, compiled and run as doctests. That
+/// file is not in the published package, so `.cargo/config.toml` sets
+/// `multiloop_repository` for rustdoc in the repository only.
+#[cfg(all(doctest, multiloop_repository))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
-
-/// The mistakes `#[multiloop::task]` refuses at compile time, each a
-/// `compile_fail` doctest.
-#[cfg(doctest)]
-#[doc = include_str!("compile_fail.md")]
-pub struct TaskCompileFail;
 
 #[doc(hidden)]
 pub mod __private {

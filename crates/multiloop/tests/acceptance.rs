@@ -296,7 +296,7 @@ impl Serialize for Picky {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut t = s.serialize_tuple(2)?;
         t.serialize_element(&self.0)?;
-        if self.0 % 3 == 0 {
+        if self.0.is_multiple_of(3) {
             return Err(S::Error::custom(format!(
                 "Picky({}) refuses to be serialized",
                 self.0
@@ -425,7 +425,11 @@ async fn spawns_inside(x: u64) -> u64 {
 
 #[multiloop::task]
 async fn picky_error(x: u64) -> Result<u64, PickyErr> {
-    if x % 2 == 0 { Ok(x) } else { Err(PickyErr(x)) }
+    if x.is_multiple_of(2) {
+        Ok(x)
+    } else {
+        Err(PickyErr(x))
+    }
 }
 
 /// A task error that cannot be serialized when odd multiples of 3.

@@ -26,7 +26,10 @@ async fn fail_on_seven(x: u64) -> Result<u64, Bad> {
 
 #[multiloop::task]
 async fn parity(x: u64) -> (String, u64) {
-    ((if x % 2 == 0 { "even" } else { "odd" }).to_string(), x)
+    (
+        (if x.is_multiple_of(2) { "even" } else { "odd" }).to_string(),
+        x,
+    )
 }
 
 #[multiloop::task]

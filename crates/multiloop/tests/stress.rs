@@ -61,7 +61,7 @@ impl Rng {
 
 #[multiloop::task]
 async fn inc(x: u64) -> u64 {
-    if x % 7 == 0 {
+    if x.is_multiple_of(7) {
         tokio::task::yield_now().await;
     }
     x + 1

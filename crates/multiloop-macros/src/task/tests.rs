@@ -1,7 +1,8 @@
 //! Tests of the checks and of the expansion's shape, on token streams.
 //!
 //! That the expansion compiles against the real `multiloop` crate is tested
-//! there; see `COMPILE_FAIL_CASES.md` for the cases that must not compile.
+//! there; the cases that must not compile, with their messages, are the UI
+//! tests in `crates/multiloop/tests/ui/` (trybuild).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 

@@ -1,0 +1,8 @@
+// `const fn`
+
+#[multiloop::task]
+const fn answer() -> u64 {
+    42
+}
+
+fn main() {}

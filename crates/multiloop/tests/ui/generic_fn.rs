@@ -1,0 +1,8 @@
+// A generic function
+
+#[multiloop::task]
+async fn echo<T>(value: T) -> T {
+    value
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+// Not a function
+
+#[multiloop::task]
+struct NotAFunction;
+
+fn main() {}

@@ -1,0 +1,8 @@
+// Not `async`
+
+#[multiloop::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn main() {}
