@@ -365,6 +365,39 @@ fn describe_process(pid: u32) -> String {
         "{state:?} cmdline {:?}",
         read(format!("/proc/{pid}/cmdline"))
     );
+    // Who else holds the pipes this process holds (its lifeline's write end
+    // must be held by nobody once the pool is gone).
+    let pipes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| l.starts_with("pipe:"))
+                .collect()
+        })
+        .unwrap_or_default();
+    for pipe in pipes {
+        let mut holders = Vec::new();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(other) = p.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let holds = std::fs::read_dir(format!("/proc/{other}/fd")).is_ok_and(|d| {
+                    d.flatten().any(|e| {
+                        std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == pipe)
+                    })
+                });
+                if holds {
+                    holders.push(format!(
+                        "{other} {:?}",
+                        read(format!("/proc/{other}/cmdline"))
+                    ));
+                }
+            }
+        }
+        out.push_str(&format!("\n  {pipe} held by {holders:?}"));
+    }
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
             let tid = t.file_name().to_string_lossy().into_owned();

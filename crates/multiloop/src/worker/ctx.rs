@@ -303,10 +303,15 @@ impl Ctx {
                 queue.pop_front();
                 continue;
             }
-            if self.memory.borrow_mut().is_over() {
-                drop(queue);
-                self.hand_back();
-                return;
+            {
+                let mut memory = self.memory.borrow_mut();
+                if memory.is_over() {
+                    drop(memory);
+                    drop(queue);
+                    self.hand_back();
+                    return;
+                }
+                memory.started_one = true;
             }
             let key = TaskKey {
                 chunk: q.chunk,
@@ -537,6 +542,8 @@ pub(super) struct MemoryLimit {
     /// worker stays retiring.
     over: Option<u64>,
     retire_sent: bool,
+    /// A task has been started here.
+    started_one: bool,
 }
 
 impl MemoryLimit {
@@ -552,12 +559,21 @@ impl MemoryLimit {
             statm,
             over: None,
             retire_sent: false,
+            started_one: false,
         }
     }
 
+    /// Whether this worker passed its limit. A worker always gets to start
+    /// one task first: one that is over the limit before any task (a limit
+    /// below the program's own footprint) would otherwise hand everything
+    /// back, be replaced by another just like it, and the pool would churn
+    /// without ever running a task.
     fn is_over(&mut self) -> bool {
         if self.limit == 0 || self.over.is_some() {
             return self.over.is_some();
+        }
+        if !self.started_one {
+            return false;
         }
         let Some(statm) = &self.statm else {
             return false;
