@@ -338,18 +338,32 @@ impl Seen {
     }
 }
 
-/// Whether `pid` is past the point of no return: its main thread has
-/// exited (a zombie leader) and the kernel is tearing down the rest. On a
-/// loaded machine the last thread of a killed process with a large address
-/// space can take seconds to go; no code of ours runs in it any more.
+/// Whether `pid` was killed and is on its way out: a SIGKILL is pending
+/// on it, or its main thread has exited (a zombie leader), or its memory is
+/// already gone. On a loaded machine (this suite runs beside builds and
+/// benchmarks) a killed process with a large address space can take
+/// seconds to be scheduled and torn down; no code of ours runs in it any
+/// more. A process in none of these states was never told to go.
 fn exiting(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    matches!(
-        stat.rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next()),
-        Some("Z" | "X") | None
-    )
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let kill_pending = |mask: String| {
+        u64::from_str_radix(&mask, 16).is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+    };
+    let state = field("State:");
+    status.is_empty()
+        || state.starts_with('Z')
+        || state.starts_with('X')
+        || kill_pending(field("SigPnd:"))
+        || kill_pending(field("ShdPnd:"))
+        || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
 }
 
 /// What a process is doing, for a failure message: its state and each
@@ -359,7 +373,11 @@ fn describe_process(pid: u32) -> String {
     let status = read(format!("/proc/{pid}/status"));
     let state: Vec<&str> = status
         .lines()
-        .filter(|l| l.starts_with("State") || l.starts_with("PPid") || l.starts_with("SigBlk"))
+        .filter(|l| {
+            ["State", "PPid", "SigPnd", "ShdPnd", "SigBlk"]
+                .iter()
+                .any(|f| l.starts_with(f))
+        })
         .collect();
     let mut out = format!(
         "{state:?} cmdline {:?}",
