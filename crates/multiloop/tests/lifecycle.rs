@@ -6,19 +6,16 @@
 //! Every wait is bounded (`within`), so a regression fails with a message
 //! instead of hanging the suite.
 
+mod common;
+
+use common::within;
+
 use std::collections::HashSet;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use multiloop::{Pool, RestartPolicy};
-
-async fn within<F: IntoFuture>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut.into_future()).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {secs} s (the library hung)"),
-    }
-}
 
 #[multiloop::task]
 async fn inc(x: u64) -> u64 {

@@ -5,42 +5,14 @@
 //! One test in its own binary: it counts this process's worker children,
 //! which other tests running beside it would add to.
 
+mod common;
+
+use common::{pid_gone_within, signal, within};
+
 use std::collections::HashSet;
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use multiloop::Pool;
-
-async fn within<F: IntoFuture>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut.into_future()).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {secs} s (the library hung)"),
-    }
-}
-
-/// Waits (on a pidfd, woken by the exit) until `pid` is gone.
-fn pid_gone_within(pid: u32, limit: Duration) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as libc::c_int;
-    if fd < 0 {
-        return true;
-    }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as libc::c_int) };
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
-    n == 1
-}
-
-fn sigkill(pid: u32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-}
 
 #[multiloop::task]
 async fn inc(x: u64) -> u64 {
@@ -65,7 +37,7 @@ async fn stop_while_a_worker_is_replaced(stop: Stop) {
             .unwrap();
         assert_eq!(within(30, "apply", pool.apply(inc, 1)).await.unwrap(), 2);
         let victim = pool.worker_pids()[0];
-        sigkill(victim);
+        signal(victim, libc::SIGKILL);
         // Wait until the pool has seen the death: its replacement is being
         // started (or has just been), on another thread of this runtime;
         // that is the window to stop the pool in. Nothing can be awaited

@@ -6,19 +6,16 @@
 //! One test binary with a global subscriber: every thread of every runtime
 //! here reports to it.
 
+mod common;
+
+use common::{poll_once, signal, within};
+
 use std::future::IntoFuture;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use multiloop::{Pool, RestartPolicy};
-
-async fn within<F: IntoFuture>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut.into_future()).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {secs} s (the library hung)"),
-    }
-}
 
 /// Everything the library logged, as text.
 fn log() -> &'static Arc<Mutex<Vec<u8>>> {
@@ -50,21 +47,6 @@ impl Write for Capture {
 
 fn logged() -> String {
     String::from_utf8_lossy(&log().lock().unwrap()).into_owned()
-}
-
-/// Polls a future once (so a call submits its task); true when pending.
-async fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
-    let mut f = Some(f);
-    std::future::poll_fn(|cx| {
-        let pending = f.take().map(|f| f.poll(cx).is_pending()).unwrap_or(false);
-        std::task::Poll::Ready(pending)
-    })
-    .await
-}
-
-fn sigkill(pid: u32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
 
 #[multiloop::task]
@@ -227,7 +209,7 @@ async fn stats_count_deaths_outside_tasks_and_storms() {
     let mut napping = Box::pin(pool.apply(nap_ms, 200).into_future());
     // Submitted once polled; kill the worker while the task awaits.
     assert!(poll_once(napping.as_mut()).await);
-    sigkill(victim);
+    signal(victim, libc::SIGKILL);
     assert_eq!(within(60, "retried nap", napping).await.unwrap(), 200);
     let s = pool.stats();
     assert_eq!(s.workers_died_outside_tasks, 1, "{s:?}");

@@ -3,6 +3,10 @@
 //! at random, poison tasks, stuck tasks, restart storms, cancellation,
 //! orphaned workers, leaking workers, a worker that corrupts its channel.
 
+mod common;
+
+use common::pid_gone_within;
+
 use std::collections::HashSet;
 use std::io::BufRead;
 use std::sync::Arc;
@@ -117,25 +121,6 @@ async fn corrupt_while_another_runs(x: u64) -> u64 {
         }
     }
     x
-}
-
-fn pid_gone_within(pid: u32, limit: Duration) -> bool {
-    // pidfd: woken by the process's exit, no polling.
-    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as libc::c_int;
-    if fd < 0 {
-        return true; // no such process any more
-    }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as libc::c_int) };
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
-    n == 1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,8 @@
 //! and `MULTILOOP_STRESS_SEED=<seed>` replays that iteration's choices
 //! (the timing of the processes themselves cannot be replayed).
 
+mod common;
+
 use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
@@ -322,48 +324,12 @@ impl Seen {
         let deadline = Instant::now() + limit;
         for (&pid, fd) in &self.0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) } != 1
-                && !exiting(pid)
-            {
+            if !common::wait_readable(fd.as_raw_fd(), left) {
                 return Some(pid);
             }
         }
         None
     }
-}
-
-/// Whether `pid` was killed and is on its way out: a SIGKILL is pending
-/// on it, or its main thread has exited (a zombie leader), or its memory is
-/// already gone. On a loaded machine (this suite runs beside builds and
-/// benchmarks) a killed process with a large address space can take
-/// seconds to be scheduled and torn down; no code of ours runs in it any
-/// more. A process in none of these states was never told to go.
-fn exiting(pid: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let kill_pending = |mask: String| {
-        u64::from_str_radix(&mask, 16).is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
-    };
-    let state = field("State:");
-    status.is_empty()
-        || state.starts_with('Z')
-        || state.starts_with('X')
-        || kill_pending(field("SigPnd:"))
-        || kill_pending(field("ShdPnd:"))
-        || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
 }
 
 /// What a process is doing, for a failure message: its state and each
