@@ -1,9 +1,10 @@
 //! The parent side: [`Pool`], its builder, and the machinery behind them.
 //!
-//! - `core`: the bookkeeping of chunks and workers (one mutex);
+//! - `scheduler`: the bookkeeping of chunks and workers (one mutex);
 //! - `supervisor`: one task per worker process (handshake, outcomes, death);
-//! - `job`: the caller's side of a call (lazy inputs, window, typed results);
-//! - `spawn`: starting a worker process.
+//! - `job`: the caller's side of a call (lazy inputs, window, typed results).
+//!
+//! Starting a worker process is `crate::spawn`, shared with `Process`.
 
 mod job;
 mod scheduler;
