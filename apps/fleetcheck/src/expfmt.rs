@@ -375,6 +375,7 @@ pub struct Parser<'a> {
     family: &'a str,
     family_type: MetricType,
     typed: Vec<&'a str>,
+    helped: Vec<&'a str>,
     failed: bool,
     fam_hash: u64,
     format: Format,
@@ -413,6 +414,7 @@ impl<'a> Parser<'a> {
             family: "",
             family_type,
             typed: Vec::new(),
+            helped: Vec::new(),
             failed: false,
             fam_hash: family_hash("", family_type),
             format,
@@ -483,19 +485,24 @@ impl<'a> Parser<'a> {
                 )
             })?;
         let tail = trim_blanks_start(tail);
+        if tail.is_empty() && !om {
+            // `# HELP name` / `# TYPE name` and nothing more: ignored by
+            // the reference parser.
+            return Ok(Item::Comment(std::str::from_utf8(rest).unwrap_or("")));
+        }
         match word {
             b"HELP" => {
                 let text = std::str::from_utf8(tail)
                     .map_err(|_| format!("HELP text of {name} is not valid UTF-8"))?;
+                if self.helped.contains(&name) {
+                    return Err(format!("second HELP line for metric {name}"));
+                }
+                self.helped.push(name);
                 Ok(Item::Help { name, text })
             }
             b"UNIT" => Ok(Item::Comment(std::str::from_utf8(rest).unwrap_or(""))),
             _ => {
                 let (kw, extra) = split_word_b(tail);
-                if kw.is_empty() && !om {
-                    // `# TYPE name` without a type: ignored by the reference.
-                    return Ok(Item::Comment(std::str::from_utf8(rest).unwrap_or("")));
-                }
                 if !trim_blanks_start(extra).is_empty() {
                     return Err(format!(
                         "unexpected text after type in TYPE line: {:?}",
@@ -943,75 +950,73 @@ fn om_timestamp_ms(tok: &[u8]) -> Result<i64, String> {
     Ok((t * 1000.0).round() as i64)
 }
 
+/// Next token of an OpenMetrics sample's tail: `None` at the end of the
+/// line, else exactly one space and a non-empty token.
+fn om_token<'l>(l: &'l [u8], p: &mut usize) -> Result<Option<&'l [u8]>, String> {
+    if *p >= l.len() {
+        return Ok(None);
+    }
+    if l[*p] != b' ' {
+        return Err(format!(
+            "unexpected character {:?} (OpenMetrics separates tokens with one space)",
+            char::from(l[*p])
+        ));
+    }
+    *p += 1;
+    let s = *p;
+    while *p < l.len() && l[*p] != b' ' {
+        *p += 1;
+    }
+    if s == *p {
+        return Err("unexpected blank (OpenMetrics separates tokens with one space)".into());
+    }
+    Ok(Some(&l[s..*p]))
+}
+
 /// Parse `value [timestamp] [# {exemplar labels} value [timestamp]]` of an
-/// OpenMetrics sample, starting at `p`.
+/// OpenMetrics sample, starting at `p` (end of name or label set).
 fn parse_value_ts_om(l: &[u8], p: usize, exemplar_ok: bool) -> Result<(f64, Option<i64>), String> {
     let mut p = p;
-    if p >= l.len() || !(l[p] == b' ' || l[p] == b'\t') {
-        return Err(match l.get(p) {
-            None => "missing value".into(),
-            Some(c) => format!(
-                "unexpected character {:?} after metric name/labels",
-                char::from(*c)
-            ),
-        });
-    }
-    let tok = |p: &mut usize| {
-        while *p < l.len() && (l[*p] == b' ' || l[*p] == b'\t') {
-            *p += 1;
-        }
-        let s = *p;
-        while *p < l.len() && !(l[*p] == b' ' || l[*p] == b'\t') {
-            *p += 1;
-        }
-        &l[s..*p]
-    };
-    let vt = tok(&mut p);
-    if vt.is_empty() {
-        return Err("missing value".into());
-    }
+    let vt = om_token(l, &mut p)?.ok_or("missing value")?;
     let value = std::str::from_utf8(vt)
         .ok()
         .and_then(parse_float)
         .ok_or_else(|| format!("invalid value {:?}", String::from_utf8_lossy(vt)))?;
-    let mut t = tok(&mut p);
+    let mut t = om_token(l, &mut p)?;
     let mut ts = None;
-    if !t.is_empty() && t != b"#" {
-        ts = Some(om_timestamp_ms(t)?);
-        t = tok(&mut p);
+    if let Some(tok) = t.filter(|t| *t != b"#") {
+        ts = Some(om_timestamp_ms(tok)?);
+        t = om_token(l, &mut p)?;
     }
-    if t.is_empty() {
-        return Ok((value, ts));
-    }
-    if t != b"#" {
-        return Err("unexpected text after timestamp".into());
+    match t {
+        None => return Ok((value, ts)),
+        Some(b"#") => {}
+        Some(_) => return Err("unexpected text after timestamp".into()),
     }
     if !exemplar_ok {
         return Err("exemplar on a sample that cannot have one".into());
     }
-    while p < l.len() && (l[p] == b' ' || l[p] == b'\t') {
-        p += 1;
+    if l.get(p) != Some(&b' ') {
+        return Err("exemplar without a label set".into());
     }
-    let (after, chars) = scan_exemplar_labels(l, p)?;
+    let (after, chars) = scan_exemplar_labels(l, p + 1)?;
     if chars > EXEMPLAR_MAX_CHARS {
         return Err(format!(
             "exemplar labels of {chars} characters (limit {EXEMPLAR_MAX_CHARS})"
         ));
     }
     p = after;
-    if p >= l.len() || !(l[p] == b' ' || l[p] == b'\t') {
-        return Err("exemplar without a value".into());
-    }
-    let ev = tok(&mut p);
+    let ev = om_token(l, &mut p)
+        .map_err(|e| format!("exemplar: {e}"))?
+        .ok_or("exemplar without a value")?;
     std::str::from_utf8(ev)
         .ok()
         .and_then(parse_float)
         .ok_or_else(|| format!("invalid exemplar value {:?}", String::from_utf8_lossy(ev)))?;
-    let et = tok(&mut p);
-    if !et.is_empty() {
+    if let Some(et) = om_token(l, &mut p).map_err(|e| format!("exemplar: {e}"))? {
         om_timestamp_ms(et).map_err(|e| format!("exemplar: {e}"))?;
     }
-    if !tok(&mut p).is_empty() {
+    if p < l.len() {
         return Err("unexpected text after exemplar".into());
     }
     Ok((value, ts))

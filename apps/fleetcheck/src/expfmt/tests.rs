@@ -448,13 +448,8 @@ fn bare_help_and_type_lines_are_comments() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(items.len(), 5);
-    assert!(matches!(
-        items[2],
-        Item::Help {
-            name: "a",
-            text: ""
-        }
-    ));
+    assert_eq!(items[2], Item::Comment(" HELP a"));
+    assert_eq!(items[3], Item::Comment(" TYPE a"));
     assert!(matches!(items[4], Item::Sample(_)));
 }
 
