@@ -74,6 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 round_query: true,
                 clock: Clock::Logical { step: STEP_SECS },
             },
+            clients: Vec::new(),
         };
         let report = scan_inprocess(&cfg, Arc::new(checks), Arc::new(Mutex::new(()))).await;
         let ctx = RenderCtx {

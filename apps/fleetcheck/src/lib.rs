@@ -29,6 +29,7 @@ pub mod pool;
 pub mod report;
 pub mod rules;
 pub mod scan;
+pub mod scrape_args;
 pub mod state;
 pub mod worker;
 

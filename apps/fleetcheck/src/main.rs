@@ -102,6 +102,8 @@ struct Cli {
     /// Rows of findings listed in the table output.
     #[arg(long, default_value_t = 40)]
     max_listed: usize,
+    #[command(flatten)]
+    scrape: fleetcheck::scrape_args::ScrapeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,6 +321,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                 round_query: builtin,
                 clock,
             },
+            clients: vec![cli.scrape.checked_settings(builtin)?],
         };
         if cli.bench {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
@@ -360,6 +363,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                     let init = WorkerInit {
                         rules: rules.clone(),
                         opts: cfg.opts,
+                        clients: cfg.clients.clone(),
                     };
                     fleetcheck::pool::scan_pool(&cfg, init, settings, obs.clone()).await
                 }
@@ -448,6 +452,7 @@ async fn run_bench(
     let init = WorkerInit {
         rules: rules.clone(),
         opts: cfg.opts,
+        clients: cfg.clients.clone(),
     };
     let scanner = PoolScanner::start(init, settings).await?;
     let mut total = Report::default();

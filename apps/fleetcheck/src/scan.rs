@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Checks;
-use crate::http::{FetchConfig, HttpClient};
+use crate::http::{ClientSettings, FetchConfig, HttpClient, Page};
 use crate::report::Report;
-use crate::state::{HostRound, HostState, scrape_round};
+use crate::state::{HostRound, HostState};
 
 /// One target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -19,6 +19,10 @@ pub struct HostSpec {
     pub id: u32,
     /// URL to scrape.
     pub url: String,
+    /// Target group: index of its [`ClientSettings`] (TLS, auth) in the
+    /// scan's `clients` (0 when there is one group).
+    #[serde(default)]
+    pub group: u32,
 }
 
 /// Where the time of a round comes from.
@@ -94,8 +98,23 @@ pub async fn fetch_page(
     spec: &HostSpec,
     round: u64,
     opts: &ScrapeOptions,
-) -> Result<Vec<u8>, crate::http::FetchError> {
+) -> Result<Page, crate::http::FetchError> {
     client.get(&opts.url(spec, round), &opts.fetch()).await
+}
+
+/// One client per target group (`settings[i]` for group `i`; one default
+/// client when `settings` is empty). Settings errors are reported by each
+/// fetch of that group.
+pub fn clients_for(settings: &[ClientSettings]) -> Vec<HttpClient> {
+    if settings.is_empty() {
+        return vec![HttpClient::new()];
+    }
+    settings.iter().map(HttpClient::for_settings).collect()
+}
+
+/// The client of `spec`'s group (the first one for an unknown group).
+pub fn client_of<'c>(clients: &'c [HttpClient], spec: &HostSpec) -> Option<&'c HttpClient> {
+    clients.get(spec.group as usize).or_else(|| clients.first())
 }
 
 /// Turn a fetch result into a [`HostRound`] (sync; runs the checks).
@@ -104,10 +123,10 @@ pub fn process_page(
     checks: &Checks,
     round: u64,
     now: f64,
-    page: Result<Vec<u8>, crate::http::FetchError>,
+    page: Result<Page, crate::http::FetchError>,
 ) -> HostRound {
     match page {
-        Ok(p) => scrape_round(state, checks, &p, round, now),
+        Ok(p) => crate::state::scrape_page(state, checks, &p.body, p.format, round, now),
         Err(e) => HostRound::failed(state.host(), round, e.check_name(), e.to_string()),
     }
 }
@@ -142,6 +161,7 @@ pub fn host_specs(urls: &[String]) -> Vec<HostSpec> {
         .map(|(i, u)| HostSpec {
             id: i as u32,
             url: u.clone(),
+            group: 0,
         })
         .collect()
 }
@@ -159,6 +179,9 @@ pub struct ScanConfig {
     pub concurrency: usize,
     /// Scrape options.
     pub opts: ScrapeOptions,
+    /// Client settings per target group ([`HostSpec::group`]); empty: one
+    /// default client.
+    pub clients: Vec<ClientSettings>,
 }
 
 /// Called after each finished round with the round and the cumulative report.
@@ -188,7 +211,7 @@ pub async fn scan_inprocess<O>(
 where
     O: RoundObserver + 'static,
 {
-    let client = Arc::new(HttpClient::new());
+    let clients = Arc::new(clients_for(&cfg.clients));
     let ntasks = cfg.concurrency.clamp(1, cfg.targets.len().max(1));
     let targets: Arc<Vec<HostSpec>> = Arc::new(cfg.targets.clone());
     let states: Arc<Vec<std::sync::Mutex<HostState>>> = Arc::new(
@@ -209,8 +232,8 @@ where
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(ntasks);
         for _ in 0..ntasks {
-            let (client, checks, targets, states, next) = (
-                client.clone(),
+            let (clients, checks, targets, states, next) = (
+                clients.clone(),
                 checks.clone(),
                 targets.clone(),
                 states.clone(),
@@ -223,7 +246,10 @@ where
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(spec) = targets.get(i) else { break };
-                    let page = fetch_page(&client, spec, round, &opts).await;
+                    let page = match client_of(&clients, spec) {
+                        Some(c) => fetch_page(c, spec, round, &opts).await,
+                        None => Err(crate::http::FetchError::Http("no HTTP client".into())),
+                    };
                     let now = opts.clock.now(round);
                     let hr = match states[i].lock() {
                         Ok(mut st) => process_page(&mut st, &checks, round, now, page),
