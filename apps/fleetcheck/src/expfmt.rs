@@ -203,6 +203,35 @@ pub struct LabelIter<'a> {
     pos: usize,
 }
 
+impl<'a> LabelIter<'a> {
+    /// The next label's name as bytes (works on validated text that need
+    /// not be UTF-8-checked yet).
+    fn next_name(&mut self) -> Option<&'a [u8]> {
+        let s = self.s;
+        let mut p = self.pos;
+        while p < s.len() && (s[p] == b' ' || s[p] == b'\t' || s[p] == b',') {
+            p += 1;
+        }
+        let ns = p;
+        while p < s.len() && is_label_char(s[p]) {
+            p += 1;
+        }
+        if ns == p {
+            return None;
+        }
+        let name = &s[ns..p];
+        while p < s.len() && s[p] != b'"' {
+            p += 1;
+        }
+        p += 1;
+        while p < s.len() && s[p] != b'"' {
+            p += if s[p] == b'\\' { 2 } else { 1 };
+        }
+        self.pos = p + 1;
+        Some(name)
+    }
+}
+
 impl<'a> Iterator for LabelIter<'a> {
     type Item = (&'a str, Cow<'a, str>);
 
@@ -595,7 +624,7 @@ impl<'a> Parser<'a> {
             canonical &= q == p;
             q += 1;
             let ls = q;
-            self.names.clear();
+            let mut prev: &[u8] = &[];
             let mut sorted = true;
             let mut trailing_comma = false;
             loop {
@@ -607,7 +636,7 @@ impl<'a> Parser<'a> {
                 match l.get(q) {
                     None => return Err("unterminated label set (missing '}')".into()),
                     Some(b'}') => {
-                        canonical &= !trailing_comma && !self.names.is_empty();
+                        canonical &= !trailing_comma && !prev.is_empty();
                         break;
                     }
                     _ => {}
@@ -623,10 +652,14 @@ impl<'a> Parser<'a> {
                 if lname == b"__name__" {
                     return Err("label name \"__name__\" is reserved".into());
                 }
-                if let Some(prev) = self.names.last() {
-                    sorted &= lname > *prev;
-                }
-                self.names.push(lname);
+                // Names in increasing order cannot repeat; only an
+                // unsorted set is checked for duplicates (below).
+                sorted &= match (lname.first(), prev.first()) {
+                    (_, None) => true,
+                    (Some(a), Some(b)) if a != b => a > b,
+                    _ => lname > prev,
+                };
+                prev = lname;
                 let b = q;
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
@@ -694,6 +727,15 @@ impl<'a> Parser<'a> {
             }
             if !sorted {
                 canonical = false;
+                self.names.clear();
+                let mut it = LabelIter {
+                    s: &l[ls..q],
+                    src: "",
+                    pos: 0,
+                };
+                while let Some(n) = it.next_name() {
+                    self.names.push(n);
+                }
                 self.names.sort_unstable();
                 if let Some(w) = self.names.windows(2).find(|w| w[0] == w[1]) {
                     return Err(format!(
