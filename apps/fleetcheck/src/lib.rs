@@ -22,6 +22,7 @@
 
 pub mod bench;
 pub mod checks;
+pub mod discovery;
 pub mod expfmt;
 pub mod fleet;
 pub mod http;

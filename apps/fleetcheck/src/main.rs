@@ -18,7 +18,7 @@ use fleetcheck::pool::{DEFAULT_WORKER_CONCURRENCY, PoolScanner, PoolSettings, de
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
 use fleetcheck::scan::{
-    Clock, RoundObserver, ScanConfig, ScrapeOptions, host_specs, parse_targets, scan_inprocess,
+    Clock, RoundObserver, ScanConfig, ScrapeOptions, host_specs, scan_inprocess,
 };
 use fleetcheck::worker::WorkerInit;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -271,9 +271,16 @@ fn run(mut cli: Cli) -> Result<u8, String> {
     }
     let mut urls = cli.target.clone();
     if let Some(p) = &cli.targets {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        urls.extend(parse_targets(&text));
+        urls.extend(fleetcheck::scan::load_targets(p)?);
     }
+    let discovery = if cli.scrape.file_sd.is_empty() {
+        None
+    } else {
+        let t = fleetcheck::discovery::Targets::new(&urls, &cli.scrape.file_sd)
+            .map_err(|e| e.to_string())?;
+        urls = t.urls().to_vec();
+        Some(Arc::new(Mutex::new(t)))
+    };
     let builtin = urls.is_empty();
     if builtin && cli.rounds == 0 {
         return Err("the built-in fleet needs a finite --rounds".into());
@@ -322,6 +329,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                 clock,
             },
             clients: vec![cli.scrape.checked_settings(builtin)?],
+            discovery: discovery.clone(),
         };
         if cli.bench {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
@@ -385,8 +393,16 @@ fn run(mut cli: Cli) -> Result<u8, String> {
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
             verify(&report.findings, &truth)
         });
+        let (urls, labels) = match &discovery {
+            Some(d) => d
+                .lock()
+                .map(|t| (t.urls().to_vec(), t.labels().to_vec()))
+                .unwrap_or_default(),
+            None => (urls, Vec::new()),
+        };
         let ctx = RenderCtx {
             targets: &urls,
+            labels: &labels,
             elapsed_secs: elapsed,
             verification: verification.as_ref(),
             max_listed: cli.max_listed,

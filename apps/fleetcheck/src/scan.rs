@@ -145,6 +145,20 @@ pub async fn scrape_host(
     process_page(state, checks, round, now, page)
 }
 
+/// Read a targets file ([`parse_targets`]); a file without any target is
+/// an error, never an empty scan.
+pub fn load_targets(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let urls = parse_targets(&text);
+    if urls.is_empty() {
+        return Err(format!(
+            "{}: no targets in this file (one URL per line)",
+            path.display()
+        ));
+    }
+    Ok(urls)
+}
+
 /// Parse a targets file: one URL per line, `#` comments and blank lines ignored.
 pub fn parse_targets(text: &str) -> Vec<String> {
     text.lines()
@@ -182,6 +196,32 @@ pub struct ScanConfig {
     /// Client settings per target group ([`HostSpec::group`]); empty: one
     /// default client.
     pub clients: Vec<ClientSettings>,
+    /// File-based discovery: when set, the targets of each round are its
+    /// active targets, re-read at the round's start (`targets` is then
+    /// only the first round's list).
+    pub discovery: Option<Arc<std::sync::Mutex<crate::discovery::Targets>>>,
+}
+
+impl ScanConfig {
+    /// The targets of the round starting now: file-SD files re-read when
+    /// they changed (a failing file keeps its last good targets, and the
+    /// error is printed).
+    pub fn round_targets(&self) -> Vec<HostSpec> {
+        let Some(d) = &self.discovery else {
+            return self.targets.clone();
+        };
+        match d.lock() {
+            Ok(mut t) => {
+                if let Err(e) = t.refresh() {
+                    eprintln!(
+                        "fleetcheck: file-based discovery: {e} (keeping the last good targets)"
+                    );
+                }
+                t.active().to_vec()
+            }
+            Err(_) => self.targets.clone(),
+        }
+    }
 }
 
 /// Called after each finished round with the round and the cumulative report.
@@ -212,14 +252,8 @@ where
     O: RoundObserver + 'static,
 {
     let clients = Arc::new(clients_for(&cfg.clients));
-    let ntasks = cfg.concurrency.clamp(1, cfg.targets.len().max(1));
-    let targets: Arc<Vec<HostSpec>> = Arc::new(cfg.targets.clone());
-    let states: Arc<Vec<std::sync::Mutex<HostState>>> = Arc::new(
-        cfg.targets
-            .iter()
-            .map(|t| std::sync::Mutex::new(HostState::new(t.id)))
-            .collect(),
-    );
+    // Host states are indexed by host id and grow when discovery adds hosts.
+    let mut states: Arc<Vec<std::sync::Mutex<HostState>>> = Arc::new(Vec::new());
     let mut total = Report::default();
     let mut round = 0u64;
     loop {
@@ -227,6 +261,16 @@ where
             break;
         }
         let start = Instant::now();
+        let targets: Arc<Vec<HostSpec>> = Arc::new(cfg.round_targets());
+        let want = targets.iter().map(|t| t.id as usize + 1).max().unwrap_or(0);
+        if want > states.len() {
+            // Every task of the last round was joined: the Arc is ours alone.
+            if let Some(v) = Arc::get_mut(&mut states) {
+                let n = v.len();
+                v.extend((n..want).map(|id| std::sync::Mutex::new(HostState::new(id as u32))));
+            }
+        }
+        let ntasks = cfg.concurrency.clamp(1, targets.len().max(1));
         // Work queue: each task takes the next host; a host's state is only
         // touched by the task scraping it (the mutex is uncontended).
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -251,13 +295,14 @@ where
                         None => Err(crate::http::FetchError::Http("no HTTP client".into())),
                     };
                     let now = opts.clock.now(round);
-                    let hr = match states[i].lock() {
-                        Ok(mut st) => process_page(&mut st, &checks, round, now, page),
-                        Err(_) => HostRound::failed(
+                    let st = states.get(spec.id as usize).map(|s| s.lock());
+                    let hr = match st {
+                        Some(Ok(mut st)) => process_page(&mut st, &checks, round, now, page),
+                        _ => HostRound::failed(
                             spec.id,
                             round,
                             "internal",
-                            "host state poisoned".into(),
+                            "host state missing or poisoned".into(),
                         ),
                     };
                     part.add(hr);

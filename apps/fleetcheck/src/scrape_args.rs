@@ -43,6 +43,10 @@ pub struct ScrapeArgs {
     /// Do not ask targets for gzip-compressed pages.
     #[arg(long)]
     pub no_gzip: bool,
+    /// Prometheus file-SD file (JSON or YAML list of `{targets, labels}`),
+    /// re-read at each round start when it changed (repeatable).
+    #[arg(long = "file-sd", value_name = "FILE")]
+    pub file_sd: Vec<PathBuf>,
 }
 
 impl ScrapeArgs {

@@ -176,3 +176,73 @@ fn pool_default_and_inprocess_baseline_agree() {
     }
     assert_eq!(pool["by_check"], base["by_check"]);
 }
+
+#[test]
+fn empty_or_comment_only_targets_file_is_an_error_exit_2() {
+    let dir = std::env::temp_dir().join(format!("fleetcheck-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, flag) in [
+        ("empty.txt", "", "--targets"),
+        ("comments.txt", "# nothing\n\n  # here\n", "--targets"),
+        ("empty.json", "[]", "--file-sd"),
+        ("comments.yml", "# nothing\n", "--file-sd"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = bin()
+            .args([flag, p.to_str().unwrap(), "--rounds", "1", "--no-progress"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains("no targets") && err.contains(name),
+            "{name}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{name}: no report of an invented fleet"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn file_sd_target_labels_travel_into_findings() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let dir = std::env::temp_dir().join(format!("fleetcheck-filesd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("targets.yml");
+    std::fs::write(
+        &p,
+        format!("- targets: ['{addr}']\n  labels:\n    env: test\n    job: node\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--file-sd", p.to_str().unwrap()])
+        .args(["--rounds", "1", "--format", "json", "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &v["findings"][0];
+    assert_eq!(f["check"], "unreachable");
+    assert_eq!(f["target"], format!("http://{addr}/metrics"));
+    assert_eq!(f["labels"]["env"], "test");
+    assert_eq!(f["labels"]["job"], "node");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{f}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -39,6 +39,7 @@ async fn small_fleet_findings_equal_injected() {
         concurrency: 4,
         opts: opts(5_000, 1 << 20),
         clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_inprocess(&scan, Arc::new(Checks::builtin()), Arc::new(Mutex::new(()))).await;
     assert_eq!(report.rounds, rounds);
@@ -96,6 +97,7 @@ async fn bad_targets_become_findings_and_scan_completes() {
         concurrency: 12,
         opts: opts(300, 1 << 20),
         clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_inprocess(&scan, Arc::new(Checks::builtin()), Arc::new(Mutex::new(()))).await;
     assert_eq!(report.rounds, rounds);

@@ -57,6 +57,7 @@ async fn pool_small_fleet_findings_equal_injected() {
         concurrency: 4,
         opts: o,
         clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_pool(&scan, init(o), TWO, Arc::new(Mutex::new(())))
         .await
@@ -186,6 +187,7 @@ async fn pool_bad_targets_become_findings_and_scan_completes() {
         concurrency: 12,
         opts: o,
         clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_pool(&scan, init(o), TWO, Arc::new(Mutex::new(())))
         .await
@@ -330,6 +332,7 @@ async fn custom_checks_run_in_the_workers() {
         concurrency: 8,
         opts: o,
         clients: Vec::new(),
+        discovery: None,
     };
     let report = scanner.scan(&scan, Arc::new(Mutex::new(()))).await.unwrap();
     scanner.close().await.unwrap();
