@@ -39,6 +39,9 @@ pub struct FetchConfig {
     pub timeout: Duration,
     /// Maximum body size in bytes (compressed and decompressed).
     pub max_bytes: usize,
+    /// The scan's round, sent as `X-Fleetcheck-Round` (the simulated
+    /// fleet serves that round; other servers ignore it).
+    pub round: Option<u64>,
 }
 
 impl Default for FetchConfig {
@@ -46,6 +49,7 @@ impl Default for FetchConfig {
         FetchConfig {
             timeout: Duration::from_secs(10),
             max_bytes: 16 << 20,
+            round: None,
         }
     }
 }
@@ -536,6 +540,9 @@ impl HttpClient {
             );
         if self.settings.gzip {
             req = req.header(hyper::header::ACCEPT_ENCODING, "gzip");
+        }
+        if let Some(r) = cfg.round {
+            req = req.header(crate::fleet::ROUND_HEADER, r);
         }
         if let Some(a) = &self.authorization {
             req = req.header(hyper::header::AUTHORIZATION, a);

@@ -134,6 +134,10 @@ enum Cmd {
         /// Exit when stdin is closed (used when started by fleetcheck).
         #[arg(long, hide = true)]
         exit_on_stdin_eof: bool,
+        /// Misbehaving hosts served after the regular ones, comma-separated:
+        /// 500, garbage, oversize[:BYTES], slow[:MS].
+        #[arg(long, value_delimiter = ',')]
+        bad: Vec<fleetcheck::fleet::BadKind>,
     },
 }
 
@@ -236,6 +240,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         targets_out,
         print_targets,
         exit_on_stdin_eof,
+        bad,
     }) = cli.cmd.take()
     {
         let cfg = FleetConfig {
@@ -243,7 +248,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
             series,
             seed,
             rounds,
-            bad: Vec::new(),
+            bad,
         };
         return serve_fleet(cfg, port, targets_out, print_targets, exit_on_stdin_eof).map(|()| 0);
     }

@@ -79,6 +79,7 @@ impl ScrapeOptions {
         FetchConfig {
             timeout: Duration::from_millis(self.timeout_ms),
             max_bytes: self.max_bytes,
+            round: None,
         }
     }
 
@@ -99,7 +100,11 @@ pub async fn fetch_page(
     round: u64,
     opts: &ScrapeOptions,
 ) -> Result<Page, crate::http::FetchError> {
-    client.get(&opts.url(spec, round), &opts.fetch()).await
+    let fetch = FetchConfig {
+        round: Some(round),
+        ..opts.fetch()
+    };
+    client.get(&opts.url(spec, round), &fetch).await
 }
 
 /// One client per target group (`settings[i]` for group `i`; one default

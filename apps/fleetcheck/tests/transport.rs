@@ -117,6 +117,7 @@ fn fetch_cfg() -> FetchConfig {
     FetchConfig {
         timeout: Duration::from_secs(5),
         max_bytes: 1 << 20,
+        round: None,
     }
 }
 
