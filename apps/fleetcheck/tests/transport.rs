@@ -316,3 +316,25 @@ async fn scrape_sends_accept_gzip_timeout_and_auth_and_reads_openmetrics() {
     assert!(req.contains("authorization: bearer tok123"), "{req}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn connection_reset_by_peer_says_so() {
+    // A server that resets every connection (linger 0, then close).
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            // Read the request first, so the reset answers it.
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.set_zero_linger();
+            drop(s);
+        }
+    });
+    let e = HttpClient::new()
+        .get(&format!("http://127.0.0.1:{port}/metrics"), &fetch_cfg())
+        .await
+        .unwrap_err();
+    assert_eq!(e.check_name(), "unreachable", "{e}");
+    assert!(e.to_string().contains("connection reset by peer"), "{e}");
+}
