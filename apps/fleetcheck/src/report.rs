@@ -22,7 +22,7 @@
 //!   "findings": [ {
 //!       "host": u32, "target": string, "round": u64,
 //!       "labels": { "<name>": string, ... },   // the target's labels (file-based discovery)
-//!       "check": string,          // rule name, or for scrape problems: unreachable|timeout|http_status|oversize|malformed|bad_url|http
+//!       "check": string,          // rule name, or for scrape problems: unreachable|timeout|http_status|oversize|malformed|tls|bad_url|http
 //!       "kind": string,           // threshold|rate|zscore|stale|absent|fleet_outlier|scrape|<custom>
 //!       "series": string,         // name{labels}; metric name for absent; "" for scrape problems
 //!       "value": f64 | null,      // null when not finite

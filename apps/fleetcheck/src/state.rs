@@ -31,7 +31,7 @@ pub struct Finding {
     /// Round.
     pub round: u64,
     /// Check (rule) name; for scrape problems one of `unreachable`,
-    /// `timeout`, `http_status`, `oversize`, `malformed`, `bad_url`, `http`.
+    /// `timeout`, `http_status`, `oversize`, `malformed`, `tls`, `bad_url`, `http`.
     pub check: String,
     /// Check kind (`threshold`, `rate`, ..., `scrape`).
     pub kind: String,
