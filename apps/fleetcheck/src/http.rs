@@ -526,34 +526,34 @@ impl HttpClient {
         cfg: &FetchConfig,
     ) -> Result<Page, FetchError> {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut sender = match self.take(key) {
-            Some(s) => s,
-            None => self.connect(uri, https).await?,
+        // A kept-alive connection the server closed meanwhile fails before
+        // any answer: then the request is sent once more on a new one.
+        let mut try_idle = true;
+        let (sender, resp) = loop {
+            let idle = if try_idle { self.take(key) } else { None };
+            let from_idle = idle.is_some();
+            let mut sender = match idle {
+                Some(s) => s,
+                None => self.connect(uri, https).await?,
+            };
+            let sent = match sender.ready().await {
+                Ok(()) => {
+                    let req = self.request(path, authority, cfg)?;
+                    sender.send_request(req).await
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(resp) => break (sender, resp),
+                Err(e)
+                    if from_idle
+                        && (e.is_closed() || e.is_incomplete_message() || e.is_canceled()) =>
+                {
+                    try_idle = false;
+                }
+                Err(e) => return Err(describe_hyper(&e)),
+            }
         };
-        sender.ready().await.map_err(|e| describe_hyper(&e))?;
-        let mut req = Request::get(path)
-            .header(hyper::header::HOST, authority.as_str())
-            .header(hyper::header::ACCEPT, ACCEPT)
-            .header(
-                "X-Prometheus-Scrape-Timeout-Seconds",
-                format!("{}", cfg.timeout.as_secs_f64()),
-            );
-        if self.settings.gzip {
-            req = req.header(hyper::header::ACCEPT_ENCODING, "gzip");
-        }
-        if let Some(r) = cfg.round {
-            req = req.header(crate::fleet::ROUND_HEADER, r);
-        }
-        if let Some(a) = &self.authorization {
-            req = req.header(hyper::header::AUTHORIZATION, a);
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| describe_hyper(&e))?;
         let status = resp.status().as_u16();
         if status != 200 {
             return Err(FetchError::Status(status));
@@ -595,6 +595,35 @@ impl HttpClient {
             format,
             wire_bytes,
         })
+    }
+}
+
+impl HttpClient {
+    /// The GET request of a scrape, with Prometheus's headers.
+    fn request(
+        &self,
+        path: &str,
+        authority: &hyper::http::uri::Authority,
+        cfg: &FetchConfig,
+    ) -> Result<Request<Empty<Bytes>>, FetchError> {
+        let mut req = Request::get(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .header(hyper::header::ACCEPT, ACCEPT)
+            .header(
+                "X-Prometheus-Scrape-Timeout-Seconds",
+                format!("{}", cfg.timeout.as_secs_f64()),
+            );
+        if self.settings.gzip {
+            req = req.header(hyper::header::ACCEPT_ENCODING, "gzip");
+        }
+        if let Some(r) = cfg.round {
+            req = req.header(crate::fleet::ROUND_HEADER, r);
+        }
+        if let Some(a) = &self.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, a);
+        }
+        req.body(Empty::<Bytes>::new())
+            .map_err(|e| FetchError::Http(e.to_string()))
     }
 }
 
