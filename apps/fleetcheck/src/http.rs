@@ -442,9 +442,13 @@ impl HttpClient {
 
     fn put(&self, authority: &str, s: Sender) {
         if let Ok(mut g) = self.idle.lock() {
-            let v = g.entry(authority.to_string()).or_default();
-            if v.len() < MAX_IDLE {
-                v.push(s);
+            // No key allocation once the authority is known.
+            if let Some(v) = g.get_mut(authority) {
+                if v.len() < MAX_IDLE {
+                    v.push(s);
+                }
+            } else {
+                g.insert(authority.to_string(), vec![s]);
             }
         }
     }
@@ -457,9 +461,14 @@ impl HttpClient {
         }
         let sem = {
             let mut g = self.slots.lock().ok()?;
-            g.entry(authority.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(cap)))
-                .clone()
+            match g.get(authority) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(Semaphore::new(cap));
+                    g.insert(authority.to_string(), s.clone());
+                    s
+                }
+            }
         };
         sem.acquire_owned().await.ok()
     }
@@ -484,9 +493,14 @@ impl HttpClient {
             .authority()
             .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
             .clone();
-        let key = format!("{}://{}", if https { "https" } else { "http" }, authority);
-        let _permit = self.slot(&key).await;
-        let get = self.get_inner(&uri, https, &authority, &key, cfg);
+        // The pool key is `scheme://authority`, a slice of the URL.
+        let key = url
+            .find("://")
+            .map(|i| i + 3)
+            .and_then(|s| url[s..].find(['/', '?', '#']).map(|e| &url[..s + e]))
+            .unwrap_or(url);
+        let _permit = self.slot(key).await;
+        let get = self.get_inner(&uri, https, &authority, key, cfg);
         match tokio::time::timeout(cfg.timeout, get).await {
             Ok(r) => r,
             Err(_) => Err(FetchError::Timeout(cfg.timeout)),
