@@ -73,8 +73,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The file (or the whole target list) names no target at all.
+    /// The file names no target at all.
     Empty(PathBuf),
+    /// The sources together name no target at all.
+    NoTargets,
 }
 
 impl fmt::Display for Error {
@@ -93,6 +95,7 @@ impl fmt::Display for Error {
                 reason,
             } => write!(f, "{}: target {target:?}: {reason}", path.display()),
             Error::Empty(p) => write!(f, "{}: no targets in this file", p.display()),
+            Error::NoTargets => write!(f, "no targets at all"),
         }
     }
 }
@@ -191,15 +194,26 @@ pub fn public_labels(labels: &Labels) -> Labels {
 /// One file-SD file and what was last read from it.
 #[derive(Debug)]
 struct SdFile {
+    group: u32,
     path: PathBuf,
     mtime: Option<SystemTime>,
     groups: Vec<TargetGroup>,
 }
 
+/// One source of targets: static URLs and file-SD files sharing client
+/// settings (see [`Targets::in_groups`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetSource {
+    /// Static URLs (no labels).
+    pub static_urls: Vec<String>,
+    /// File-SD files.
+    pub sd_files: Vec<PathBuf>,
+}
+
 /// Static targets plus file-SD files, with stable host ids.
 #[derive(Debug, Default)]
 pub struct Targets {
-    statics: Vec<(String, Labels)>,
+    statics: Vec<(String, Labels, u32)>,
     files: Vec<SdFile>,
     ids: HashMap<String, u32>,
     urls: Vec<String>,
@@ -211,22 +225,38 @@ impl Targets {
     /// Static URLs (no labels) and file-SD files, all read now: an
     /// unreadable or invalid file, or no target at all, is an error.
     pub fn new(static_urls: &[String], sd_files: &[PathBuf]) -> Result<Self, Error> {
-        let mut t = Targets {
-            statics: static_urls
-                .iter()
-                .map(|u| (u.clone(), Labels::new()))
-                .collect(),
-            ..Targets::default()
-        };
-        for p in sd_files {
-            let mtime = std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            t.files.push(SdFile {
-                path: p.clone(),
-                mtime,
-                groups: load_file(p)?,
-            });
+        Targets::in_groups(&[TargetSource {
+            static_urls: static_urls.to_vec(),
+            sd_files: sd_files.to_vec(),
+        }])
+    }
+
+    /// Targets of several sources; the targets of `sources[i]` are scraped
+    /// with client group `i` ([`HostSpec::group`]: its TLS and auth
+    /// settings). A URL listed by two sources belongs to the first.
+    pub fn in_groups(sources: &[TargetSource]) -> Result<Self, Error> {
+        let mut t = Targets::default();
+        for (g, src) in sources.iter().enumerate() {
+            let g = g as u32;
+            t.statics.extend(
+                src.static_urls
+                    .iter()
+                    .map(|u| (u.clone(), Labels::new(), g)),
+            );
+            for p in &src.sd_files {
+                let mtime = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                t.files.push(SdFile {
+                    group: g,
+                    path: p.clone(),
+                    mtime,
+                    groups: load_file(p)?,
+                });
+            }
         }
         t.rebuild();
+        if t.active.is_empty() {
+            return Err(Error::NoTargets);
+        }
         Ok(t)
     }
 
@@ -268,15 +298,16 @@ impl Targets {
         let mut active = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let from_files = self.files.iter().flat_map(|f| {
-            f.groups.iter().flat_map(|g| {
+            f.groups.iter().flat_map(move |g| {
                 g.targets
                     .iter()
                     .filter_map(|t| target_url(t, &g.labels).ok())
-                    .map(|u| (u, public_labels(&g.labels)))
+                    .map(move |u| (u, public_labels(&g.labels), f.group))
             })
         });
-        let all: Vec<(String, Labels)> = self.statics.iter().cloned().chain(from_files).collect();
-        for (url, labels) in all {
+        let all: Vec<(String, Labels, u32)> =
+            self.statics.iter().cloned().chain(from_files).collect();
+        for (url, labels, group) in all {
             if !seen.insert(url.clone()) {
                 continue;
             }
@@ -288,7 +319,7 @@ impl Targets {
             } else if let Some(l) = self.labels.get_mut(id as usize) {
                 *l = labels;
             }
-            active.push(HostSpec { id, url, group: 0 });
+            active.push(HostSpec { id, url, group });
         }
         self.active = active;
     }

@@ -338,3 +338,96 @@ async fn connection_reset_by_peer_says_so() {
     assert_eq!(e.check_name(), "unreachable", "{e}");
     assert!(e.to_string().contains("connection reset by peer"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_per_target_group() {
+    use fleetcheck::discovery::{TargetSource, Targets};
+    use fleetcheck::scan::{ScanConfig, ScrapeOptions, scan_inprocess};
+    // `/secure/*` wants a bearer token, `/open/*` wants none.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let authed = req.contains("authorization: bearer g1token");
+                let ok = req.starts_with("get /open/") != authed;
+                let head = if ok {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
+                        PAGE.len()
+                    )
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("fleetcheck-groups-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tok = dir.join("token");
+    std::fs::write(&tok, "g1token\n").unwrap();
+    let sd = dir.join("secure.json");
+    std::fs::write(
+        &sd,
+        format!(
+            r#"[{{"targets": ["127.0.0.1:{port}"], "labels": {{"__metrics_path__": "/secure/metrics"}}}}]"#
+        ),
+    )
+    .unwrap();
+    let targets = Targets::in_groups(&[
+        TargetSource {
+            static_urls: vec![format!("http://127.0.0.1:{port}/open/metrics")],
+            sd_files: Vec::new(),
+        },
+        TargetSource {
+            static_urls: Vec::new(),
+            sd_files: vec![sd],
+        },
+    ])
+    .unwrap();
+    let specs = targets.active().to_vec();
+    assert_eq!(specs.iter().map(|s| s.group).collect::<Vec<_>>(), [0, 1]);
+    let scan = |clients: Vec<ClientSettings>| {
+        let cfg = ScanConfig {
+            targets: specs.clone(),
+            rounds: 1,
+            interval: Duration::ZERO,
+            concurrency: 2,
+            opts: ScrapeOptions::default(),
+            clients,
+            discovery: None,
+        };
+        async move {
+            scan_inprocess(
+                &cfg,
+                Arc::new(fleetcheck::checks::Checks::new()),
+                Arc::new(std::sync::Mutex::new(())),
+            )
+            .await
+        }
+    };
+    let bearer = ClientSettings {
+        auth: AuthSettings::Bearer { token_file: tok },
+        ..ClientSettings::default()
+    };
+    let r = scan(vec![ClientSettings::default(), bearer.clone()]).await;
+    assert_eq!((r.scrapes, r.scrape_failures), (2, 0), "{:?}", r.findings);
+    // The same token for both groups: the open target refuses it.
+    let r = scan(vec![bearer.clone(), bearer]).await;
+    assert_eq!(r.scrape_failures, 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].host, 0);
+    assert_eq!(r.findings[0].message, "HTTP status 401");
+    let _ = std::fs::remove_dir_all(&dir);
+}
