@@ -1079,6 +1079,46 @@ mod tests {
     use super::*;
     use crate::expfmt::{Item, MetricType, Parser};
 
+    /// The scan's fast path (hints, no identity rewriting) needs every
+    /// series written the canonical way.
+    #[test]
+    fn pages_write_every_series_canonically() {
+        let f = Fleet::new(FleetConfig {
+            hosts: 3,
+            series: 2000,
+            ..Default::default()
+        });
+        let mut page = Vec::new();
+        f.render(1, 2, &mut page);
+        let mut n = 0;
+        for it in Parser::new(&page) {
+            if let Item::Sample(s) = it.unwrap() {
+                assert!(s.canonical, "line {}: {}", s.line, s.key);
+                n += 1;
+            }
+        }
+        assert!(n >= 1900);
+    }
+
+    #[test]
+    fn stamped_pages_carry_the_simulated_time() {
+        let f = Fleet::new(FleetConfig {
+            hosts: 2,
+            series: 100,
+            ..Default::default()
+        });
+        let page = f.page_with(0, Some(3), true).unwrap();
+        for it in Parser::new(&page) {
+            if let Item::Sample(s) = it.unwrap() {
+                assert_eq!(s.timestamp_ms, Some(45_000));
+            }
+        }
+        assert_eq!(
+            f.page_with(0, Some(3), false).unwrap().len(),
+            f.page(0, Some(3)).unwrap().len()
+        );
+    }
+
     #[test]
     fn page_is_valid_and_sized() {
         for n in [50u32, 500, 2000] {
