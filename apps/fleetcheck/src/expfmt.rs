@@ -621,7 +621,9 @@ impl<'a> Parser<'a> {
             q += 1;
         }
         if q < l.len() && l[q] == b'{' {
-            canonical &= q == p;
+            // Blanks anywhere in `name {a = "1"}`: not the canonical form,
+            // and not OpenMetrics.
+            let mut blank = q != p;
             q += 1;
             let ls = q;
             let mut prev: &[u8] = &[];
@@ -632,10 +634,13 @@ impl<'a> Parser<'a> {
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
                 }
-                canonical &= b == q;
+                blank |= b != q;
                 match l.get(q) {
                     None => return Err("unterminated label set (missing '}')".into()),
                     Some(b'}') => {
+                        if om && trailing_comma {
+                            return Err("trailing comma in label set (not OpenMetrics)".into());
+                        }
                         canonical &= !trailing_comma && !prev.is_empty();
                         break;
                     }
@@ -674,7 +679,7 @@ impl<'a> Parser<'a> {
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
                 }
-                canonical &= b + 1 == q;
+                blank |= b + 1 != q;
                 if l.get(q) != Some(&b'"') {
                     return Err(format!(
                         "expected '\"' to open value of label {:?}",
@@ -709,7 +714,7 @@ impl<'a> Parser<'a> {
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
                 }
-                canonical &= b == q;
+                blank |= b != q;
                 match l.get(q) {
                     Some(b',') => {
                         q += 1;
@@ -725,6 +730,10 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
+            if blank && om {
+                return Err("blank in label set (not OpenMetrics)".into());
+            }
+            canonical &= !blank;
             if !sorted {
                 canonical = false;
                 self.names.clear();
@@ -842,6 +851,9 @@ impl<'a> Parser<'a> {
             let mut s = 0;
             while s < l.len() && (l[s] == b' ' || l[s] == b'\t') {
                 s += 1;
+            }
+            if om && s > 0 {
+                return self.err("line starts with a blank (not OpenMetrics)");
             }
             let l = &l[s..];
             if l.is_empty() {
