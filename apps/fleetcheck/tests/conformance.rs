@@ -322,6 +322,27 @@ const CASES: &[Case] = &[
         page: "metric{label=\"bla\",label=\"bla\"} 3.14",
         verdict: Bad(1, "duplicate label"),
     },
+    Case {
+        name: "type_after_samples",
+        src: "expfmt error scenario 14 (refused there)",
+        format: T,
+        // Departure: a Prometheus scrape keeps this page (its parser does
+        // not order metadata), and so does fleetcheck.
+        page: "\nmetric 4.12\n# TYPE metric counter\n",
+        verdict: Good(&[("metric", 4.12, None)]),
+    },
+    Case {
+        name: "negative_histogram_count",
+        src: "expfmt error scenarios 43-46 (refused there)",
+        format: T,
+        // Departure: values are not validated against their role; a
+        // Prometheus scrape stores them too.
+        page: "# TYPE h histogram\nh_bucket{le=\"+Inf\"} -1\nh_count -1\n",
+        verdict: Good(&[
+            ("h_bucket{le=\"+Inf\"}", -1.0, None),
+            ("h_count", -1.0, None),
+        ]),
+    },
     // ---- OpenMetrics parser test data ----
     Case {
         name: "om_simple_counter",
