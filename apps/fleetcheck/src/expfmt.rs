@@ -907,7 +907,7 @@ impl<'a> Iterator for Parser<'a> {
 /// Scan a quoted label value starting at `q` (just after the opening
 /// quote); returns the position of the closing quote and whether the value
 /// holds escapes.
-#[inline]
+#[inline(always)]
 fn scan_label_value(l: &[u8], mut q: usize) -> Result<(usize, bool), String> {
     let mut escaped = false;
     loop {
