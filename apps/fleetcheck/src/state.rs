@@ -625,6 +625,72 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_series_keeps_the_page_and_drops_the_repeat() {
+        let checks = Checks::new();
+        let mut st = HostState::new(2);
+        let r = scrape_round(
+            &mut st,
+            &checks,
+            b"a{x=\"1\"} 1\nb 2\na{x=\"1\"} 3\nb 4\nc 5\n",
+            0,
+            0.0,
+        );
+        assert!(!r.failed, "{r:?}");
+        assert_eq!((r.points, r.duplicates), (3, 2));
+        assert_eq!(st.value_of("a{x=\"1\"}"), Some(1.0));
+        assert_eq!(st.value_of("b"), Some(2.0));
+        assert_eq!(st.value_of("c"), Some(5.0));
+    }
+
+    #[test]
+    fn openmetrics_counter_rate_uses_seconds() {
+        let rules = crate::rules::Rules::parse(
+            "[[rule]]\nname = \"fast\"\nkind = \"rate\"\nmetric = \"req_total\"\nabove = 50.0\n",
+        )
+        .unwrap();
+        let checks = Checks::from_rules(&rules);
+        let mut st = HostState::new(3);
+        let page = |v: u32, t: &str| {
+            format!("# TYPE req counter\nreq_total {v} {t}\n# EOF\n").into_bytes()
+        };
+        // 10/s: 100 more in 10.0 s (float seconds, as OpenMetrics writes them).
+        let r = scrape_page(
+            &mut st,
+            &checks,
+            &page(1000, "1700000000.0"),
+            Format::OpenMetrics,
+            0,
+            0.0,
+        );
+        assert!(!r.failed, "{r:?}");
+        let r = scrape_page(
+            &mut st,
+            &checks,
+            &page(1100, "1700000010.0"),
+            Format::OpenMetrics,
+            1,
+            0.0,
+        );
+        assert!(!r.failed, "{r:?}");
+        assert!(
+            r.findings.is_empty(),
+            "10/s is below 50/s: {:?}",
+            r.findings
+        );
+        // 100/s does fire, with the rate in seconds.
+        let r = scrape_page(
+            &mut st,
+            &checks,
+            &page(2100, "1700000020.0"),
+            Format::OpenMetrics,
+            2,
+            0.0,
+        );
+        assert_eq!(r.findings.len(), 1, "{r:?}");
+        assert!((r.findings[0].value - 100.0).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
     fn series_with_colliding_hashes_are_never_merged() {
         let checks = Checks::new();
         let mut st = HostState::new(1);
