@@ -678,6 +678,10 @@ fn describe_io(e: &std::io::Error, host: &str, port: u16) -> String {
         K::NetworkUnreachable => "network unreachable",
         K::AddrNotAvailable => "address not available",
         K::NotFound => return format!("cannot resolve host {host}"),
+        // getaddrinfo failures carry no specific kind.
+        _ if e.to_string().contains("lookup address") => {
+            return format!("cannot resolve host {host} ({e})");
+        }
         _ => return format!("{host}:{port}: {e}"),
     };
     format!("{what} ({host}:{port})")
@@ -766,6 +770,22 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("connection refused"), "{e}");
+    }
+
+    #[test]
+    fn socket_errors_are_said_in_words() {
+        use std::io::{Error, ErrorKind};
+        let w = |e: Error| describe_io(&e, "h", 1);
+        assert_eq!(
+            w(Error::from(ErrorKind::ConnectionRefused)),
+            "connection refused (h:1)"
+        );
+        assert_eq!(
+            w(Error::from(ErrorKind::ConnectionReset)),
+            "connection reset by peer (h:1)"
+        );
+        let dns = Error::other("failed to lookup address information: Name or service not known");
+        assert!(w(dns).starts_with("cannot resolve host h"));
     }
 
     #[test]
