@@ -827,39 +827,22 @@ impl<'a> Parser<'a> {
         if self.failed {
             return None;
         }
-        let om = self.format == Format::OpenMetrics;
+        if self.format == Format::OpenMetrics {
+            return self.next_om();
+        }
+        // The text format's loop, kept free of OpenMetrics checks: it runs
+        // for every line of every scrape.
         loop {
             if self.pos >= self.src.len() {
-                if om && !self.eof {
-                    return self.err("OpenMetrics page without '# EOF' at its end");
-                }
                 return None;
             }
-            let rest = &self.src[self.pos..];
-            let (mut l, adv) = match memchr_nl(rest) {
-                Some(i) => (&rest[..i], i + 1),
-                None => (rest, rest.len()),
-            };
-            self.pos += adv;
-            self.line = self.line.saturating_add(1);
-            if om && self.eof {
-                return self.err("text after '# EOF'");
-            }
-            if let [head @ .., b'\r'] = l {
-                l = head;
-            }
+            let l = self.next_line();
             let mut s = 0;
             while s < l.len() && (l[s] == b' ' || l[s] == b'\t') {
                 s += 1;
             }
-            if om && s > 0 {
-                return self.err("line starts with a blank (not OpenMetrics)");
-            }
             let l = &l[s..];
             if l.is_empty() {
-                if om {
-                    return self.err("blank line (not allowed in OpenMetrics)");
-                }
                 continue;
             }
             if l[0] == b'#' {
@@ -868,7 +851,7 @@ impl<'a> Parser<'a> {
                     Err(e) => self.err(e),
                 };
             }
-            if let Some((key, ctx)) = hint.filter(|_| !om) {
+            if let Some((key, ctx)) = hint {
                 if ctx == self.fam_hash
                     && l.len() > key.len()
                     && (l[key.len()] == b' ' || l[key.len()] == b'\t')
@@ -888,6 +871,51 @@ impl<'a> Parser<'a> {
                 Ok(s) => Some(Ok(Hinted::Item(Item::Sample(s)))),
                 Err(e) => self.err(e),
             };
+        }
+    }
+
+    /// The next line (without its `\n` and a final `\r`); `pos` must be
+    /// before the end of the input.
+    #[inline(always)]
+    fn next_line(&mut self) -> &'a [u8] {
+        let rest = &self.src[self.pos..];
+        let (mut l, adv) = match memchr_nl(rest) {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        self.pos += adv;
+        self.line = self.line.saturating_add(1);
+        if let [head @ .., b'\r'] = l {
+            l = head;
+        }
+        l
+    }
+
+    /// [`Parser::next_hinted`] for OpenMetrics pages (no hints: exemplars
+    /// make a line's tail depend on its family).
+    #[inline(never)]
+    fn next_om(&mut self) -> Option<Result<Hinted<'a>, ParseError>> {
+        if self.pos >= self.src.len() {
+            if !self.eof {
+                return self.err("OpenMetrics page without '# EOF' at its end");
+            }
+            return None;
+        }
+        let l = self.next_line();
+        if self.eof {
+            return self.err("text after '# EOF'");
+        }
+        match l.first() {
+            None => self.err("blank line (not allowed in OpenMetrics)"),
+            Some(b' ' | b'\t') => self.err("line starts with a blank (not OpenMetrics)"),
+            Some(b'#') => match self.parse_comment(l) {
+                Ok(it) => Some(Ok(Hinted::Item(it))),
+                Err(e) => self.err(e),
+            },
+            Some(_) => match self.parse_sample(l) {
+                Ok(s) => Some(Ok(Hinted::Item(Item::Sample(s)))),
+                Err(e) => self.err(e),
+            },
         }
     }
 }
