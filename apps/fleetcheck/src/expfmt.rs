@@ -596,6 +596,7 @@ impl<'a> Parser<'a> {
         })
     }
 
+    #[inline(always)]
     fn parse_sample(&mut self, l: &'a [u8]) -> Result<Sample<'a>, String> {
         let om = self.format == Format::OpenMetrics;
         let mut p = 0;
