@@ -83,5 +83,36 @@ fn main() {
     }
     let el = t.elapsed().as_secs_f64();
     println!("parse only: {:.1} M points/s", n as f64 / el / 1e6);
+    // gzip: what exporters send when asked (level 6, Go's default) and
+    // what decompressing costs the scraper, per page of this fleet.
+    let mut raw = 0usize;
+    let mut packed = Vec::new();
+    for p in &pages {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        let _ = e.write_all(p);
+        if let Ok(z) = e.finish() {
+            raw += p.len();
+            packed.push(z);
+        }
+    }
+    let zbytes: usize = packed.iter().map(Vec::len).sum();
+    let t = Instant::now();
+    let mut out = 0usize;
+    for z in &packed {
+        if let Ok(p) = fleetcheck::http::gunzip(z, 64 << 20) {
+            out += p.len();
+        }
+    }
+    let el = t.elapsed().as_secs_f64();
+    let n = packed.len().max(1) as f64;
+    println!(
+        "gzip: {:.0} kB page -> {:.1} kB on the wire ({:.1}x smaller); gunzip {:.0} MB/s, {:.0} us per page",
+        raw as f64 / n / 1e3,
+        zbytes as f64 / n / 1e3,
+        raw as f64 / zbytes.max(1) as f64,
+        out as f64 / el / 1e6,
+        el / n * 1e6
+    );
     drop(pages);
 }

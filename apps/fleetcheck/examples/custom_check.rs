@@ -74,10 +74,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 round_query: true,
                 clock: Clock::Logical { step: STEP_SECS },
             },
+            clients: Vec::new(),
+            discovery: None,
         };
         let report = scan_inprocess(&cfg, Arc::new(checks), Arc::new(Mutex::new(()))).await;
         let ctx = RenderCtx {
             targets: &urls,
+            labels: &[],
             elapsed_secs: 0.0,
             verification: None,
             max_listed: 30,

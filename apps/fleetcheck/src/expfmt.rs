@@ -1,4 +1,6 @@
-//! Parser for the Prometheus text exposition format (version 0.0.4).
+//! Parser for the Prometheus text exposition format (version 0.0.4) and
+//! OpenMetrics 1.0 text, each by its own rules ([`Format`], chosen from the
+//! response's `Content-Type` by [`Format::from_content_type`]).
 //!
 //! The parser is a zero-copy streaming iterator over a `&[u8]` page: every
 //! [`Item`] borrows from the input, no `String` is allocated per sample, and
@@ -9,6 +11,26 @@
 //! gauges, untyped, histograms (`_bucket` with `le`, `_sum`, `_count`),
 //! summaries (`quantile` label, `_sum`, `_count`), `NaN`, `+Inf`, `-Inf`,
 //! optional millisecond timestamps, `\r\n` line endings.
+//!
+//! Where the text format's references (prometheus/common `expfmt`, a
+//! Prometheus scrape) keep a page, so does this parser: `le` and `quantile`
+//! are numbers only on histogram buckets and summary quantiles, a bare
+//! `# HELP` is a comment, a comment may hold any bytes, a value may follow
+//! `}` without a blank, and a bucket without `le` (a summary sample without
+//! `quantile`) is a plain sample. A `__name__` label and a label repeated
+//! anywhere in a set are refused.
+//!
+//! OpenMetrics: timestamps are seconds (floats allowed; handed out as
+//! milliseconds like the text format's), exemplars (`# {labels} value
+//! [timestamp]`, on counter `_total` and histogram `_bucket` samples only),
+//! the types `info`, `stateset`, `gaugehistogram` and `unknown`, `# UNIT`,
+//! type suffixes (`_total`, `_created`, `_gsum`, ...), and `# EOF` as the
+//! last line, with nothing after it.
+//!
+//! Series identity ([`Sample::series_key`]) is the metric name plus its
+//! labels sorted by name (empty values dropped, as Prometheus does): the
+//! spellings `a{y="2",x="1"}`, `a{x="1",y="2",}` and `a {x="1",y="2"}` are
+//! one series.
 //!
 //! Malformed input yields a [`ParseError`] with the 1-based line number and a
 //! reason; the parser never panics. After an error the iterator is fused.
@@ -30,22 +52,80 @@ pub enum MetricType {
     Histogram,
     /// Summary (`quantile` label, `_sum`, `_count`).
     Summary,
-    /// No `# TYPE` line (or explicitly `untyped`).
+    /// No `# TYPE` line (or explicitly `untyped`), text format.
     Untyped,
+    /// OpenMetrics `info` (`_info` samples).
+    Info,
+    /// OpenMetrics `stateset`.
+    Stateset,
+    /// OpenMetrics `gaugehistogram` (`_bucket`, `_gsum`, `_gcount`).
+    #[serde(rename = "gaugehistogram")]
+    GaugeHistogram,
+    /// OpenMetrics `unknown` (also a family without `# TYPE`).
+    Unknown,
 }
 
 impl MetricType {
-    fn from_word(w: &str) -> Option<Self> {
+    fn from_word(w: &[u8], format: Format) -> Option<Self> {
+        let om = format == Format::OpenMetrics;
         Some(match w {
-            "counter" => Self::Counter,
-            "gauge" => Self::Gauge,
-            "histogram" => Self::Histogram,
-            "summary" => Self::Summary,
-            "untyped" => Self::Untyped,
+            b"counter" => Self::Counter,
+            b"gauge" => Self::Gauge,
+            b"histogram" => Self::Histogram,
+            b"summary" => Self::Summary,
+            b"untyped" if !om => Self::Untyped,
+            b"info" if om => Self::Info,
+            b"stateset" if om => Self::Stateset,
+            b"gaugehistogram" if om => Self::GaugeHistogram,
+            b"unknown" if om => Self::Unknown,
             _ => return None,
         })
     }
+
+    /// The word of a `# TYPE` line.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+            Self::Summary => "summary",
+            Self::Untyped => "untyped",
+            Self::Info => "info",
+            Self::Stateset => "stateset",
+            Self::GaugeHistogram => "gaugehistogram",
+            Self::Unknown => "unknown",
+        }
+    }
 }
+
+/// Exposition format of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Format {
+    /// Prometheus text format 0.0.4 (`text/plain`, and anything unknown).
+    #[default]
+    Text,
+    /// OpenMetrics 1.0 text (`application/openmetrics-text`).
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format of a response by its `Content-Type` (text 0.0.4 unless
+    /// the media type is `application/openmetrics-text`).
+    pub fn from_content_type(ct: Option<&str>) -> Format {
+        let media = ct.and_then(|c| c.split(';').next()).map(str::trim);
+        match media {
+            Some(m) if m.eq_ignore_ascii_case("application/openmetrics-text") => {
+                Format::OpenMetrics
+            }
+            _ => Format::Text,
+        }
+    }
+}
+
+/// The `Accept` header of a scrape: both formats, OpenMetrics preferred,
+/// as Prometheus sends it.
+pub const ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
 
 /// Role of a sample inside its family.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,8 +144,10 @@ pub enum SampleRole {
     },
     /// `_sum` of a histogram or summary.
     Sum,
-    /// `_count` of a histogram or summary.
+    /// `_count` of a histogram or summary (`_gcount` of a gauge histogram).
     Count,
+    /// OpenMetrics `_created` of a counter, histogram or summary.
+    Created,
 }
 
 /// A parse error with its 1-based line number.
@@ -119,6 +201,35 @@ pub struct LabelIter<'a> {
     s: &'a [u8],
     src: &'a str,
     pos: usize,
+}
+
+impl<'a> LabelIter<'a> {
+    /// The next label's name as bytes (works on validated text that need
+    /// not be UTF-8-checked yet).
+    fn next_name(&mut self) -> Option<&'a [u8]> {
+        let s = self.s;
+        let mut p = self.pos;
+        while p < s.len() && (s[p] == b' ' || s[p] == b'\t' || s[p] == b',') {
+            p += 1;
+        }
+        let ns = p;
+        while p < s.len() && is_label_char(s[p]) {
+            p += 1;
+        }
+        if ns == p {
+            return None;
+        }
+        let name = &s[ns..p];
+        while p < s.len() && s[p] != b'"' {
+            p += 1;
+        }
+        p += 1;
+        while p < s.len() && s[p] != b'"' {
+            p += if s[p] == b'\\' { 2 } else { 1 };
+        }
+        self.pos = p + 1;
+        Some(name)
+    }
 }
 
 impl<'a> Iterator for LabelIter<'a> {
@@ -197,11 +308,16 @@ pub struct Sample<'a> {
     pub name: &'a str,
     /// Label text between the braces.
     pub labels: RawLabels<'a>,
-    /// `name{labels}` exactly as on the page; the identity of the series.
+    /// `name{labels}` exactly as on the page (see [`Sample::series_key`]
+    /// for the series' identity).
     pub key: &'a str,
+    /// True when `key` is already the series' identity: labels sorted by
+    /// name, no blanks, no trailing comma, no empty value, no `{}`.
+    pub canonical: bool,
     /// The value.
     pub value: f64,
-    /// Optional timestamp in milliseconds since the epoch.
+    /// Optional timestamp in milliseconds since the epoch (OpenMetrics
+    /// seconds are converted).
     pub timestamp_ms: Option<i64>,
     /// Type of the family this sample belongs to.
     pub family_type: MetricType,
@@ -209,6 +325,51 @@ pub struct Sample<'a> {
     pub role: SampleRole,
     /// 1-based line number.
     pub line: u32,
+}
+
+impl<'a> Sample<'a> {
+    /// The series' identity: `name{a="1",b="2"}` with labels sorted by
+    /// name, empty values dropped and values escaped. Borrowed from the
+    /// page when the page wrote it that way (the common case), else
+    /// written into `buf`.
+    pub fn series_key<'b>(&'b self, buf: &'b mut String) -> &'b str {
+        if self.canonical {
+            return self.key;
+        }
+        canonical_key(self.name, self.labels, buf);
+        buf.as_str()
+    }
+}
+
+/// Write the identity of series `name` with `labels` into `out` (cleared
+/// first); see [`Sample::series_key`].
+pub fn canonical_key(name: &str, labels: RawLabels<'_>, out: &mut String) {
+    out.clear();
+    out.push_str(name);
+    let mut pairs: Vec<(&str, Cow<'_, str>)> =
+        labels.iter().filter(|(_, v)| !v.is_empty()).collect();
+    if pairs.is_empty() {
+        return;
+    }
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (n, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(n);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
 }
 
 /// One meaningful line of a page.
@@ -243,23 +404,57 @@ pub struct Parser<'a> {
     family: &'a str,
     family_type: MetricType,
     typed: Vec<&'a str>,
+    helped: Vec<&'a str>,
     failed: bool,
     fam_hash: u64,
+    format: Format,
+    eof: bool,
+    /// Label names of the current line (reused; no allocation per line).
+    names: Vec<&'a [u8]>,
+}
+
+/// What the family context expects of a sample, before its labels are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Plain,
+    Bucket,
+    Quantile,
+    Sum,
+    Count,
+    Created,
 }
 
 impl<'a> Parser<'a> {
-    /// Parse `src`.
+    /// Parse `src` as text format 0.0.4.
     pub fn new(src: &'a [u8]) -> Self {
+        Parser::with_format(src, Format::Text)
+    }
+
+    /// Parse `src` by the rules of `format`.
+    pub fn with_format(src: &'a [u8], format: Format) -> Self {
+        let family_type = match format {
+            Format::Text => MetricType::Untyped,
+            Format::OpenMetrics => MetricType::Unknown,
+        };
         Parser {
             src,
             pos: 0,
             line: 0,
             family: "",
-            family_type: MetricType::Untyped,
+            family_type,
             typed: Vec::new(),
+            helped: Vec::new(),
             failed: false,
-            fam_hash: family_hash("", MetricType::Untyped),
+            fam_hash: family_hash("", family_type),
+            format,
+            eof: false,
+            names: Vec::new(),
         }
+    }
+
+    /// The format this parser follows.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     fn err<T>(&mut self, reason: impl Into<String>) -> Option<Result<T, ParseError>> {
@@ -273,32 +468,82 @@ impl<'a> Parser<'a> {
     fn parse_comment(&mut self, l: &'a [u8]) -> Result<Item<'a>, String> {
         // l starts with '#'
         let rest = &l[1..];
-        let text = std::str::from_utf8(rest).map_err(|_| "invalid UTF-8 in comment".to_string())?;
-        let t = text.trim_start_matches([' ', '\t']);
-        if t.len() == text.len() {
+        let om = self.format == Format::OpenMetrics;
+        if om && rest == b" EOF" {
+            self.eof = true;
+            return Ok(Item::Comment(" EOF"));
+        }
+        let t = trim_blanks_start(rest);
+        let (word, after) = split_word_b(t);
+        let keyword = t.len() != rest.len()
+            && (word == b"HELP" || word == b"TYPE" || (om && word == b"UNIT"));
+        if !keyword {
+            if om {
+                return Err(
+                    "unexpected comment (OpenMetrics allows only HELP, TYPE, UNIT and EOF)".into(),
+                );
+            }
+            // A free-text comment is ignored, whatever its bytes (a
+            // non-UTF-8 byte ends the text handed out).
+            let text = match std::str::from_utf8(rest) {
+                Ok(t) => t,
+                Err(e) => std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or(""),
+            };
             return Ok(Item::Comment(text));
         }
-        let (word, after) = split_word(t);
+        let after = trim_blanks_start(after);
+        let (name_b, tail) = split_word_b(after);
+        if name_b.is_empty() {
+            if om {
+                return Err(format!(
+                    "{} line without a metric name",
+                    String::from_utf8_lossy(word)
+                ));
+            }
+            // `# HELP` alone is a comment to the reference parser.
+            return Ok(Item::Comment(std::str::from_utf8(rest).unwrap_or("")));
+        }
+        let name = std::str::from_utf8(name_b)
+            .ok()
+            .filter(|n| valid_metric_name(n.as_bytes()))
+            .ok_or_else(|| {
+                format!(
+                    "invalid metric name {:?} in {} line",
+                    String::from_utf8_lossy(name_b),
+                    String::from_utf8_lossy(word)
+                )
+            })?;
+        let tail = trim_blanks_start(tail);
+        if tail.is_empty() && !om {
+            // `# HELP name` / `# TYPE name` and nothing more: ignored by
+            // the reference parser.
+            return Ok(Item::Comment(std::str::from_utf8(rest).unwrap_or("")));
+        }
         match word {
-            "HELP" | "TYPE" => {
-                let after = after.trim_start_matches([' ', '\t']);
-                let (name, rest) = split_word(after);
-                if name.is_empty() {
-                    return Err(format!("{word} line without a metric name"));
+            b"HELP" => {
+                let text = std::str::from_utf8(tail)
+                    .map_err(|_| format!("HELP text of {name} is not valid UTF-8"))?;
+                if self.helped.contains(&name) {
+                    return Err(format!("second HELP line for metric {name}"));
                 }
-                if !valid_metric_name(name.as_bytes()) {
-                    return Err(format!("invalid metric name {name:?} in {word} line"));
+                self.helped.push(name);
+                Ok(Item::Help { name, text })
+            }
+            b"UNIT" => Ok(Item::Comment(std::str::from_utf8(rest).unwrap_or(""))),
+            _ => {
+                let (kw, extra) = split_word_b(tail);
+                if !trim_blanks_start(extra).is_empty() {
+                    return Err(format!(
+                        "unexpected text after type in TYPE line: {:?}",
+                        String::from_utf8_lossy(extra)
+                    ));
                 }
-                let rest = rest.trim_start_matches([' ', '\t']);
-                if word == "HELP" {
-                    return Ok(Item::Help { name, text: rest });
-                }
-                let (kw, tail) = split_word(rest);
-                if !tail.trim().is_empty() {
-                    return Err(format!("unexpected text after type in TYPE line: {tail:?}"));
-                }
-                let kind = MetricType::from_word(kw)
-                    .ok_or_else(|| format!("unknown metric type {kw:?} for {name}"))?;
+                let kind = MetricType::from_word(kw, self.format).ok_or_else(|| {
+                    format!(
+                        "unknown metric type {:?} for {name}",
+                        String::from_utf8_lossy(kw)
+                    )
+                })?;
                 if self.typed.contains(&name) {
                     return Err(format!("second TYPE line for metric {name}"));
                 }
@@ -308,11 +553,52 @@ impl<'a> Parser<'a> {
                 self.fam_hash = family_hash(name, kind);
                 Ok(Item::Type { name, kind })
             }
-            _ => Ok(Item::Comment(text)),
         }
     }
 
+    /// Type and expected role of a sample named `name` in the current family.
+    fn classify(&self, name: &[u8]) -> Result<(MetricType, Expect), String> {
+        use MetricType as T;
+        let om = self.format == Format::OpenMetrics;
+        let other = if om { T::Unknown } else { T::Untyped };
+        let fam = self.family.as_bytes();
+        if fam.is_empty() || !name.starts_with(fam) {
+            return Ok((other, Expect::Plain));
+        }
+        let ft = self.family_type;
+        let suffix = &name[fam.len()..];
+        let bad = |what: &str| {
+            Err(format!(
+                "{} sample {} {what}",
+                ft.word(),
+                String::from_utf8_lossy(name)
+            ))
+        };
+        Ok(match (ft, suffix) {
+            (T::Histogram | T::GaugeHistogram, b"_bucket") => (ft, Expect::Bucket),
+            (T::Histogram | T::Summary, b"_sum") | (T::GaugeHistogram, b"_gsum") => {
+                (ft, Expect::Sum)
+            }
+            (T::Histogram | T::Summary, b"_count") | (T::GaugeHistogram, b"_gcount") => {
+                (ft, Expect::Count)
+            }
+            (T::Counter | T::Histogram | T::Summary, b"_created") if om => (ft, Expect::Created),
+            (T::Counter, b"_total") if om => (ft, Expect::Plain),
+            (T::Info, b"_info") if om => (ft, Expect::Plain),
+            (T::Summary, b"") => (ft, Expect::Quantile),
+            (T::Histogram | T::GaugeHistogram, b"") if om => {
+                return bad("needs a _bucket/_sum/_count suffix");
+            }
+            (T::Counter, b"") if om => return bad("needs the _total suffix"),
+            (T::Info, b"") if om => return bad("needs the _info suffix"),
+            (_, b"") => (ft, Expect::Plain),
+            _ => (other, Expect::Plain),
+        })
+    }
+
+    #[inline(always)]
     fn parse_sample(&mut self, l: &'a [u8]) -> Result<Sample<'a>, String> {
+        let om = self.format == Format::OpenMetrics;
         let mut p = 0;
         if !(l[0].is_ascii_alphabetic() || l[0] == b'_' || l[0] == b':') {
             return Err(format!(
@@ -324,26 +610,41 @@ impl<'a> Parser<'a> {
             p += 1;
         }
         let name_end = p;
+        let (family_type, expect) = self.classify(&l[..name_end])?;
         let mut le = None;
         let mut quantile = None;
         let mut label_range = (p, p);
         let mut key_end = p;
+        let mut canonical = true;
+        let mut after_brace = false;
         let mut q = p;
         while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
             q += 1;
         }
         if q < l.len() && l[q] == b'{' {
+            // Blanks anywhere in `name {a = "1"}`: not the canonical form,
+            // and not OpenMetrics.
+            let mut blank = q != p;
             q += 1;
             let ls = q;
-            let mut names: [&[u8]; 16] = [&[]; 16];
-            let mut n_names = 0usize;
+            let mut prev: &[u8] = &[];
+            let mut sorted = true;
+            let mut trailing_comma = false;
             loop {
+                let b = q;
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
                 }
+                blank |= b != q;
                 match l.get(q) {
                     None => return Err("unterminated label set (missing '}')".into()),
-                    Some(b'}') => break,
+                    Some(b'}') => {
+                        if om && trailing_comma {
+                            return Err("trailing comma in label set (not OpenMetrics)".into());
+                        }
+                        canonical &= !trailing_comma && !prev.is_empty();
+                        break;
+                    }
                     _ => {}
                 }
                 let lns = q;
@@ -354,16 +655,18 @@ impl<'a> Parser<'a> {
                     q += 1;
                 }
                 let lname = &l[lns..q];
-                if names[..n_names].contains(&lname) {
-                    return Err(format!(
-                        "duplicate label {:?}",
-                        String::from_utf8_lossy(lname)
-                    ));
+                if lname == b"__name__" {
+                    return Err("label name \"__name__\" is reserved".into());
                 }
-                if n_names < names.len() {
-                    names[n_names] = lname;
-                    n_names += 1;
-                }
+                // Names in increasing order cannot repeat; only an
+                // unsorted set is checked for duplicates (below).
+                sorted &= match (lname.first(), prev.first()) {
+                    (_, None) => true,
+                    (Some(a), Some(b)) if a != b => a > b,
+                    _ => lname > prev,
+                };
+                prev = lname;
+                let b = q;
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
                 }
@@ -377,6 +680,7 @@ impl<'a> Parser<'a> {
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
                 }
+                blank |= b + 1 != q;
                 if l.get(q) != Some(&b'"') {
                     return Err(format!(
                         "expected '\"' to open value of label {:?}",
@@ -384,63 +688,39 @@ impl<'a> Parser<'a> {
                     ));
                 }
                 q += 1;
-                let vs = q;
-                let mut escaped = false;
-                loop {
-                    if let Some(off) = l
-                        .get(q..)
-                        .and_then(|r| r.iter().position(|&b| b == b'"' || b == b'\\'))
-                    {
-                        q += off;
-                    } else {
-                        q = l.len();
-                    }
-                    match l.get(q) {
-                        None => return Err("unterminated label value".into()),
-                        Some(b'"') => break,
-                        Some(b'\\') => {
-                            match l.get(q + 1) {
-                                Some(b'\\' | b'"' | b'n') => {}
-                                Some(c) => {
-                                    return Err(format!(
-                                        "invalid escape sequence '\\{}' in label value",
-                                        char::from(*c)
-                                    ));
-                                }
-                                None => return Err("unterminated label value".into()),
-                            }
-                            escaped = true;
-                            q += 2;
-                        }
-                        Some(_) => q += 1,
-                    }
-                }
-                let raw = &l[vs..q];
-                q += 1;
-                if lname == b"le" || lname == b"quantile" {
-                    let v = std::str::from_utf8(raw).map_err(|_| "invalid UTF-8 in label value")?;
-                    let v = if escaped {
-                        Cow::Owned(unescape(v))
-                    } else {
-                        Cow::Borrowed(v)
-                    };
-                    let f = parse_float(v.trim()).ok_or_else(|| {
+                let (vend, escaped) = scan_label_value(l, q)?;
+                let raw = &l[q..vend];
+                q = vend + 1;
+                canonical &= !raw.is_empty();
+                let special = match expect {
+                    Expect::Bucket => lname == b"le",
+                    Expect::Quantile => lname == b"quantile",
+                    _ => false,
+                };
+                if special {
+                    let f = parse_special(raw, escaped).ok_or_else(|| {
                         format!(
-                            "invalid {} label value {v:?}",
-                            String::from_utf8_lossy(lname)
+                            "invalid {} label value {:?} (expected a number)",
+                            String::from_utf8_lossy(lname),
+                            String::from_utf8_lossy(raw)
                         )
                     })?;
-                    if lname == b"le" {
+                    if expect == Expect::Bucket {
                         le = Some(f);
                     } else {
                         quantile = Some(f);
                     }
                 }
+                let b = q;
                 while q < l.len() && (l[q] == b' ' || l[q] == b'\t') {
                     q += 1;
                 }
+                blank |= b != q;
                 match l.get(q) {
-                    Some(b',') => q += 1,
+                    Some(b',') => {
+                        q += 1;
+                        trailing_comma = true;
+                    }
                     Some(b'}') => break,
                     None => return Err("unterminated label set (missing '}')".into()),
                     Some(c) => {
@@ -451,56 +731,75 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
+            if blank && om {
+                return Err("blank in label set (not OpenMetrics)".into());
+            }
+            canonical &= !blank;
+            if !sorted {
+                canonical = false;
+                self.names.clear();
+                let mut it = LabelIter {
+                    s: &l[ls..q],
+                    src: "",
+                    pos: 0,
+                };
+                while let Some(n) = it.next_name() {
+                    self.names.push(n);
+                }
+                self.names.sort_unstable();
+                if let Some(w) = self.names.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(format!(
+                        "duplicate label {:?}",
+                        String::from_utf8_lossy(w[0])
+                    ));
+                }
+            }
             label_range = (ls, q);
             q += 1; // '}'
             key_end = q;
             p = q;
+            after_brace = true;
         }
-        let (value, timestamp_ms) = parse_value_ts(l, p)?;
+        let exemplar_ok = om
+            && match family_type {
+                MetricType::Counter => l[..name_end].ends_with(b"_total"),
+                MetricType::Histogram | MetricType::GaugeHistogram => expect == Expect::Bucket,
+                _ => false,
+            };
+        let (value, timestamp_ms) = if om {
+            parse_value_ts_om(l, p, exemplar_ok)?
+        } else {
+            parse_value_ts(l, p, after_brace)?
+        };
         let key =
             std::str::from_utf8(&l[..key_end]).map_err(|_| "invalid UTF-8 in series labels")?;
         let name = key.get(..name_end).ok_or("invalid metric name")?;
         let labels = RawLabels(key.get(label_range.0..label_range.1).unwrap_or(""));
-
-        // Family association.
-        let fam = self.family;
-        let (family_type, role) = if !fam.is_empty()
-            && name.len() >= fam.len()
-            && name.starts_with(fam)
-        {
-            let suffix = &name[fam.len()..];
-            match (self.family_type, suffix) {
-                (MetricType::Histogram, "_bucket") => match le {
-                    Some(le) => (MetricType::Histogram, SampleRole::Bucket { le }),
-                    None => return Err(format!("histogram bucket {name} without 'le' label")),
-                },
-                (MetricType::Histogram | MetricType::Summary, "_sum") => {
-                    (self.family_type, SampleRole::Sum)
+        let role = match expect {
+            Expect::Plain => SampleRole::Plain,
+            Expect::Sum => SampleRole::Sum,
+            Expect::Count => SampleRole::Count,
+            Expect::Created => SampleRole::Created,
+            // The reference keeps the page when `le` / `quantile` is
+            // missing (text format); OpenMetrics requires them.
+            Expect::Bucket => match le {
+                Some(le) => SampleRole::Bucket { le },
+                None if om => return Err(format!("histogram bucket {name} without 'le' label")),
+                None => SampleRole::Plain,
+            },
+            Expect::Quantile => match quantile {
+                Some(q) => SampleRole::Quantile { q },
+                None if om => {
+                    return Err(format!("summary sample {name} without 'quantile' label"));
                 }
-                (MetricType::Histogram | MetricType::Summary, "_count") => {
-                    (self.family_type, SampleRole::Count)
-                }
-                (MetricType::Summary, "") => match quantile {
-                    Some(q) => (MetricType::Summary, SampleRole::Quantile { q }),
-                    None => return Err(format!("summary sample {name} without 'quantile' label")),
-                },
-                (MetricType::Histogram, "") => {
-                    return Err(format!(
-                        "histogram sample {name} needs a _bucket/_sum/_count suffix"
-                    ));
-                }
-                (t @ (MetricType::Counter | MetricType::Gauge | MetricType::Untyped), "") => {
-                    (t, SampleRole::Plain)
-                }
-                _ => (MetricType::Untyped, SampleRole::Plain),
-            }
-        } else {
-            (MetricType::Untyped, SampleRole::Plain)
+                None => SampleRole::Plain,
+            },
         };
         Ok(Sample {
             name,
             labels,
             key,
+            canonical,
             value,
             timestamp_ms,
             family_type,
@@ -520,7 +819,8 @@ impl<'a> Parser<'a> {
     /// Like [`Iterator::next`], but when the next sample line starts with
     /// `hint.0` (a key seen earlier, followed by a blank) and the family
     /// context equals `hint.1`, the key is not re-parsed: same bytes in the
-    /// same context were already validated.
+    /// same context were already validated. Hints are ignored on
+    /// OpenMetrics pages (exemplars make the tail depend on the family).
     pub fn next_hinted(
         &mut self,
         hint: Option<(&[u8], u64)>,
@@ -528,20 +828,16 @@ impl<'a> Parser<'a> {
         if self.failed {
             return None;
         }
+        if self.format == Format::OpenMetrics {
+            return self.next_om();
+        }
+        // The text format's loop, kept free of OpenMetrics checks: it runs
+        // for every line of every scrape.
         loop {
             if self.pos >= self.src.len() {
                 return None;
             }
-            let rest = &self.src[self.pos..];
-            let (mut l, adv) = match memchr_nl(rest) {
-                Some(i) => (&rest[..i], i + 1),
-                None => (rest, rest.len()),
-            };
-            self.pos += adv;
-            self.line = self.line.saturating_add(1);
-            if let [head @ .., b'\r'] = l {
-                l = head;
-            }
+            let l = self.next_line();
             let mut s = 0;
             while s < l.len() && (l[s] == b' ' || l[s] == b'\t') {
                 s += 1;
@@ -562,7 +858,7 @@ impl<'a> Parser<'a> {
                 && (l[key.len()] == b' ' || l[key.len()] == b'\t')
                 && l.starts_with(key)
             {
-                return match parse_value_ts(l, key.len()) {
+                return match parse_value_ts(l, key.len(), false) {
                     Ok((value, timestamp_ms)) => Some(Ok(Hinted::Known {
                         value,
                         timestamp_ms,
@@ -577,6 +873,51 @@ impl<'a> Parser<'a> {
             };
         }
     }
+
+    /// The next line (without its `\n` and a final `\r`); `pos` must be
+    /// before the end of the input.
+    #[inline(always)]
+    fn next_line(&mut self) -> &'a [u8] {
+        let rest = &self.src[self.pos..];
+        let (mut l, adv) = match memchr_nl(rest) {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        self.pos += adv;
+        self.line = self.line.saturating_add(1);
+        if let [head @ .., b'\r'] = l {
+            l = head;
+        }
+        l
+    }
+
+    /// [`Parser::next_hinted`] for OpenMetrics pages (no hints: exemplars
+    /// make a line's tail depend on its family).
+    #[inline(never)]
+    fn next_om(&mut self) -> Option<Result<Hinted<'a>, ParseError>> {
+        if self.pos >= self.src.len() {
+            if !self.eof {
+                return self.err("OpenMetrics page without '# EOF' at its end");
+            }
+            return None;
+        }
+        let l = self.next_line();
+        if self.eof {
+            return self.err("text after '# EOF'");
+        }
+        match l.first() {
+            None => self.err("blank line (not allowed in OpenMetrics)"),
+            Some(b' ' | b'\t') => self.err("line starts with a blank (not OpenMetrics)"),
+            Some(b'#') => match self.parse_comment(l) {
+                Ok(it) => Some(Ok(Hinted::Item(it))),
+                Err(e) => self.err(e),
+            },
+            Some(_) => match self.parse_sample(l) {
+                Ok(s) => Some(Ok(Hinted::Item(Item::Sample(s)))),
+                Err(e) => self.err(e),
+            },
+        }
+    }
 }
 
 impl<'a> Iterator for Parser<'a> {
@@ -588,6 +929,190 @@ impl<'a> Iterator for Parser<'a> {
             Ok(Hinted::Known { .. }) => None,
             Err(e) => Some(Err(e)),
         }
+    }
+}
+
+/// Scan a quoted label value starting at `q` (just after the opening
+/// quote); returns the position of the closing quote and whether the value
+/// holds escapes.
+#[inline(always)]
+fn scan_label_value(l: &[u8], mut q: usize) -> Result<(usize, bool), String> {
+    let mut escaped = false;
+    loop {
+        if let Some(off) = l
+            .get(q..)
+            .and_then(|r| r.iter().position(|&b| b == b'"' || b == b'\\'))
+        {
+            q += off;
+        } else {
+            q = l.len();
+        }
+        match l.get(q) {
+            None => return Err("unterminated label value".into()),
+            Some(b'"') => return Ok((q, escaped)),
+            Some(b'\\') => {
+                match l.get(q + 1) {
+                    Some(b'\\' | b'"' | b'n') => {}
+                    Some(c) => {
+                        return Err(format!(
+                            "invalid escape sequence '\\{}' in label value",
+                            char::from(*c)
+                        ));
+                    }
+                    None => return Err("unterminated label value".into()),
+                }
+                escaped = true;
+                q += 2;
+            }
+            Some(_) => q += 1,
+        }
+    }
+}
+
+/// Value of an `le` or `quantile` label as a number.
+fn parse_special(raw: &[u8], escaped: bool) -> Option<f64> {
+    let v = std::str::from_utf8(raw).ok()?;
+    let v = if escaped {
+        Cow::Owned(unescape(v))
+    } else {
+        Cow::Borrowed(v)
+    };
+    parse_float(v.trim())
+}
+
+/// Validate an exemplar's label set `{...}` starting at `q` (on `{`);
+/// returns the position after `}` and the number of characters of its
+/// names and values.
+fn scan_exemplar_labels(l: &[u8], mut q: usize) -> Result<(usize, usize), String> {
+    if l.get(q) != Some(&b'{') {
+        return Err("exemplar without a label set".into());
+    }
+    q += 1;
+    let mut chars = 0usize;
+    let mut first = true;
+    loop {
+        match l.get(q) {
+            Some(b'}') => return Ok((q + 1, chars)),
+            Some(b',') if !first => q += 1,
+            Some(_) if first => {}
+            _ => return Err("malformed exemplar label set".into()),
+        }
+        first = false;
+        let ns = q;
+        if !l
+            .get(q)
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        {
+            return Err("invalid exemplar label name".into());
+        }
+        while q < l.len() && is_label_char(l[q]) {
+            q += 1;
+        }
+        chars += q - ns;
+        if l.get(q) != Some(&b'=') || l.get(q + 1) != Some(&b'"') {
+            return Err("malformed exemplar label".into());
+        }
+        let (vend, _) = scan_label_value(l, q + 2)?;
+        let v = std::str::from_utf8(&l[q + 2..vend]).map_err(|_| "invalid UTF-8 in exemplar")?;
+        chars += v.chars().count();
+        q = vend + 1;
+    }
+}
+
+/// Maximum characters of an exemplar's label names and values (OpenMetrics).
+const EXEMPLAR_MAX_CHARS: usize = 128;
+
+/// OpenMetrics timestamp (seconds, float allowed) as milliseconds.
+fn om_timestamp_ms(tok: &[u8]) -> Result<i64, String> {
+    let t = std::str::from_utf8(tok)
+        .ok()
+        .and_then(parse_float)
+        .filter(|s| s.is_finite() && s.abs() < 9.2e15)
+        .ok_or_else(|| format!("invalid timestamp {:?}", String::from_utf8_lossy(tok)))?;
+    Ok((t * 1000.0).round() as i64)
+}
+
+/// Next token of an OpenMetrics sample's tail: `None` at the end of the
+/// line, else exactly one space and a non-empty token.
+fn om_token<'l>(l: &'l [u8], p: &mut usize) -> Result<Option<&'l [u8]>, String> {
+    if *p >= l.len() {
+        return Ok(None);
+    }
+    if l[*p] != b' ' {
+        return Err(format!(
+            "unexpected character {:?} (OpenMetrics separates tokens with one space)",
+            char::from(l[*p])
+        ));
+    }
+    *p += 1;
+    let s = *p;
+    while *p < l.len() && l[*p] != b' ' {
+        *p += 1;
+    }
+    if s == *p {
+        return Err("unexpected blank (OpenMetrics separates tokens with one space)".into());
+    }
+    Ok(Some(&l[s..*p]))
+}
+
+/// Parse `value [timestamp] [# {exemplar labels} value [timestamp]]` of an
+/// OpenMetrics sample, starting at `p` (end of name or label set).
+fn parse_value_ts_om(l: &[u8], p: usize, exemplar_ok: bool) -> Result<(f64, Option<i64>), String> {
+    let mut p = p;
+    let vt = om_token(l, &mut p)?.ok_or("missing value")?;
+    let value = std::str::from_utf8(vt)
+        .ok()
+        .and_then(parse_float)
+        .ok_or_else(|| format!("invalid value {:?}", String::from_utf8_lossy(vt)))?;
+    let mut t = om_token(l, &mut p)?;
+    let mut ts = None;
+    if let Some(tok) = t.filter(|t| *t != b"#") {
+        ts = Some(om_timestamp_ms(tok)?);
+        t = om_token(l, &mut p)?;
+    }
+    match t {
+        None => return Ok((value, ts)),
+        Some(b"#") => {}
+        Some(_) => return Err("unexpected text after timestamp".into()),
+    }
+    if !exemplar_ok {
+        return Err("exemplar on a sample that cannot have one".into());
+    }
+    if l.get(p) != Some(&b' ') {
+        return Err("exemplar without a label set".into());
+    }
+    let (after, chars) = scan_exemplar_labels(l, p + 1)?;
+    if chars > EXEMPLAR_MAX_CHARS {
+        return Err(format!(
+            "exemplar labels of {chars} characters (limit {EXEMPLAR_MAX_CHARS})"
+        ));
+    }
+    p = after;
+    let ev = om_token(l, &mut p)
+        .map_err(|e| format!("exemplar: {e}"))?
+        .ok_or("exemplar without a value")?;
+    std::str::from_utf8(ev)
+        .ok()
+        .and_then(parse_float)
+        .ok_or_else(|| format!("invalid exemplar value {:?}", String::from_utf8_lossy(ev)))?;
+    if let Some(et) = om_token(l, &mut p).map_err(|e| format!("exemplar: {e}"))? {
+        om_timestamp_ms(et).map_err(|e| format!("exemplar: {e}"))?;
+    }
+    if p < l.len() {
+        return Err("unexpected text after exemplar".into());
+    }
+    Ok((value, ts))
+}
+
+fn trim_blanks_start(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    &s[n..]
+}
+
+fn split_word_b(s: &[u8]) -> (&[u8], &[u8]) {
+    match s.iter().position(|&b| b == b' ' || b == b'\t') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, &[]),
     }
 }
 
@@ -612,9 +1137,9 @@ fn memchr_nl(s: &[u8]) -> Option<usize> {
 }
 
 /// Parse `[ws] value [ws timestamp] [ws]` starting at `p` (which must be at
-/// the end of the line or at a blank).
-fn parse_value_ts(l: &[u8], mut p: usize) -> Result<(f64, Option<i64>), String> {
-    if p < l.len() && !(l[p] == b' ' || l[p] == b'\t') {
+/// the end of the line or at a blank, unless it follows a `}`).
+fn parse_value_ts(l: &[u8], mut p: usize, after_brace: bool) -> Result<(f64, Option<i64>), String> {
+    if !after_brace && p < l.len() && !(l[p] == b' ' || l[p] == b'\t') {
         return Err(format!(
             "unexpected character {:?} after metric name/labels",
             char::from(l[p])
@@ -723,13 +1248,6 @@ fn valid_metric_name(n: &[u8]) -> bool {
     }
 }
 
-fn split_word(s: &str) -> (&str, &str) {
-    match s.find([' ', '\t']) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, ""),
-    }
-}
-
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
@@ -812,9 +1330,14 @@ pub struct MetricFamily {
     pub samples: Vec<OwnedSample>,
 }
 
-/// Parse a whole page into owned families (convenient, allocating; the scan
-/// path uses [`Parser`] directly).
+/// Parse a whole text-format page into owned families (convenient,
+/// allocating; the scan path uses [`Parser`] directly).
 pub fn parse_families(src: &[u8]) -> Result<Vec<MetricFamily>, ParseError> {
+    parse_families_with(src, Format::Text)
+}
+
+/// [`parse_families`] by the rules of `format`.
+pub fn parse_families_with(src: &[u8], format: Format) -> Result<Vec<MetricFamily>, ParseError> {
     let mut fams: Vec<MetricFamily> = Vec::new();
     let mut help: Vec<(String, String)> = Vec::new();
     fn fam_for<'f>(
@@ -835,7 +1358,7 @@ pub fn parse_families(src: &[u8]) -> Result<Vec<MetricFamily>, ParseError> {
         &mut fams[n]
     }
     let mut cur_family = String::new();
-    for item in Parser::new(src) {
+    for item in Parser::with_format(src, format) {
         match item? {
             Item::Help { name, text } => help.push((name.to_string(), unescape(text))),
             Item::Type { name, kind } => {
@@ -844,7 +1367,9 @@ pub fn parse_families(src: &[u8]) -> Result<Vec<MetricFamily>, ParseError> {
             }
             Item::Comment(_) => {}
             Item::Sample(s) => {
-                let fname = if s.family_type != MetricType::Untyped || s.name == cur_family {
+                let fname = if !matches!(s.family_type, MetricType::Untyped | MetricType::Unknown)
+                    || s.name == cur_family
+                {
                     cur_family.clone()
                 } else {
                     s.name.to_string()

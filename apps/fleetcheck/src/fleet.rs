@@ -31,6 +31,12 @@ use crate::report::ExpectedFinding;
 /// Seconds between two rounds of the simulated fleet.
 pub const STEP_SECS: f64 = 15.0;
 
+/// Header a scanner may send to ask for a round (`fleetcheck` sends it
+/// with every scrape); the page then carries sample timestamps of the
+/// simulated clock, so a scan of the fleet as external targets sees the
+/// same rounds and times as the built-in run.
+pub const ROUND_HEADER: &str = "x-fleetcheck-round";
+
 /// Misbehaviour of a bad host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadKind {
@@ -42,6 +48,36 @@ pub enum BadKind {
     Oversize(usize),
     /// Answers after this delay.
     Slow(Duration),
+}
+
+impl std::str::FromStr for BadKind {
+    type Err = String;
+
+    /// `500`, `garbage`, `oversize[:BYTES]` (default 20 MiB, over the
+    /// default page cap), `slow[:MS]` (default 30000).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        let num = |d: u64| -> Result<u64, String> {
+            arg.map_or(Ok(d), |a| {
+                a.parse()
+                    .map_err(|_| format!("bad host {s:?}: {a:?} is not a number"))
+            })
+        };
+        Ok(match kind {
+            "500" => BadKind::Status500,
+            "garbage" => BadKind::Garbage,
+            "oversize" => BadKind::Oversize(num(20 << 20)? as usize),
+            "slow" => BadKind::Slow(Duration::from_millis(num(30_000)?)),
+            _ => {
+                return Err(format!(
+                    "unknown bad host {s:?} (500, garbage, oversize[:BYTES], slow[:MS])"
+                ));
+            }
+        })
+    }
 }
 
 /// Fleet parameters.
@@ -797,6 +833,11 @@ impl Fleet {
 
     /// Render host `host`'s page for `round` into `out` (appends).
     pub fn render(&self, host: u32, round: u64, out: &mut Vec<u8>) {
+        self.render_with(host, round, None, out);
+    }
+
+    /// [`Fleet::render`], every sample stamped `ts_ms` when given.
+    fn render_with(&self, host: u32, round: u64, ts_ms: Option<u64>, out: &mut Vec<u8>) {
         let ovs = self.overrides(host, round);
         let mut oi = 0;
         let text = &self.tpl.text;
@@ -813,6 +854,10 @@ impl Fleet {
             };
             out.extend_from_slice(&text[spec.line.0 as usize..spec.line.1 as usize]);
             write_num(out, v, spec.dec);
+            if let Some(ts) = ts_ms {
+                out.push(b' ');
+                write_u64(out, ts);
+            }
             out.push(b'\n');
         }
     }
@@ -820,6 +865,12 @@ impl Fleet {
     /// The page served for `host` at `round` (None: host unknown).
     /// Bad hosts give their misbehaviour via [`Fleet::bad_kind`].
     pub fn page(&self, host: u32, round: Option<u64>) -> Option<Vec<u8>> {
+        self.page_with(host, round, false)
+    }
+
+    /// [`Fleet::page`]; with `stamped`, every sample carries its simulated
+    /// time (round x [`STEP_SECS`]) as timestamp.
+    pub fn page_with(&self, host: u32, round: Option<u64>, stamped: bool) -> Option<Vec<u8>> {
         if host >= self.cfg.hosts {
             return None;
         }
@@ -829,7 +880,8 @@ impl Fleet {
                 .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
         });
         let mut out = Vec::new();
-        self.render(host, round, &mut out);
+        let ts = stamped.then_some((round as f64 * STEP_SECS * 1000.0) as u64);
+        self.render_with(host, round, ts, &mut out);
         Some(out)
     }
 
@@ -914,9 +966,18 @@ async fn handle(
     fleet: Arc<Fleet>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let Some((host, round)) = parse_path(req.uri().path(), req.uri().query()) else {
+    let Some((host, query_round)) = parse_path(req.uri().path(), req.uri().query()) else {
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
     };
+    // `?round=N` (the built-in run, logical clock): plain page. Otherwise
+    // the round asked by header, or the host's next one: stamped page.
+    let header_round = req
+        .headers()
+        .get(ROUND_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let stamped = query_round.is_none();
+    let round = query_round.or(header_round);
     if let Some(bad) = fleet.bad_kind(host) {
         return Ok(match bad {
             BadKind::Status500 => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
@@ -940,7 +1001,7 @@ async fn handle(
             }
             BadKind::Slow(d) => {
                 tokio::time::sleep(d).await;
-                match fleet.page(0, round) {
+                match fleet.page_with(0, round, stamped) {
                     Some(p) => text(StatusCode::OK, p),
                     None => text(StatusCode::NOT_FOUND, "not found\n"),
                 }
@@ -949,10 +1010,7 @@ async fn handle(
     }
     let f = fleet.clone();
     // Rendering is CPU work; keep it off the accept path.
-    let page = match round {
-        Some(_) => f.page(host, round),
-        None => f.page(host, None),
-    };
+    let page = f.page_with(host, round, stamped);
     Ok(match page {
         Some(p) => {
             let mut r = text(StatusCode::OK, p);
@@ -1020,6 +1078,46 @@ impl Drop for FleetServer {
 mod tests {
     use super::*;
     use crate::expfmt::{Item, MetricType, Parser};
+
+    /// The scan's fast path (hints, no identity rewriting) needs every
+    /// series written the canonical way.
+    #[test]
+    fn pages_write_every_series_canonically() {
+        let f = Fleet::new(FleetConfig {
+            hosts: 3,
+            series: 2000,
+            ..Default::default()
+        });
+        let mut page = Vec::new();
+        f.render(1, 2, &mut page);
+        let mut n = 0;
+        for it in Parser::new(&page) {
+            if let Item::Sample(s) = it.unwrap() {
+                assert!(s.canonical, "line {}: {}", s.line, s.key);
+                n += 1;
+            }
+        }
+        assert!(n >= 1900);
+    }
+
+    #[test]
+    fn stamped_pages_carry_the_simulated_time() {
+        let f = Fleet::new(FleetConfig {
+            hosts: 2,
+            series: 100,
+            ..Default::default()
+        });
+        let page = f.page_with(0, Some(3), true).unwrap();
+        for it in Parser::new(&page) {
+            if let Item::Sample(s) = it.unwrap() {
+                assert_eq!(s.timestamp_ms, Some(45_000));
+            }
+        }
+        assert_eq!(
+            f.page_with(0, Some(3), false).unwrap().len(),
+            f.page(0, Some(3)).unwrap().len()
+        );
+    }
 
     #[test]
     fn page_is_valid_and_sized() {

@@ -1,12 +1,21 @@
-//! Minimal HTTP/1.1 client (plain HTTP) on hyper: keep-alive connection pool
-//! per authority, per-request timeout, response size cap.
+//! Minimal HTTP/1.1 scrape client on hyper: keep-alive connection pool per
+//! authority, a cap on connections per target host, HTTPS with rustls,
+//! bearer or basic auth, gzip, per-request timeout, response size cap
+//! (applied to the decompressed page too).
+//!
+//! A scrape sends what Prometheus sends: an `Accept` header listing
+//! OpenMetrics and the text format ([`crate::expfmt::ACCEPT`]),
+//! `Accept-Encoding: gzip` and `X-Prometheus-Scrape-Timeout-Seconds`. The
+//! page's format is read from its `Content-Type` ([`Page::format`]).
 //!
 //! The pool never holds a lock across an `.await`, so one [`HttpClient`] can
 //! be shared by many tasks (also on a single-threaded runtime).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,15 +23,25 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::expfmt::{ACCEPT, Format};
 
 /// Fetch limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchConfig {
     /// Whole-request timeout (connect + response + body).
     pub timeout: Duration,
-    /// Maximum body size in bytes.
+    /// Maximum body size in bytes (compressed and decompressed).
     pub max_bytes: usize,
+    /// The scan's round, sent as `X-Fleetcheck-Round` (the simulated
+    /// fleet serves that round; other servers ignore it).
+    pub round: Option<u64>,
 }
 
 impl Default for FetchConfig {
@@ -30,6 +49,7 @@ impl Default for FetchConfig {
         FetchConfig {
             timeout: Duration::from_secs(10),
             max_bytes: 16 << 20,
+            round: None,
         }
     }
 }
@@ -37,9 +57,9 @@ impl Default for FetchConfig {
 /// Why a fetch failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
-    /// URL not understood (only `http://host:port/path` is supported).
+    /// URL not understood (only `http://` and `https://host:port/path`).
     BadUrl(String),
-    /// Connection refused / failed.
+    /// Connection refused / reset / failed: what happened, in words.
     Unreachable(String),
     /// Timeout elapsed.
     Timeout(Duration),
@@ -47,6 +67,9 @@ pub enum FetchError {
     Status(u16),
     /// Body larger than the cap.
     Oversize(usize),
+    /// TLS handshake failed (certificate not valid for the host, unknown
+    /// authority, ...).
+    Tls(String),
     /// Other HTTP/protocol error.
     Http(String),
 }
@@ -60,6 +83,7 @@ impl FetchError {
             FetchError::Timeout(_) => "timeout",
             FetchError::Status(_) => "http_status",
             FetchError::Oversize(_) => "oversize",
+            FetchError::Tls(_) => "tls",
             FetchError::Http(_) => "http",
         }
     }
@@ -68,11 +92,14 @@ impl FetchError {
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FetchError::BadUrl(u) => write!(f, "bad URL {u:?} (only http://host:port/path)"),
+            FetchError::BadUrl(u) => {
+                write!(f, "bad URL {u:?} (only http:// or https://host:port/path)")
+            }
             FetchError::Unreachable(e) => write!(f, "unreachable: {e}"),
             FetchError::Timeout(d) => write!(f, "timed out after {} ms", d.as_millis()),
             FetchError::Status(s) => write!(f, "HTTP status {s}"),
             FetchError::Oversize(n) => write!(f, "page larger than the cap of {n} bytes"),
+            FetchError::Tls(e) => write!(f, "TLS: {e}"),
             FetchError::Http(e) => write!(f, "HTTP error: {e}"),
         }
     }
@@ -80,17 +107,269 @@ impl fmt::Display for FetchError {
 
 impl std::error::Error for FetchError {}
 
+/// A page as fetched: its body (decompressed) and its format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The page's bytes.
+    pub body: Vec<u8>,
+    /// Format by the response's `Content-Type`.
+    pub format: Format,
+    /// Bytes on the wire (compressed size when gzip was used).
+    pub wire_bytes: usize,
+}
+
+/// TLS settings of a target group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSettings {
+    /// PEM file of the CA certificates to trust (instead of the system's).
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate (signatures are still checked).
+    pub insecure_skip_verify: bool,
+}
+
+/// Authentication of a target group; secrets are read from files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthSettings {
+    /// None.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`, token read from the file.
+    Bearer {
+        /// File holding the token (surrounding whitespace is trimmed).
+        token_file: PathBuf,
+    },
+    /// `Authorization: Basic`, password read from the file.
+    Basic {
+        /// User name.
+        user: String,
+        /// File holding the password (a final newline is trimmed).
+        password_file: Option<PathBuf>,
+    },
+}
+
+/// How to reach the targets of one group: TLS, auth, connection cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSettings {
+    /// TLS settings for `https://` targets.
+    pub tls: TlsSettings,
+    /// Authentication sent with every request.
+    pub auth: AuthSettings,
+    /// Maximum connections open at once to one target `host:port` (0 = no
+    /// cap). A target with a small listen backlog never sees a burst.
+    pub max_conns_per_host: usize,
+    /// Send `Accept-Encoding: gzip` (and decompress gzip answers).
+    pub gzip: bool,
+}
+
+/// Default cap on connections per target host.
+pub const DEFAULT_MAX_CONNS_PER_HOST: usize = 8;
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            tls: TlsSettings::default(),
+            auth: AuthSettings::None,
+            max_conns_per_host: DEFAULT_MAX_CONNS_PER_HOST,
+            gzip: true,
+        }
+    }
+}
+
+/// A settings file (CA, certificate, key, token, password) that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError(pub String);
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+fn read_secret(path: &Path, what: &str) -> Result<String, SettingsError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| SettingsError(format!("{what} {}: {e}", path.display())))
+}
+
+impl AuthSettings {
+    /// The `Authorization` header value (files read now).
+    fn header(&self) -> Result<Option<String>, SettingsError> {
+        use base64::Engine as _;
+        Ok(match self {
+            AuthSettings::None => None,
+            AuthSettings::Bearer { token_file } => {
+                let t = read_secret(token_file, "bearer token file")?;
+                let t = t.trim();
+                if t.is_empty() {
+                    return Err(SettingsError(format!(
+                        "bearer token file {} is empty",
+                        token_file.display()
+                    )));
+                }
+                Some(format!("Bearer {t}"))
+            }
+            AuthSettings::Basic {
+                user,
+                password_file,
+            } => {
+                let pw = match password_file {
+                    Some(p) => read_secret(p, "basic auth password file")?,
+                    None => String::new(),
+                };
+                let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+                Some(format!("Basic {enc}"))
+            }
+        })
+    }
+}
+
+/// Accepts any server certificate; handshake signatures are still verified.
+#[derive(Debug)]
+struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl TlsSettings {
+    /// Build the rustls client configuration (files read now).
+    fn client_config(&self) -> Result<rustls::ClientConfig, SettingsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SettingsError(format!("TLS setup: {e}")))?;
+        let builder = if self.insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &self.ca_file {
+                Some(ca) => {
+                    let certs = CertificateDer::pem_file_iter(ca)
+                        .map_err(|e| SettingsError(format!("CA file {}: {e}", ca.display())))?;
+                    for c in certs {
+                        let c =
+                            c.map_err(|e| SettingsError(format!("CA file {}: {e}", ca.display())))?;
+                        roots
+                            .add(c)
+                            .map_err(|e| SettingsError(format!("CA file {}: {e}", ca.display())))?;
+                    }
+                    if roots.is_empty() {
+                        return Err(SettingsError(format!(
+                            "CA file {} holds no certificate",
+                            ca.display()
+                        )));
+                    }
+                }
+                None => {
+                    // Unreadable system certificates are skipped; none at all
+                    // leaves HTTPS targets failing with "unknown authority".
+                    let native = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(native.certs);
+                }
+            }
+            builder.with_root_certificates(roots)
+        };
+        match (&self.cert_file, &self.key_file) {
+            (None, None) => Ok(builder.with_no_client_auth()),
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| {
+                        SettingsError(format!("client certificate {}: {e}", cert.display()))
+                    })?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| SettingsError(format!("client key {}: {e}", key.display())))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| SettingsError(format!("client certificate: {e}")))
+            }
+            _ => Err(SettingsError(
+                "a client certificate needs both a certificate file and a key file".into(),
+            )),
+        }
+    }
+}
+
 type Sender = SendRequest<Empty<Bytes>>;
 
-/// A small keep-alive HTTP/1.1 client.
-#[derive(Default)]
+/// A small keep-alive HTTP/1.1 client for scrapes.
 pub struct HttpClient {
     idle: Mutex<HashMap<String, Vec<Sender>>>,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tls: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, SettingsError>>,
+    settings: ClientSettings,
+    authorization: Option<String>,
+    /// Why the settings could not be used (every fetch reports it).
+    broken: Option<SettingsError>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient {
+            idle: Mutex::default(),
+            slots: Mutex::default(),
+            tls: std::sync::OnceLock::new(),
+            settings: ClientSettings::default(),
+            authorization: None,
+            broken: None,
+        }
+    }
 }
 
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClient").finish_non_exhaustive()
+        f.debug_struct("HttpClient")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,9 +377,56 @@ impl fmt::Debug for HttpClient {
 const MAX_IDLE: usize = 256;
 
 impl HttpClient {
-    /// New client with an empty pool.
+    /// New client with default settings (system roots, no auth, gzip,
+    /// [`DEFAULT_MAX_CONNS_PER_HOST`]).
     pub fn new() -> Self {
         HttpClient::default()
+    }
+
+    /// New client for a target group: reads the CA, certificate, key,
+    /// token and password files now and says which one is wrong.
+    pub fn with_settings(settings: &ClientSettings) -> Result<Self, SettingsError> {
+        let authorization = settings.auth.header()?;
+        let tls = std::sync::OnceLock::new();
+        let need_now = settings.tls != TlsSettings::default();
+        if need_now {
+            let cfg = settings.tls.client_config()?;
+            let _ = tls.set(Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))));
+        }
+        Ok(HttpClient {
+            tls,
+            settings: settings.clone(),
+            authorization,
+            ..HttpClient::default()
+        })
+    }
+
+    /// Like [`HttpClient::with_settings`], but never fails: a settings
+    /// error is reported by every fetch instead (for worker processes,
+    /// whose parent already checked the settings).
+    pub fn for_settings(settings: &ClientSettings) -> Self {
+        HttpClient::with_settings(settings).unwrap_or_else(|e| HttpClient {
+            settings: settings.clone(),
+            broken: Some(e),
+            ..HttpClient::default()
+        })
+    }
+
+    /// The settings of this client.
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    fn tls(&self) -> Result<tokio_rustls::TlsConnector, FetchError> {
+        self.tls
+            .get_or_init(|| {
+                self.settings
+                    .tls
+                    .client_config()
+                    .map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)))
+            })
+            .clone()
+            .map_err(|e| FetchError::Tls(e.0))
     }
 
     fn take(&self, authority: &str) -> Option<Sender> {
@@ -116,82 +442,158 @@ impl HttpClient {
 
     fn put(&self, authority: &str, s: Sender) {
         if let Ok(mut g) = self.idle.lock() {
-            let v = g.entry(authority.to_string()).or_default();
-            if v.len() < MAX_IDLE {
-                v.push(s);
+            // No key allocation once the authority is known.
+            if let Some(v) = g.get_mut(authority) {
+                if v.len() < MAX_IDLE {
+                    v.push(s);
+                }
+            } else {
+                g.insert(authority.to_string(), vec![s]);
             }
         }
     }
 
-    /// GET `url` and return the body; errors are classified as [`FetchError`].
-    pub async fn get(&self, url: &str, cfg: &FetchConfig) -> Result<Vec<u8>, FetchError> {
-        match tokio::time::timeout(cfg.timeout, self.get_inner(url, cfg.max_bytes)).await {
+    /// A permit to use one connection to `authority` (`None`: no cap).
+    async fn slot(&self, authority: &str) -> Option<OwnedSemaphorePermit> {
+        let cap = self.settings.max_conns_per_host;
+        if cap == 0 {
+            return None;
+        }
+        let sem = {
+            let mut g = self.slots.lock().ok()?;
+            match g.get(authority) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(Semaphore::new(cap));
+                    g.insert(authority.to_string(), s.clone());
+                    s
+                }
+            }
+        };
+        sem.acquire_owned().await.ok()
+    }
+
+    /// GET `url` and return the page; errors are classified as
+    /// [`FetchError`]. Waiting for a free connection slot of the target
+    /// host (see [`ClientSettings::max_conns_per_host`]) does not count
+    /// against the timeout; everything after it does.
+    pub async fn get(&self, url: &str, cfg: &FetchConfig) -> Result<Page, FetchError> {
+        if let Some(e) = &self.broken {
+            return Err(FetchError::Http(format!("client settings: {e}")));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| FetchError::BadUrl(url.to_string()))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(FetchError::BadUrl(url.to_string())),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
+            .clone();
+        // The pool key is `scheme://authority`, a slice of the URL.
+        let key = url
+            .find("://")
+            .map(|i| i + 3)
+            .and_then(|s| url[s..].find(['/', '?', '#']).map(|e| &url[..s + e]))
+            .unwrap_or(url);
+        let _permit = self.slot(key).await;
+        let get = self.get_inner(&uri, https, &authority, key, cfg);
+        match tokio::time::timeout(cfg.timeout, get).await {
             Ok(r) => r,
             Err(_) => Err(FetchError::Timeout(cfg.timeout)),
         }
     }
 
-    async fn get_inner(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, FetchError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| FetchError::BadUrl(url.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(FetchError::BadUrl(url.to_string()));
-        }
+    async fn connect(&self, uri: &Uri, https: bool) -> Result<Sender, FetchError> {
         let authority = uri
             .authority()
-            .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
-            .clone();
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            .ok_or_else(|| FetchError::BadUrl(uri.to_string()))?;
         let host = authority.host();
-        let port = authority.port_u16().unwrap_or(80);
-        let key = authority.as_str();
-        let mut sender = match self.take(key) {
-            Some(s) => s,
-            None => {
-                let stream = TcpStream::connect((host, port))
-                    .await
-                    .map_err(|e| FetchError::Unreachable(e.to_string()))?;
-                let _ = stream.set_nodelay(true);
-                let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| FetchError::Http(e.to_string()))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                s
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let stream = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| FetchError::Unreachable(describe_io(&e, host, port)))?;
+        let _ = stream.set_nodelay(true);
+        if !https {
+            return handshake(stream).await;
+        }
+        let connector = self.tls()?;
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+            .map_err(|_| FetchError::BadUrl(uri.to_string()))?
+            .to_owned();
+        let tls = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| describe_tls(&e, host))?;
+        handshake(tls).await
+    }
+
+    async fn get_inner(
+        &self,
+        uri: &Uri,
+        https: bool,
+        authority: &hyper::http::uri::Authority,
+        key: &str,
+        cfg: &FetchConfig,
+    ) -> Result<Page, FetchError> {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        // A kept-alive connection the server closed meanwhile fails before
+        // any answer: then the request is sent once more on a new one.
+        let mut try_idle = true;
+        let (sender, resp) = loop {
+            let idle = if try_idle { self.take(key) } else { None };
+            let from_idle = idle.is_some();
+            let mut sender = match idle {
+                Some(s) => s,
+                None => self.connect(uri, https).await?,
+            };
+            let sent = match sender.ready().await {
+                Ok(()) => {
+                    let req = self.request(path, authority, cfg)?;
+                    sender.send_request(req).await
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(resp) => break (sender, resp),
+                Err(e)
+                    if from_idle
+                        && (e.is_closed() || e.is_incomplete_message() || e.is_canceled()) =>
+                {
+                    try_idle = false;
+                }
+                Err(e) => return Err(describe_hyper(&e)),
             }
         };
-        sender
-            .ready()
-            .await
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        let req = Request::get(path)
-            .header(hyper::header::HOST, key)
-            .header(hyper::header::ACCEPT, "text/plain;version=0.0.4")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| FetchError::Http(e.to_string()))?;
         let status = resp.status().as_u16();
         if status != 200 {
-            // Drain a bounded amount so the connection could be reused; simpler: drop it.
             return Err(FetchError::Status(status));
         }
-        let len = resp
-            .headers()
+        let headers = resp.headers();
+        let format = Format::from_content_type(
+            headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let gzip = headers
+            .get(hyper::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+        let len = headers
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        let max_bytes = cfg.max_bytes;
         if len.is_some_and(|len| len > max_bytes) {
             return Err(FetchError::Oversize(max_bytes));
         }
         let mut body = resp.into_body();
-        let mut buf = Vec::with_capacity(len.unwrap_or(64 << 10));
+        let mut buf = Vec::with_capacity(len.unwrap_or(64 << 10).min(max_bytes));
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| FetchError::Http(e.to_string()))?;
+            let frame = frame.map_err(|e| describe_hyper(&e))?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > max_bytes {
                     return Err(FetchError::Oversize(max_bytes));
@@ -200,6 +602,222 @@ impl HttpClient {
             }
         }
         self.put(key, sender);
-        Ok(buf)
+        let wire_bytes = buf.len();
+        let body = if gzip { gunzip(&buf, max_bytes)? } else { buf };
+        Ok(Page {
+            body,
+            format,
+            wire_bytes,
+        })
+    }
+}
+
+impl HttpClient {
+    /// The GET request of a scrape, with Prometheus's headers.
+    fn request(
+        &self,
+        path: &str,
+        authority: &hyper::http::uri::Authority,
+        cfg: &FetchConfig,
+    ) -> Result<Request<Empty<Bytes>>, FetchError> {
+        let mut req = Request::get(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .header(hyper::header::ACCEPT, ACCEPT)
+            .header(
+                "X-Prometheus-Scrape-Timeout-Seconds",
+                format!("{}", cfg.timeout.as_secs_f64()),
+            );
+        if self.settings.gzip {
+            req = req.header(hyper::header::ACCEPT_ENCODING, "gzip");
+        }
+        if let Some(r) = cfg.round {
+            req = req.header(crate::fleet::ROUND_HEADER, r);
+        }
+        if let Some(a) = &self.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, a);
+        }
+        req.body(Empty::<Bytes>::new())
+            .map_err(|e| FetchError::Http(e.to_string()))
+    }
+}
+
+/// Decompress a gzip body, refusing more than `max_bytes` of output.
+pub fn gunzip(data: &[u8], max_bytes: usize) -> Result<Vec<u8>, FetchError> {
+    let mut out = Vec::with_capacity((data.len() * 4).min(max_bytes));
+    let mut dec = flate2::read::GzDecoder::new(data).take(max_bytes as u64 + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| FetchError::Http(format!("bad gzip body: {e}")))?;
+    if out.len() > max_bytes {
+        return Err(FetchError::Oversize(max_bytes));
+    }
+    Ok(out)
+}
+
+async fn handshake<T>(io: T) -> Result<Sender, FetchError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| describe_hyper(&e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(s)
+}
+
+/// Words for a socket error.
+fn describe_io(e: &std::io::Error, host: &str, port: u16) -> String {
+    use std::io::ErrorKind as K;
+    let what = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset by peer",
+        K::ConnectionAborted => "connection aborted",
+        K::TimedOut => "connect timed out",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        K::AddrNotAvailable => "address not available",
+        K::NotFound => return format!("cannot resolve host {host}"),
+        // getaddrinfo failures carry no specific kind.
+        _ if e.to_string().contains("lookup address") => {
+            return format!("cannot resolve host {host} ({e})");
+        }
+        _ => return format!("{host}:{port}: {e}"),
+    };
+    format!("{what} ({host}:{port})")
+}
+
+/// A TLS handshake error in words.
+fn describe_tls(e: &std::io::Error, host: &str) -> FetchError {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    let msg = match inner {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("certificate not valid for host {host}")
+            }
+            CertificateError::UnknownIssuer => format!(
+                "certificate of {host} signed by an unknown authority (give its CA with a CA file)"
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                format!("certificate of {host} expired")
+            }
+            other => format!("invalid certificate of {host}: {other:?}"),
+        },
+        Some(other) => other.to_string(),
+        None => match e.kind() {
+            std::io::ErrorKind::ConnectionReset => {
+                return FetchError::Unreachable("connection reset by peer".into());
+            }
+            std::io::ErrorKind::UnexpectedEof => "connection closed during the handshake".into(),
+            _ => e.to_string(),
+        },
+    };
+    FetchError::Tls(msg)
+}
+
+/// A hyper error in words (the underlying socket error when there is one).
+fn describe_hyper(e: &hyper::Error) -> FetchError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            let what = match io.kind() {
+                std::io::ErrorKind::ConnectionReset => "connection reset by peer".to_string(),
+                std::io::ErrorKind::BrokenPipe => "connection closed by peer (broken pipe)".into(),
+                _ => io.to_string(),
+            };
+            return FetchError::Unreachable(what);
+        }
+        src = s.source();
+    }
+    if e.is_incomplete_message() {
+        return FetchError::Http("connection closed before the response was complete".into());
+    }
+    if e.is_parse() {
+        return FetchError::Http(format!("not an HTTP response: {e}"));
+    }
+    FetchError::Http(e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gunzip_caps_the_decompressed_size() {
+        let page = vec![b'a'; 100_000];
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&page).unwrap();
+        let gz = enc.finish().unwrap();
+        assert!(gz.len() < 1_000);
+        assert_eq!(gunzip(&gz, 100_000).unwrap(), page);
+        assert_eq!(gunzip(&gz, 99_999), Err(FetchError::Oversize(99_999)));
+        assert!(matches!(gunzip(b"not gzip", 10), Err(FetchError::Http(m)) if m.contains("gzip")));
+    }
+
+    #[tokio::test]
+    async fn connection_refused_says_so() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let c = HttpClient::new();
+        let e = c
+            .get(
+                &format!("http://127.0.0.1:{port}/metrics"),
+                &FetchConfig::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("connection refused"), "{e}");
+    }
+
+    #[test]
+    fn socket_errors_are_said_in_words() {
+        use std::io::{Error, ErrorKind};
+        let w = |e: Error| describe_io(&e, "h", 1);
+        assert_eq!(
+            w(Error::from(ErrorKind::ConnectionRefused)),
+            "connection refused (h:1)"
+        );
+        assert_eq!(
+            w(Error::from(ErrorKind::ConnectionReset)),
+            "connection reset by peer (h:1)"
+        );
+        let dns = Error::other("failed to lookup address information: Name or service not known");
+        assert!(w(dns).starts_with("cannot resolve host h"));
+    }
+
+    #[test]
+    fn auth_headers_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("fleetcheck-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = dir.join("token");
+        std::fs::write(&tok, "s3cret\n").unwrap();
+        let h = AuthSettings::Bearer {
+            token_file: tok.clone(),
+        }
+        .header()
+        .unwrap();
+        assert_eq!(h.as_deref(), Some("Bearer s3cret"));
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "pass\n").unwrap();
+        let h = AuthSettings::Basic {
+            user: "user".into(),
+            password_file: Some(pw),
+        }
+        .header()
+        .unwrap();
+        assert_eq!(h.as_deref(), Some("Basic dXNlcjpwYXNz"));
+        let e = AuthSettings::Bearer {
+            token_file: dir.join("missing"),
+        }
+        .header()
+        .unwrap_err();
+        assert!(
+            e.0.contains("bearer token file") && e.0.contains("missing"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

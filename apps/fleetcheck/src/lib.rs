@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod checks;
+pub mod discovery;
 pub mod expfmt;
 pub mod fleet;
 pub mod http;
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod report;
 pub mod rules;
 pub mod scan;
+pub mod scrape_args;
 pub mod state;
 pub mod worker;
 

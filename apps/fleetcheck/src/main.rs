@@ -18,7 +18,7 @@ use fleetcheck::pool::{DEFAULT_WORKER_CONCURRENCY, PoolScanner, PoolSettings, de
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
 use fleetcheck::scan::{
-    Clock, RoundObserver, ScanConfig, ScrapeOptions, host_specs, parse_targets, scan_inprocess,
+    Clock, RoundObserver, ScanConfig, ScrapeOptions, host_specs, scan_inprocess,
 };
 use fleetcheck::worker::WorkerInit;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -102,6 +102,8 @@ struct Cli {
     /// Rows of findings listed in the table output.
     #[arg(long, default_value_t = 40)]
     max_listed: usize,
+    #[command(flatten)]
+    scrape: fleetcheck::scrape_args::ScrapeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +134,10 @@ enum Cmd {
         /// Exit when stdin is closed (used when started by fleetcheck).
         #[arg(long, hide = true)]
         exit_on_stdin_eof: bool,
+        /// Misbehaving hosts served after the regular ones, comma-separated:
+        /// 500, garbage, oversize[:BYTES], slow[:MS].
+        #[arg(long, value_delimiter = ',')]
+        bad: Vec<fleetcheck::fleet::BadKind>,
     },
 }
 
@@ -231,6 +237,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         targets_out,
         print_targets,
         exit_on_stdin_eof,
+        bad,
     }) = cli.cmd.take()
     {
         let cfg = FleetConfig {
@@ -238,7 +245,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
             series,
             seed,
             rounds,
-            bad: Vec::new(),
+            bad,
         };
         return serve_fleet(cfg, port, targets_out, print_targets, exit_on_stdin_eof).map(|()| 0);
     }
@@ -266,9 +273,16 @@ fn run(mut cli: Cli) -> Result<u8, String> {
     }
     let mut urls = cli.target.clone();
     if let Some(p) = &cli.targets {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        urls.extend(parse_targets(&text));
+        urls.extend(fleetcheck::scan::load_targets(p)?);
     }
+    let discovery = if cli.scrape.file_sd.is_empty() {
+        None
+    } else {
+        let t = fleetcheck::discovery::Targets::new(&urls, &cli.scrape.file_sd)
+            .map_err(|e| e.to_string())?;
+        urls = t.urls().to_vec();
+        Some(Arc::new(Mutex::new(t)))
+    };
     let builtin = urls.is_empty();
     if builtin && cli.rounds == 0 {
         return Err("the built-in fleet needs a finite --rounds".into());
@@ -316,6 +330,8 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                 round_query: builtin,
                 clock,
             },
+            clients: vec![cli.scrape.checked_settings(builtin)?],
+            discovery: discovery.clone(),
         };
         if cli.bench {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
@@ -357,6 +373,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                     let init = WorkerInit {
                         rules: rules.clone(),
                         opts: cfg.opts,
+                        clients: cfg.clients.clone(),
                     };
                     fleetcheck::pool::scan_pool(&cfg, init, settings, obs.clone()).await
                 }
@@ -378,8 +395,16 @@ fn run(mut cli: Cli) -> Result<u8, String> {
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
             verify(&report.findings, &truth)
         });
+        let (urls, labels) = match &discovery {
+            Some(d) => d
+                .lock()
+                .map(|t| (t.urls().to_vec(), t.labels().to_vec()))
+                .unwrap_or_default(),
+            None => (urls, Vec::new()),
+        };
         let ctx = RenderCtx {
             targets: &urls,
+            labels: &labels,
             elapsed_secs: elapsed,
             verification: verification.as_ref(),
             max_listed: cli.max_listed,
@@ -445,6 +470,7 @@ async fn run_bench(
     let init = WorkerInit {
         rules: rules.clone(),
         opts: cfg.opts,
+        clients: cfg.clients.clone(),
     };
     let scanner = PoolScanner::start(init, settings).await?;
     let mut total = Report::default();

@@ -236,11 +236,12 @@ impl PoolScanner {
         let mut round = 0u64;
         while cfg.rounds == 0 || round < cfg.rounds {
             let start = Instant::now();
-            let mut rep = self.round(&cfg.targets, round).await?;
+            let targets = cfg.round_targets();
+            let mut rep = self.round(&targets, round).await?;
             rep.finish_round(&self.checks, round);
             total.merge(rep);
             if let Ok(mut o) = observer.lock() {
-                o.hosts_done(cfg.targets.len() as u64);
+                o.hosts_done(targets.len() as u64);
                 o.round_done(round, &total);
             }
             round += 1;

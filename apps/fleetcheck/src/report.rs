@@ -21,7 +21,8 @@
 //!   "fleet_stats": [ { "check": string, "series": string, "n": usize, "median": f64, "mad": f64 } ],  // last round
 //!   "findings": [ {
 //!       "host": u32, "target": string, "round": u64,
-//!       "check": string,          // rule name, or for scrape problems: unreachable|timeout|http_status|oversize|malformed|bad_url|http
+//!       "labels": { "<name>": string, ... },   // the target's labels (file-based discovery)
+//!       "check": string,          // rule name, or for scrape problems: unreachable|timeout|http_status|oversize|malformed|tls|bad_url|http
 //!       "kind": string,           // threshold|rate|zscore|stale|absent|fleet_outlier|scrape|<custom>
 //!       "series": string,         // name{labels}; metric name for absent; "" for scrape problems
 //!       "value": f64 | null,      // null when not finite
@@ -297,12 +298,25 @@ pub fn verify(findings: &[Finding], truth: &[ExpectedFinding]) -> Verification {
 pub struct RenderCtx<'a> {
     /// Target URL per host id.
     pub targets: &'a [String],
+    /// Target labels per host id (file-based discovery; may be empty).
+    pub labels: &'a [crate::discovery::Labels],
     /// Wall time of the scan.
     pub elapsed_secs: f64,
     /// Verification against ground truth (built-in fleet).
     pub verification: Option<&'a Verification>,
     /// Maximum findings listed in the table.
     pub max_listed: usize,
+}
+
+/// The host's target labels as `{a="1",b="2"}` ("" without labels).
+fn labels_text(ctx: &RenderCtx<'_>, host: u32) -> String {
+    match ctx.labels.get(host as usize).filter(|l| !l.is_empty()) {
+        None => String::new(),
+        Some(l) => {
+            let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            format!("{{{}}}", inner.join(","))
+        }
+    }
 }
 
 fn target_of<'a>(ctx: &RenderCtx<'a>, host: u32) -> &'a str {
@@ -376,7 +390,7 @@ pub fn render_table(r: &Report, ctx: &RenderCtx<'_>) -> String {
                 s,
                 "  r{:<4} {:<45} {:<18} {:<50} {:>14.4}  {}",
                 f.round,
-                target_of(ctx, f.host),
+                format!("{}{}", target_of(ctx, f.host), labels_text(ctx, f.host)),
                 f.check,
                 f.series,
                 f.value,
@@ -437,7 +451,9 @@ pub fn render_json(r: &Report, ctx: &RenderCtx<'_>) -> String {
         .iter()
         .map(|f| {
             json!({
-                "host": f.host, "target": target_of(ctx, f.host), "round": f.round,
+                "host": f.host, "target": target_of(ctx, f.host),
+                "labels": ctx.labels.get(f.host as usize).cloned().unwrap_or_default(),
+                "round": f.round,
                 "check": f.check, "kind": f.kind, "series": f.series,
                 "value": num(f.value), "message": f.message,
             })

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Checks;
-use crate::http::{FetchConfig, HttpClient};
+use crate::http::{ClientSettings, FetchConfig, HttpClient, Page};
 use crate::report::Report;
-use crate::state::{HostRound, HostState, scrape_round};
+use crate::state::{HostRound, HostState};
 
 /// One target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -19,6 +19,10 @@ pub struct HostSpec {
     pub id: u32,
     /// URL to scrape.
     pub url: String,
+    /// Target group: index of its [`ClientSettings`] (TLS, auth) in the
+    /// scan's `clients` (0 when there is one group).
+    #[serde(default)]
+    pub group: u32,
 }
 
 /// Where the time of a round comes from.
@@ -75,6 +79,7 @@ impl ScrapeOptions {
         FetchConfig {
             timeout: Duration::from_millis(self.timeout_ms),
             max_bytes: self.max_bytes,
+            round: None,
         }
     }
 
@@ -94,8 +99,27 @@ pub async fn fetch_page(
     spec: &HostSpec,
     round: u64,
     opts: &ScrapeOptions,
-) -> Result<Vec<u8>, crate::http::FetchError> {
-    client.get(&opts.url(spec, round), &opts.fetch()).await
+) -> Result<Page, crate::http::FetchError> {
+    let fetch = FetchConfig {
+        round: Some(round),
+        ..opts.fetch()
+    };
+    client.get(&opts.url(spec, round), &fetch).await
+}
+
+/// One client per target group (`settings[i]` for group `i`; one default
+/// client when `settings` is empty). Settings errors are reported by each
+/// fetch of that group.
+pub fn clients_for(settings: &[ClientSettings]) -> Vec<HttpClient> {
+    if settings.is_empty() {
+        return vec![HttpClient::new()];
+    }
+    settings.iter().map(HttpClient::for_settings).collect()
+}
+
+/// The client of `spec`'s group (the first one for an unknown group).
+pub fn client_of<'c>(clients: &'c [HttpClient], spec: &HostSpec) -> Option<&'c HttpClient> {
+    clients.get(spec.group as usize).or_else(|| clients.first())
 }
 
 /// Turn a fetch result into a [`HostRound`] (sync; runs the checks).
@@ -104,10 +128,10 @@ pub fn process_page(
     checks: &Checks,
     round: u64,
     now: f64,
-    page: Result<Vec<u8>, crate::http::FetchError>,
+    page: Result<Page, crate::http::FetchError>,
 ) -> HostRound {
     match page {
-        Ok(p) => scrape_round(state, checks, &p, round, now),
+        Ok(p) => crate::state::scrape_page(state, checks, &p.body, p.format, round, now),
         Err(e) => HostRound::failed(state.host(), round, e.check_name(), e.to_string()),
     }
 }
@@ -126,6 +150,20 @@ pub async fn scrape_host(
     process_page(state, checks, round, now, page)
 }
 
+/// Read a targets file ([`parse_targets`]); a file without any target is
+/// an error, never an empty scan.
+pub fn load_targets(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let urls = parse_targets(&text);
+    if urls.is_empty() {
+        return Err(format!(
+            "{}: no targets in this file (one URL per line)",
+            path.display()
+        ));
+    }
+    Ok(urls)
+}
+
 /// Parse a targets file: one URL per line, `#` comments and blank lines ignored.
 pub fn parse_targets(text: &str) -> Vec<String> {
     text.lines()
@@ -142,6 +180,7 @@ pub fn host_specs(urls: &[String]) -> Vec<HostSpec> {
         .map(|(i, u)| HostSpec {
             id: i as u32,
             url: u.clone(),
+            group: 0,
         })
         .collect()
 }
@@ -159,6 +198,35 @@ pub struct ScanConfig {
     pub concurrency: usize,
     /// Scrape options.
     pub opts: ScrapeOptions,
+    /// Client settings per target group ([`HostSpec::group`]); empty: one
+    /// default client.
+    pub clients: Vec<ClientSettings>,
+    /// File-based discovery: when set, the targets of each round are its
+    /// active targets, re-read at the round's start (`targets` is then
+    /// only the first round's list).
+    pub discovery: Option<Arc<std::sync::Mutex<crate::discovery::Targets>>>,
+}
+
+impl ScanConfig {
+    /// The targets of the round starting now: file-SD files re-read when
+    /// they changed (a failing file keeps its last good targets, and the
+    /// error is printed).
+    pub fn round_targets(&self) -> Vec<HostSpec> {
+        let Some(d) = &self.discovery else {
+            return self.targets.clone();
+        };
+        match d.lock() {
+            Ok(mut t) => {
+                if let Err(e) = t.refresh() {
+                    eprintln!(
+                        "fleetcheck: file-based discovery: {e} (keeping the last good targets)"
+                    );
+                }
+                t.active().to_vec()
+            }
+            Err(_) => self.targets.clone(),
+        }
+    }
 }
 
 /// Called after each finished round with the round and the cumulative report.
@@ -188,15 +256,9 @@ pub async fn scan_inprocess<O>(
 where
     O: RoundObserver + 'static,
 {
-    let client = Arc::new(HttpClient::new());
-    let ntasks = cfg.concurrency.clamp(1, cfg.targets.len().max(1));
-    let targets: Arc<Vec<HostSpec>> = Arc::new(cfg.targets.clone());
-    let states: Arc<Vec<std::sync::Mutex<HostState>>> = Arc::new(
-        cfg.targets
-            .iter()
-            .map(|t| std::sync::Mutex::new(HostState::new(t.id)))
-            .collect(),
-    );
+    let clients = Arc::new(clients_for(&cfg.clients));
+    // Host states are indexed by host id and grow when discovery adds hosts.
+    let mut states: Arc<Vec<std::sync::Mutex<HostState>>> = Arc::new(Vec::new());
     let mut total = Report::default();
     let mut round = 0u64;
     loop {
@@ -204,13 +266,23 @@ where
             break;
         }
         let start = Instant::now();
+        let targets: Arc<Vec<HostSpec>> = Arc::new(cfg.round_targets());
+        let want = targets.iter().map(|t| t.id as usize + 1).max().unwrap_or(0);
+        if want > states.len() {
+            // Every task of the last round was joined: the Arc is ours alone.
+            if let Some(v) = Arc::get_mut(&mut states) {
+                let n = v.len();
+                v.extend((n..want).map(|id| std::sync::Mutex::new(HostState::new(id as u32))));
+            }
+        }
+        let ntasks = cfg.concurrency.clamp(1, targets.len().max(1));
         // Work queue: each task takes the next host; a host's state is only
         // touched by the task scraping it (the mutex is uncontended).
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(ntasks);
         for _ in 0..ntasks {
-            let (client, checks, targets, states, next) = (
-                client.clone(),
+            let (clients, checks, targets, states, next) = (
+                clients.clone(),
                 checks.clone(),
                 targets.clone(),
                 states.clone(),
@@ -223,15 +295,19 @@ where
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(spec) = targets.get(i) else { break };
-                    let page = fetch_page(&client, spec, round, &opts).await;
+                    let page = match client_of(&clients, spec) {
+                        Some(c) => fetch_page(c, spec, round, &opts).await,
+                        None => Err(crate::http::FetchError::Http("no HTTP client".into())),
+                    };
                     let now = opts.clock.now(round);
-                    let hr = match states[i].lock() {
-                        Ok(mut st) => process_page(&mut st, &checks, round, now, page),
-                        Err(_) => HostRound::failed(
+                    let st = states.get(spec.id as usize).map(|s| s.lock());
+                    let hr = match st {
+                        Some(Ok(mut st)) => process_page(&mut st, &checks, round, now, page),
+                        _ => HostRound::failed(
                             spec.id,
                             round,
                             "internal",
-                            "host state poisoned".into(),
+                            "host state missing or poisoned".into(),
                         ),
                     };
                     part.add(hr);

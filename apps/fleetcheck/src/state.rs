@@ -1,7 +1,10 @@
 //! Per-host state and the per-host, per-round pure function [`scrape_round`].
 //!
-//! Series are interned by a 64-bit hash of their `name{labels}` text; per
-//! series state lives in flat `Vec`s indexed by a dense series index. Checks
+//! Series are interned by their identity (metric name plus sorted labels,
+//! [`crate::expfmt::Sample::series_key`]), found through a 64-bit hash whose
+//! hits are always confirmed by comparing the full identity (series whose
+//! hashes collide are chained, never merged); per series state lives in
+//! flat `Vec`s indexed by a dense series index. Checks
 //! are bound to series once, when a series first appears; histories exist only
 //! for bound series of checks that ask for them, so memory is flat across
 //! rounds.
@@ -14,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{
     Checks, History, HostView, Observation, PageLookup, Prev, SeriesInfo, SeriesView,
 };
-use crate::expfmt::{Hinted, Item, Parser};
+use crate::expfmt::{Format, Hinted, Item, Parser, RawLabels};
 
 /// Kind string of findings about a target that could not be scraped.
 pub const SCRAPE_KIND: &str = "scrape";
@@ -28,7 +31,7 @@ pub struct Finding {
     /// Round.
     pub round: u64,
     /// Check (rule) name; for scrape problems one of `unreachable`,
-    /// `timeout`, `http_status`, `oversize`, `malformed`, `bad_url`, `http`.
+    /// `timeout`, `http_status`, `oversize`, `malformed`, `tls`, `bad_url`, `http`.
     pub check: String,
     /// Check kind (`threshold`, `rate`, ..., `scrape`).
     pub kind: String,
@@ -66,6 +69,10 @@ pub struct HostRound {
     pub bytes: u64,
     /// True when the scrape failed (see findings).
     pub failed: bool,
+    /// Samples dropped because their series already appeared earlier on
+    /// the same page (the page is kept, as Prometheus does).
+    #[serde(default)]
+    pub duplicates: u64,
     /// Findings of this host (anomalies and scrape problems).
     pub findings: Vec<Finding>,
     /// Values for fleet-level checks.
@@ -144,7 +151,12 @@ struct Meta {
     key_len: u32,
     name_len: u32,
     fam: u64,
+    /// Next series whose key has the same hash ([`NONE`] ends the chain).
+    next: u32,
 }
+
+/// End of a hash chain.
+const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
 struct Binding {
@@ -173,6 +185,21 @@ struct Slot {
 }
 
 impl Table {
+    /// The series whose identity is `key` (hash `h`): a hash hit is
+    /// confirmed by comparing the full key, and colliding series are
+    /// chained.
+    #[inline]
+    fn find(&self, h: u64, key: &str) -> Option<u32> {
+        let mut i = *self.index.get(&h)?;
+        while i != NONE {
+            if self.key(i as usize) == key {
+                return Some(i);
+            }
+            i = self.meta[i as usize].next;
+        }
+        None
+    }
+
     fn key(&self, i: usize) -> &str {
         let m = self.meta[i];
         self.keys
@@ -194,9 +221,8 @@ struct Lookup<'a> {
 
 impl PageLookup for Lookup<'_> {
     fn value_of(&self, key: &str) -> Option<f64> {
-        let i = *self.t.index.get(&hash_key(key.as_bytes()))? as usize;
-        (self.t.slots[i].last_seen == self.round && self.t.key(i) == key)
-            .then(|| self.t.slots[i].value)
+        let i = self.t.find(hash_key(key.as_bytes()), key)? as usize;
+        (self.t.slots[i].last_seen == self.round).then(|| self.t.slots[i].value)
     }
 }
 
@@ -211,6 +237,8 @@ pub struct HostState {
     pending: Vec<(u32, f64, f64)>,
     prev_round: Option<u64>,
     scrapes: u64,
+    /// Reused buffer for series identities written out of page order.
+    scratch: String,
 }
 
 impl HostState {
@@ -225,6 +253,7 @@ impl HostState {
             pending: Vec::new(),
             prev_round: None,
             scrapes: 0,
+            scratch: String::new(),
         }
     }
 
@@ -245,8 +274,8 @@ impl HostState {
 
     /// Current value of a series (`name{labels}`), if it was ever seen.
     pub fn value_of(&self, key: &str) -> Option<f64> {
-        let i = *self.t.index.get(&hash_key(key.as_bytes()))? as usize;
-        (self.t.key(i) == key && self.t.slots[i].last_seen != NEVER).then(|| self.t.slots[i].value)
+        let i = self.t.find(hash_key(key.as_bytes()), key)? as usize;
+        (self.t.slots[i].last_seen != NEVER).then(|| self.t.slots[i].value)
     }
 
     fn intern(&mut self, checks: &Checks, info: &SeriesInfo<'_>, h: u64) -> u32 {
@@ -258,6 +287,7 @@ impl HostState {
             key_len: info.key.len() as u32,
             name_len: info.name.len() as u32,
             fam: 0,
+            next: NONE,
         });
         self.t.slots.push(Slot {
             value: f64::NAN,
@@ -268,7 +298,9 @@ impl HostState {
             prev_seen: NEVER,
             mark: NEVER,
         });
-        self.t.index.insert(h, idx);
+        if let Some(head) = self.t.index.insert(h, idx) {
+            self.t.meta[idx as usize].next = head;
+        }
         if self.bindings.len() < checks.len() {
             self.bindings.resize_with(checks.len(), Vec::new);
         }
@@ -325,13 +357,28 @@ impl HostView for View<'_> {
     }
 }
 
-/// Parse one page of `state`'s host for `round` (time `now`, seconds), update
-/// the host's state and run every check. A malformed page yields one
-/// `malformed` scrape finding and leaves the series values untouched.
+/// Parse one text-format page of `state`'s host for `round`; see
+/// [`scrape_page`].
 pub fn scrape_round(
     state: &mut HostState,
     checks: &Checks,
     page: &[u8],
+    round: u64,
+    now: f64,
+) -> HostRound {
+    scrape_page(state, checks, page, Format::Text, round, now)
+}
+
+/// Parse one page of `state`'s host for `round` (time `now`, seconds) by
+/// the rules of `format`, update the host's state and run every check. A
+/// malformed page yields one `malformed` scrape finding and leaves the
+/// series values untouched. A series repeated on a page keeps its first
+/// sample; the others are dropped and counted ([`HostRound::duplicates`]).
+pub fn scrape_page(
+    state: &mut HostState,
+    checks: &Checks,
+    page: &[u8],
+    format: Format,
     round: u64,
     now: f64,
 ) -> HostRound {
@@ -342,7 +389,8 @@ pub fn scrape_round(
     pending.clear();
     let mut pos = 0usize;
     let mut err = None;
-    let mut parser = Parser::new(page);
+    let mut duplicates = 0u64;
+    let mut parser = Parser::with_format(page, format);
     loop {
         let hint_idx = state.order.get(pos).copied();
         let hint = hint_idx.map(|i| {
@@ -352,7 +400,7 @@ pub fn scrape_round(
                 m.fam,
             )
         });
-        let (idx, value, ts, line) = match parser.next_hinted(hint) {
+        let (idx, value, ts, _line) = match parser.next_hinted(hint) {
             None => break,
             Some(Ok(Hinted::Known {
                 value,
@@ -363,19 +411,25 @@ pub fn scrape_round(
                 None => break,
             },
             Some(Ok(Hinted::Item(Item::Sample(s)))) => {
-                let h = hash_key(s.key.as_bytes());
-                let idx = match state.t.index.get(&h) {
-                    Some(&i) => i,
+                let mut buf = std::mem::take(&mut state.scratch);
+                let key = s.series_key(&mut buf);
+                let h = hash_key(key.as_bytes());
+                let idx = match state.t.find(h, key) {
+                    Some(i) => i,
                     None => {
+                        let labels = key
+                            .get(s.name.len() + 1..key.len().saturating_sub(1))
+                            .unwrap_or("");
                         let info = SeriesInfo {
                             name: s.name,
-                            labels: s.labels,
-                            key: s.key,
+                            labels: RawLabels(labels),
+                            key,
                             family_type: s.family_type,
                         };
                         state.intern(checks, &info, h)
                     }
                 };
+                state.scratch = buf;
                 state.t.meta[idx as usize].fam = parser.family_context();
                 (idx, s.value, s.timestamp_ms, s.line)
             }
@@ -393,11 +447,9 @@ pub fn scrape_round(
         pos += 1;
         let m = &mut state.t.slots[idx as usize].mark;
         if *m == scrape {
-            err = Some(format!(
-                "line {line}: duplicate series {}",
-                state.t.key(idx as usize)
-            ));
-            break;
+            // Prometheus keeps the page and drops the repeated sample.
+            duplicates += 1;
+            continue;
         }
         *m = scrape;
         let t = match ts {
@@ -429,6 +481,7 @@ pub fn scrape_round(
         round,
         points: pending.len() as u64,
         bytes: page.len() as u64,
+        duplicates,
         ..HostRound::default()
     };
     state.pending = pending;
@@ -543,10 +596,118 @@ mod tests {
         assert_eq!(r.findings[0].check, "malformed");
         assert!(r.findings[0].message.contains("line 2"), "{:?}", r.findings);
         assert_eq!(st.value_of("a"), Some(4.0));
-        // duplicate series
+        // duplicate series: the page is kept, the repeated sample dropped
         let r = scrape_round(&mut st, &checks, b"a 9\na 2\n", 3, 45.0);
-        assert!(r.failed);
-        assert!(r.findings[0].message.contains("duplicate"));
+        assert!(!r.failed, "{r:?}");
+        assert_eq!((r.points, r.duplicates), (1, 1));
+        assert_eq!(st.value_of("a"), Some(9.0));
+    }
+
+    #[test]
+    fn series_identity_is_name_and_sorted_labels() {
+        let checks = Checks::new();
+        let mut st = HostState::new(1);
+        let r = scrape_round(
+            &mut st,
+            &checks,
+            b"a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\na {x=\"1\",y=\"2\",} 3\nb 4\n",
+            0,
+            0.0,
+        );
+        assert!(!r.failed, "{r:?}");
+        assert_eq!((r.points, r.duplicates), (2, 2));
+        assert_eq!(st.series_count(), 2);
+        assert_eq!(st.value_of("a{x=\"1\",y=\"2\"}"), Some(1.0));
+        // next round, other spelling: same series
+        scrape_round(&mut st, &checks, b"a{y=\"2\",x=\"1\"} 7\n", 1, 15.0);
+        assert_eq!(st.series_count(), 2);
+        assert_eq!(st.value_of("a{x=\"1\",y=\"2\"}"), Some(7.0));
+    }
+
+    #[test]
+    fn duplicate_series_keeps_the_page_and_drops_the_repeat() {
+        let checks = Checks::new();
+        let mut st = HostState::new(2);
+        let r = scrape_round(
+            &mut st,
+            &checks,
+            b"a{x=\"1\"} 1\nb 2\na{x=\"1\"} 3\nb 4\nc 5\n",
+            0,
+            0.0,
+        );
+        assert!(!r.failed, "{r:?}");
+        assert_eq!((r.points, r.duplicates), (3, 2));
+        assert_eq!(st.value_of("a{x=\"1\"}"), Some(1.0));
+        assert_eq!(st.value_of("b"), Some(2.0));
+        assert_eq!(st.value_of("c"), Some(5.0));
+    }
+
+    #[test]
+    fn openmetrics_counter_rate_uses_seconds() {
+        let rules = crate::rules::Rules::parse(
+            "[[rule]]\nname = \"fast\"\nkind = \"rate\"\nmetric = \"req_total\"\nabove = 50.0\n",
+        )
+        .unwrap();
+        let checks = Checks::from_rules(&rules);
+        let mut st = HostState::new(3);
+        let page = |v: u32, t: &str| {
+            format!("# TYPE req counter\nreq_total {v} {t}\n# EOF\n").into_bytes()
+        };
+        // 10/s: 100 more in 10.0 s (float seconds, as OpenMetrics writes them).
+        let r = scrape_page(
+            &mut st,
+            &checks,
+            &page(1000, "1700000000.0"),
+            Format::OpenMetrics,
+            0,
+            0.0,
+        );
+        assert!(!r.failed, "{r:?}");
+        let r = scrape_page(
+            &mut st,
+            &checks,
+            &page(1100, "1700000010.0"),
+            Format::OpenMetrics,
+            1,
+            0.0,
+        );
+        assert!(!r.failed, "{r:?}");
+        assert!(
+            r.findings.is_empty(),
+            "10/s is below 50/s: {:?}",
+            r.findings
+        );
+        // 100/s does fire, with the rate in seconds.
+        let r = scrape_page(
+            &mut st,
+            &checks,
+            &page(2100, "1700000020.0"),
+            Format::OpenMetrics,
+            2,
+            0.0,
+        );
+        assert_eq!(r.findings.len(), 1, "{r:?}");
+        assert!((r.findings[0].value - 100.0).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn series_with_colliding_hashes_are_never_merged() {
+        let checks = Checks::new();
+        let mut st = HostState::new(1);
+        let info = |key: &'static str| SeriesInfo {
+            name: key,
+            labels: RawLabels(""),
+            key,
+            family_type: crate::expfmt::MetricType::Untyped,
+        };
+        // Force both keys onto one hash: the table must chain them.
+        let a = st.intern(&checks, &info("a"), 42);
+        let b = st.intern(&checks, &info("b"), 42);
+        assert_ne!(a, b);
+        assert_eq!(st.t.find(42, "a"), Some(a));
+        assert_eq!(st.t.find(42, "b"), Some(b));
+        assert_eq!(st.t.find(42, "c"), None);
+        assert_eq!(st.t.find(43, "a"), None);
     }
 
     #[test]
@@ -556,7 +717,7 @@ mod tests {
         let ok = scrape_round(
             &mut st,
             &checks,
-            b"# TYPE h gauge\nh_bucket{x=\"1\"} 1\n",
+            b"# TYPE h gauge\nh_bucket{le=\"x\"} 1\n",
             0,
             0.0,
         );
@@ -565,17 +726,17 @@ mod tests {
         let r = scrape_round(
             &mut st,
             &checks,
-            b"# TYPE h histogram\nh_bucket{x=\"1\"} 1\n",
+            b"# TYPE h histogram\nh_bucket{le=\"x\"} 1\n",
             1,
             15.0,
         );
         assert!(r.failed);
-        assert!(r.findings[0].message.contains("without 'le'"), "{r:?}");
+        assert!(r.findings[0].message.contains("invalid le"), "{r:?}");
         // known key with a bad value is still an error with its line
         let r = scrape_round(
             &mut st,
             &checks,
-            b"# TYPE h gauge\nh_bucket{x=\"1\"} abc\n",
+            b"# TYPE h gauge\nh_bucket{le=\"x\"} abc\n",
             2,
             30.0,
         );

@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Checks;
-use crate::http::HttpClient;
+use crate::http::{ClientSettings, HttpClient};
 use crate::rules::Rules;
-use crate::scan::{HostSpec, ScrapeOptions, fetch_page, process_page};
+use crate::scan::{HostSpec, ScrapeOptions, client_of, clients_for, fetch_page, process_page};
 use crate::state::{HostRound, HostState};
 
 /// What a worker needs to build its state (sent once per worker).
@@ -24,6 +24,9 @@ pub struct WorkerInit {
     pub rules: Rules,
     /// Scrape options.
     pub opts: ScrapeOptions,
+    /// Client settings per target group (empty: one default client).
+    #[serde(default)]
+    pub clients: Vec<ClientSettings>,
 }
 
 /// State of one worker: checks, HTTP client, and the state of every host
@@ -31,7 +34,7 @@ pub struct WorkerInit {
 #[derive(Debug)]
 pub struct WorkerState {
     checks: Checks,
-    client: HttpClient,
+    clients: Vec<HttpClient>,
     opts: ScrapeOptions,
     hosts: Mutex<HashMap<u32, HostState>>,
 }
@@ -40,13 +43,20 @@ impl WorkerState {
     /// Build from rules and options (custom checks: see [`WorkerState::with_checks`]).
     pub fn new(init: &WorkerInit) -> Self {
         WorkerState::with_checks(Checks::from_rules(&init.rules), init.opts)
+            .with_clients(&init.clients)
+    }
+
+    /// Use these client settings per target group (TLS, auth, caps).
+    pub fn with_clients(mut self, settings: &[ClientSettings]) -> Self {
+        self.clients = clients_for(settings);
+        self
     }
 
     /// Build from an explicit check registry.
     pub fn with_checks(checks: Checks, opts: ScrapeOptions) -> Self {
         WorkerState {
             checks,
-            client: HttpClient::new(),
+            clients: clients_for(&[]),
             opts,
             hosts: Mutex::new(HashMap::new()),
         }
@@ -75,7 +85,10 @@ impl WorkerState {
     /// (calls for the same host must not overlap — route by host and run
     /// rounds in order).
     pub async fn scrape(&self, spec: &HostSpec, round: u64) -> HostRound {
-        let page = fetch_page(&self.client, spec, round, &self.opts).await;
+        let page = match client_of(&self.clients, spec) {
+            Some(c) => fetch_page(c, spec, round, &self.opts).await,
+            None => Err(crate::http::FetchError::Http("no HTTP client".into())),
+        };
         let now = self.opts.clock.now(round);
         let mut st = {
             let Ok(mut hosts) = self.hosts.lock() else {
@@ -156,6 +169,7 @@ mod tests {
                 clock: Clock::Logical { step: STEP_SECS },
                 ..Default::default()
             },
+            clients: Vec::new(),
         };
         let init: WorkerInit =
             serde_json::from_str(&serde_json::to_string(&init).unwrap()).unwrap();

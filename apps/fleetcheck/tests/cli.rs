@@ -176,3 +176,197 @@ fn pool_default_and_inprocess_baseline_agree() {
     }
     assert_eq!(pool["by_check"], base["by_check"]);
 }
+
+#[test]
+fn empty_or_comment_only_targets_file_is_an_error_exit_2() {
+    let dir = std::env::temp_dir().join(format!("fleetcheck-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, flag) in [
+        ("empty.txt", "", "--targets"),
+        ("comments.txt", "# nothing\n\n  # here\n", "--targets"),
+        ("empty.json", "[]", "--file-sd"),
+        ("comments.yml", "# nothing\n", "--file-sd"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = bin()
+            .args([flag, p.to_str().unwrap(), "--rounds", "1", "--no-progress"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains("no targets") && err.contains(name),
+            "{name}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{name}: no report of an invented fleet"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn file_sd_target_labels_travel_into_findings() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let dir = std::env::temp_dir().join(format!("fleetcheck-filesd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("targets.yml");
+    std::fs::write(
+        &p,
+        format!("- targets: ['{addr}']\n  labels:\n    env: test\n    job: node\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--file-sd", p.to_str().unwrap()])
+        .args(["--rounds", "1", "--format", "json", "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &v["findings"][0];
+    assert_eq!(f["check"], "unreachable");
+    assert_eq!(f["target"], format!("http://{addr}/metrics"));
+    assert_eq!(f["labels"]["env"], "test");
+    assert_eq!(f["labels"]["job"], "node");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{f}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Findings as comparable rows: (round, host, check, series, value bits).
+fn finding_rows(v: &serde_json::Value) -> Vec<(u64, u64, String, String, String)> {
+    let mut rows: Vec<_> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["round"].as_u64().unwrap(),
+                f["host"].as_u64().unwrap(),
+                f["check"].as_str().unwrap().to_string(),
+                f["series"].as_str().unwrap().to_string(),
+                f["value"].to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn serve_fleet_as_external_targets_gives_the_builtin_report_every_time() {
+    let (hosts, series, rounds) = ("30", "120", "5");
+    let dir = std::env::temp_dir().join(format!("fleetcheck-same-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let targets = dir.join("targets.txt");
+    let mut child = bin()
+        .args(["serve-fleet", "--hosts", hosts, "--series", series])
+        .args(["--rounds", rounds, "--port", "0", "--exit-on-stdin-eof"])
+        .args(["--targets-out", targets.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("listening http://127.0.0.1:"), "{first}");
+    let run = |args: &[&str]| {
+        let out = bin()
+            .args(args)
+            .args(["--rounds", rounds, "--format", "json", "--no-progress"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let builtin = run(&["--fleet-hosts", hosts, "--fleet-series", series]);
+    let external = run(&["--targets", targets.to_str().unwrap()]);
+    let again = run(&["--targets", targets.to_str().unwrap()]);
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let want = finding_rows(&builtin);
+    assert!(!want.is_empty());
+    assert_eq!(finding_rows(&external), want, "first external scan");
+    assert_eq!(finding_rows(&again), want, "second external scan");
+    assert_eq!(
+        external["summary"]["anomalies"],
+        builtin["summary"]["anomalies"]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn serve_fleet_starts_bad_hosts_on_request() {
+    let mut child = bin()
+        .args([
+            "serve-fleet",
+            "--hosts",
+            "2",
+            "--series",
+            "80",
+            "--port",
+            "0",
+        ])
+        .args(["--exit-on-stdin-eof", "--print-targets"])
+        .args(["--bad", "500,garbage,oversize,slow:2000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .take(2 + 6)
+        .map(Result::unwrap)
+        .collect();
+    let urls = &lines[2..];
+    let mut args: Vec<String> = Vec::new();
+    for u in urls {
+        args.push("--target".into());
+        args.push(u.clone());
+    }
+    let out = bin()
+        .args(&args)
+        .args([
+            "--rounds",
+            "1",
+            "--timeout-ms",
+            "500",
+            "--format",
+            "json",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut checks: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "scrape")
+        .map(|f| f["check"].as_str().unwrap().to_string())
+        .collect();
+    checks.sort();
+    assert_eq!(checks, ["http_status", "malformed", "oversize", "timeout"]);
+}

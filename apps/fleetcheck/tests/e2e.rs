@@ -38,6 +38,8 @@ async fn small_fleet_findings_equal_injected() {
         interval: Duration::ZERO,
         concurrency: 4,
         opts: opts(5_000, 1 << 20),
+        clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_inprocess(&scan, Arc::new(Checks::builtin()), Arc::new(Mutex::new(()))).await;
     assert_eq!(report.rounds, rounds);
@@ -94,6 +96,8 @@ async fn bad_targets_become_findings_and_scan_completes() {
         interval: Duration::ZERO,
         concurrency: 12,
         opts: opts(300, 1 << 20),
+        clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_inprocess(&scan, Arc::new(Checks::builtin()), Arc::new(Mutex::new(()))).await;
     assert_eq!(report.rounds, rounds);
@@ -143,6 +147,7 @@ async fn per_host_functions_work_on_a_single_threaded_runtime() {
     let spec = HostSpec {
         id: 1,
         url: server.target_urls()[1].clone(),
+        group: 0,
     };
     let mut st = HostState::new(1);
     for round in 0..3 {

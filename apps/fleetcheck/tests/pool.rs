@@ -29,6 +29,7 @@ fn init(o: ScrapeOptions) -> WorkerInit {
     WorkerInit {
         rules: Rules::builtin(),
         opts: o,
+        clients: Vec::new(),
     }
 }
 
@@ -55,6 +56,8 @@ async fn pool_small_fleet_findings_equal_injected() {
         interval: Duration::ZERO,
         concurrency: 4,
         opts: o,
+        clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_pool(&scan, init(o), TWO, Arc::new(Mutex::new(())))
         .await
@@ -183,6 +186,8 @@ async fn pool_bad_targets_become_findings_and_scan_completes() {
         interval: Duration::ZERO,
         concurrency: 12,
         opts: o,
+        clients: Vec::new(),
+        discovery: None,
     };
     let report = scan_pool(&scan, init(o), TWO, Arc::new(Mutex::new(())))
         .await
@@ -326,6 +331,8 @@ async fn custom_checks_run_in_the_workers() {
         interval: Duration::ZERO,
         concurrency: 8,
         opts: o,
+        clients: Vec::new(),
+        discovery: None,
     };
     let report = scanner.scan(&scan, Arc::new(Mutex::new(()))).await.unwrap();
     scanner.close().await.unwrap();

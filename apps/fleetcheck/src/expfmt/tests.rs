@@ -195,23 +195,15 @@ fn malformed_inputs_report_line_and_reason() {
         ("a 1 xyz\n", 1, "invalid timestamp"),
         ("a 1 12 13\n", 1, "unexpected text after timestamp"),
         ("1abc 2\n", 1, "expected metric name"),
-        ("a{x=\"1\"}b 2\n", 1, "unexpected character"),
+        ("a{x=\"1\"}b 2\n", 1, "invalid value"),
         ("# TYPE a bogus\n", 1, "unknown metric type"),
         ("# TYPE a counter\n# TYPE a counter\n", 2, "second TYPE"),
-        ("# TYPE\n", 1, "without a metric name"),
         ("# HELP 9bad text\n", 1, "invalid metric name"),
-        (
-            "# TYPE h histogram\nh_bucket{x=\"1\"} 1\n",
-            2,
-            "without 'le'",
-        ),
         (
             "# TYPE h histogram\nh_bucket{le=\"abc\"} 1\n",
             2,
             "invalid le",
         ),
-        ("# TYPE h histogram\nh 1\n", 2, "needs a _bucket"),
-        ("# TYPE s summary\ns 1\n", 2, "without 'quantile'"),
         ("a{x=\"1\"", 1, "unterminated"),
         ("a{", 1, "unterminated"),
     ];
@@ -260,6 +252,253 @@ fn random_garbage_never_panics() {
             }
         }
     }
+}
+
+fn om_samples(src: &str) -> Vec<Sample<'_>> {
+    Parser::with_format(src.as_bytes(), Format::OpenMetrics)
+        .filter_map(|r| match r.unwrap() {
+            Item::Sample(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn om_err(src: &str) -> ParseError {
+    Parser::with_format(src.as_bytes(), Format::OpenMetrics)
+        .find_map(Result::err)
+        .expect("expected an error")
+}
+
+fn identity(s: &Sample<'_>) -> String {
+    let mut buf = String::new();
+    s.series_key(&mut buf).to_string()
+}
+
+// Item 1
+#[test]
+fn le_and_quantile_are_plain_labels_outside_buckets_and_quantiles() {
+    let s = samples("rpc_latency_seconds{quantile=\"p99\"} 0.5\nb{le=\"big\"} 1\n");
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].role, SampleRole::Plain);
+    assert_eq!(s[0].labels.get("quantile").as_deref(), Some("p99"));
+    let s = samples("# TYPE g gauge\ng{le=\"x\"} 1\n# TYPE h histogram\nh_sum{le=\"x\"} 1\n");
+    assert_eq!(s.len(), 2);
+    // still numbers where they mean something
+    assert!(
+        err("# TYPE s summary\ns{quantile=\"p99\"} 1\n")
+            .reason
+            .contains("invalid quantile")
+    );
+    assert!(
+        err("# TYPE h histogram\nh_bucket{le=\"x\"} 1\n")
+            .reason
+            .contains("invalid le")
+    );
+}
+
+// Item 2
+#[test]
+fn format_is_chosen_by_content_type() {
+    let om = Format::from_content_type(Some(
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    ));
+    assert_eq!(om, Format::OpenMetrics);
+    assert_eq!(
+        Format::from_content_type(Some("text/plain; version=0.0.4")),
+        Format::Text
+    );
+    assert_eq!(Format::from_content_type(None), Format::Text);
+    assert!(ACCEPT.starts_with("application/openmetrics-text;version=1.0.0"));
+    assert!(ACCEPT.contains("text/plain;version=0.0.4"));
+}
+
+#[test]
+fn openmetrics_timestamps_are_float_seconds() {
+    let s = om_samples("# TYPE a counter\na_total 1 1700000000.5\na_created 1.5e9\n# EOF\n");
+    assert_eq!(s[0].timestamp_ms, Some(1_700_000_000_500));
+    assert_eq!(s[0].family_type, MetricType::Counter);
+    assert_eq!(s[1].role, SampleRole::Created);
+    // the text format's timestamps stay integer milliseconds
+    assert_eq!(
+        samples("a 1 1700000000500\n")[0].timestamp_ms,
+        Some(1_700_000_000_500)
+    );
+    assert!(
+        err("a 1 1700000000.5\n")
+            .reason
+            .contains("invalid timestamp")
+    );
+}
+
+#[test]
+fn openmetrics_exemplars_are_accepted_where_allowed() {
+    let page = "# TYPE a counter\na_total 5 # {trace_id=\"abc\"} 1.0\n\
+                # TYPE h histogram\nh_bucket{le=\"+Inf\"} 2 123 # {} 0.5 1.5\nh_count 2\nh_sum 1\n# EOF\n";
+    let s = om_samples(page);
+    assert_eq!(s.len(), 4);
+    assert_eq!(s[0].value, 5.0);
+    assert_eq!(s[1].role, SampleRole::Bucket { le: f64::INFINITY });
+    assert_eq!(s[1].timestamp_ms, Some(123_000));
+    let e = om_err("# TYPE g gauge\ng 1 # {a=\"b\"} 1\n# EOF\n");
+    assert!(e.reason.contains("exemplar"), "{e}");
+    let long = "x".repeat(130);
+    let e = om_err(&format!(
+        "# TYPE a counter\na_total 1 # {{t=\"{long}\"}} 1\n# EOF\n"
+    ));
+    assert!(e.reason.contains("limit 128"), "{e}");
+    assert!(
+        om_err("# TYPE a counter\na_total 1 # {}1\n# EOF\n")
+            .reason
+            .contains("exemplar")
+    );
+    // the text format has no exemplars
+    assert!(err("a_total 5 # {trace_id=\"abc\"} 1.0\n").line == 1);
+}
+
+#[test]
+fn openmetrics_types_info_stateset_gaugehistogram_unknown() {
+    let page = "# TYPE i info\ni_info{version=\"1\"} 1\n\
+                # TYPE s stateset\ns{s=\"a\"} 1\ns{s=\"b\"} 0\n\
+                # TYPE g gaugehistogram\ng_bucket{le=\"1\"} 1\ng_gcount 1\ng_gsum 0.5\n\
+                # TYPE u unknown\nu 3\n# EOF\n";
+    let s = om_samples(page);
+    let types: Vec<MetricType> = s.iter().map(|s| s.family_type).collect();
+    use MetricType::*;
+    assert_eq!(
+        types,
+        vec![
+            Info,
+            Stateset,
+            Stateset,
+            GaugeHistogram,
+            GaugeHistogram,
+            GaugeHistogram,
+            Unknown
+        ]
+    );
+    assert_eq!(s[4].role, SampleRole::Count);
+    assert_eq!(s[5].role, SampleRole::Sum);
+    // not types of the text format
+    assert!(
+        err("# TYPE i info\n")
+            .reason
+            .contains("unknown metric type")
+    );
+}
+
+#[test]
+fn openmetrics_requires_eof_last() {
+    assert!(om_err("a 1\n").reason.contains("without '# EOF'"));
+    let e = om_err("a 1\n# EOF\nb 2\n");
+    assert_eq!(e.line, 3);
+    assert!(e.reason.contains("after '# EOF'"));
+    assert!(om_err("a 1\n# EOF\n\n").reason.contains("after '# EOF'"));
+    assert_eq!(om_samples("a 1\n# EOF\n").len(), 1);
+    assert_eq!(om_samples("a 1\n# EOF").len(), 1);
+    assert!(om_err("a 1\n\n# EOF\n").reason.contains("blank line"));
+    // `# EOF` is just a comment in the text format
+    assert_eq!(samples("a 1\n# EOF\nb 2\n").len(), 2);
+}
+
+// Item 3
+#[test]
+fn duplicate_label_names_are_found_beyond_sixteen_labels() {
+    let mut labels: Vec<String> = (0..20).map(|i| format!("l{i:02}=\"v\"")).collect();
+    labels.push("l19=\"w\"".into());
+    let page = format!("a{{{}}} 1\n", labels.join(","));
+    assert!(err(&page).reason.contains("duplicate label \"l19\""));
+    // unsorted sets too
+    assert!(
+        err("a{b=\"1\",a=\"2\",b=\"3\"} 1\n")
+            .reason
+            .contains("duplicate label")
+    );
+    let ok = format!(
+        "a{{{}}} 1\n",
+        (0..40)
+            .map(|i| format!("l{i}=\"v\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(samples(&ok).len(), 1);
+}
+
+// Item 4
+#[test]
+fn series_identity_is_name_and_sorted_labels() {
+    let s = samples(
+        "a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\na{x=\"1\",y=\"2\",} 3\na {x=\"1\", y=\"2\"} 4\na{x=\"1\",y=\"2\",z=\"\"} 5\nb{} 6\n",
+    );
+    let ids: Vec<String> = s.iter().map(identity).collect();
+    for id in &ids[..5] {
+        assert_eq!(id, "a{x=\"1\",y=\"2\"}");
+    }
+    assert_eq!(ids[5], "b");
+    assert!(s[0].canonical);
+    assert!(!s[1].canonical && !s[2].canonical && !s[3].canonical);
+    // escapes survive in identity
+    let s = samples("a{y=\"q\\\"\\\\\\n\",x=\"1\"} 1\n");
+    assert_eq!(identity(&s[0]), "a{x=\"1\",y=\"q\\\"\\\\\\n\"}");
+}
+
+// Item 5
+#[test]
+fn bare_help_and_type_lines_are_comments() {
+    let items: Vec<Item<'_>> = Parser::new(b"# HELP\n# TYPE\n# HELP a\n# TYPE a\na 1\n")
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(items.len(), 5);
+    assert_eq!(items[2], Item::Comment(" HELP a"));
+    assert_eq!(items[3], Item::Comment(" TYPE a"));
+    assert!(matches!(items[4], Item::Sample(_)));
+}
+
+// Item 6
+#[test]
+fn non_utf8_in_a_comment_keeps_the_page() {
+    let page = b"# caf\xe9\na 1\n";
+    let items: Vec<Item<'_>> = Parser::new(page).map(Result::unwrap).collect();
+    assert_eq!(items[0], Item::Comment(" caf"));
+    assert!(matches!(items[1], Item::Sample(s) if s.value == 1.0));
+    // HELP text must be UTF-8 (as Prometheus requires)
+    let e = Parser::new(b"# HELP a caf\xe9\n")
+        .find_map(Result::err)
+        .unwrap();
+    assert!(e.reason.contains("not valid UTF-8"));
+}
+
+// Item 7
+#[test]
+fn value_may_follow_closing_brace_without_blank() {
+    let s = samples("a{x=\"1\"}-Inf\nb{x=\"1\"}2 1000\n");
+    assert_eq!(s[0].value, f64::NEG_INFINITY);
+    assert_eq!(s[1].value, 2.0);
+    assert_eq!(s[1].timestamp_ms, Some(1000));
+    // a name still needs a blank before its value
+    assert!(err("a{x=\"1\"}b 2\n").reason.contains("invalid value"));
+}
+
+// Item 8
+#[test]
+fn bucket_without_le_and_summary_without_quantile_keep_the_page() {
+    let s =
+        samples("# TYPE h histogram\nh_bucket{x=\"1\"} 1\nh 2\n# TYPE s summary\ns 1\ns_sum 2\n");
+    assert_eq!(s.len(), 4);
+    assert_eq!(s[0].role, SampleRole::Plain);
+    assert_eq!(s[2].role, SampleRole::Plain);
+    assert_eq!(s[3].role, SampleRole::Sum);
+    // OpenMetrics requires them
+    assert!(
+        om_err("# TYPE h histogram\nh_bucket{x=\"1\"} 1\n# EOF\n")
+            .reason
+            .contains("without 'le'")
+    );
+}
+
+#[test]
+fn name_label_inside_braces_is_refused() {
+    let e = err("a{__name__=\"b\"} 1\n");
+    assert!(e.reason.contains("__name__"), "{e}");
 }
 
 mod prop {

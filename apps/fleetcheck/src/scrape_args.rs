@@ -1,0 +1,88 @@
+//! Command-line flags of how targets are scraped (TLS, auth, connection
+//! cap, gzip) and where they come from (file-based discovery), as one clap
+//! [`Args`] group that a command flattens in (`#[command(flatten)]`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::http::{
+    AuthSettings, ClientSettings, DEFAULT_MAX_CONNS_PER_HOST, HttpClient, TlsSettings,
+};
+
+/// Scrape flags shared by the commands that scrape.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ScrapeArgs {
+    /// PEM file of the CA certificates trusted for https:// targets
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of a client certificate for https:// targets.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept any server certificate (insecure; for test fleets only).
+    #[arg(long)]
+    pub tls_insecure_skip_verify: bool,
+    /// File holding a bearer token sent to every target.
+    #[arg(long, value_name = "FILE", conflicts_with = "basic_auth_user")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// User name for HTTP basic auth.
+    #[arg(long, value_name = "USER")]
+    pub basic_auth_user: Option<String>,
+    /// File holding the basic auth password.
+    #[arg(long, value_name = "FILE", requires = "basic_auth_user")]
+    pub basic_auth_password_file: Option<PathBuf>,
+    /// Maximum connections open at once to one target host:port (0 = no
+    /// cap; the built-in fleet, one server standing in for every host, is
+    /// never capped).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNS_PER_HOST)]
+    pub max_conns_per_host: usize,
+    /// Do not ask targets for gzip-compressed pages.
+    #[arg(long)]
+    pub no_gzip: bool,
+    /// Prometheus file-SD file (JSON or YAML list of `{targets, labels}`),
+    /// re-read at each round start when it changed (repeatable).
+    #[arg(long = "file-sd", value_name = "FILE")]
+    pub file_sd: Vec<PathBuf>,
+}
+
+impl ScrapeArgs {
+    /// The client settings these flags describe.
+    pub fn settings(&self) -> ClientSettings {
+        let auth = match (&self.bearer_token_file, &self.basic_auth_user) {
+            (Some(f), _) => AuthSettings::Bearer {
+                token_file: f.clone(),
+            },
+            (None, Some(u)) => AuthSettings::Basic {
+                user: u.clone(),
+                password_file: self.basic_auth_password_file.clone(),
+            },
+            (None, None) => AuthSettings::None,
+        };
+        ClientSettings {
+            tls: TlsSettings {
+                ca_file: self.tls_ca_file.clone(),
+                cert_file: self.tls_cert_file.clone(),
+                key_file: self.tls_key_file.clone(),
+                insecure_skip_verify: self.tls_insecure_skip_verify,
+            },
+            auth,
+            max_conns_per_host: self.max_conns_per_host,
+            gzip: !self.no_gzip,
+        }
+    }
+
+    /// The client settings, checked now (every file readable and valid);
+    /// for the built-in fleet, without the per-host cap.
+    pub fn checked_settings(&self, builtin: bool) -> Result<ClientSettings, String> {
+        let mut s = self.settings();
+        if builtin {
+            s.max_conns_per_host = 0;
+        }
+        HttpClient::with_settings(&s).map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+}
