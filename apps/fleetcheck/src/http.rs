@@ -643,7 +643,7 @@ impl HttpClient {
 
 /// Decompress a gzip body, refusing more than `max_bytes` of output.
 pub fn gunzip(data: &[u8], max_bytes: usize) -> Result<Vec<u8>, FetchError> {
-    let mut out = Vec::with_capacity((data.len() * 4).min(max_bytes));
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max_bytes));
     let mut dec = flate2::read::GzDecoder::new(data).take(max_bytes as u64 + 1);
     dec.read_to_end(&mut out)
         .map_err(|e| FetchError::Http(format!("bad gzip body: {e}")))?;

@@ -516,6 +516,65 @@ mod prop {
             let _ = parse_families(&data);
         }
 
+        /// Whatever the spelling of a label set (order, blanks, trailing
+        /// comma, escapes), its identity parses back as itself, canonical.
+        #[test]
+        fn series_identity_is_a_fixed_point(
+            labels in proptest::collection::btree_map("[a-z_]{1,4}", "[a-z\\\\\" \n]{0,4}", 0..6),
+            reverse in any::<bool>(),
+            spaced in any::<bool>(),
+            trailing in any::<bool>(),
+        ) {
+            let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))).collect();
+            if reverse {
+                pairs.reverse();
+            }
+            let sep = if spaced { " , " } else { "," };
+            let mut set = pairs.join(sep);
+            if trailing && !pairs.is_empty() {
+                set.push(',');
+            }
+            let line = format!("m{{{set}}} 1\n");
+            let s = samples(&line);
+            let mut buf = String::new();
+            let id = s[0].series_key(&mut buf).to_string();
+            let again = format!("{id} 2\n");
+            let s2 = samples(&again);
+            prop_assert!(s2[0].canonical, "{} -> {}", line, id);
+            prop_assert_eq!(s2[0].key, id.as_str());
+            // same labels, empty values dropped
+            let want: Vec<(String, String)> =
+                labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+            let got: Vec<(String, String)> =
+                s2[0].labels.iter().map(|(n, v)| (n.to_string(), v.into_owned())).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        /// Both formats, identities and the scan path on page-like bytes
+        /// (the fuzz target's work, in every test run).
+        #[test]
+        fn never_panics_on_page_like_bytes(
+            lines in proptest::collection::vec(
+                "(# (HELP|TYPE|EOF|UNIT) )?[a-z_]{1,4}(\\{([a-z_]{1,3}=\"[a-z\\\\\" ]{0,3}\",? ?){0,3}\\})? ?[-+0-9.eEInfNa]{0,5}( [0-9.]{0,4})?( # \\{\\} 1)?",
+                0..12,
+            ),
+        ) {
+            let page = lines.join("\n");
+            let checks = crate::checks::Checks::builtin();
+            let mut buf = String::new();
+            for format in [Format::Text, Format::OpenMetrics] {
+                for r in Parser::with_format(page.as_bytes(), format) {
+                    if let Ok(Item::Sample(s)) = r {
+                        let _ = s.series_key(&mut buf).len();
+                    }
+                }
+                let mut st = crate::state::HostState::new(0);
+                let _ = crate::state::scrape_page(&mut st, &checks, page.as_bytes(), format, 0, 0.0);
+                let _ = crate::state::scrape_page(&mut st, &checks, page.as_bytes(), format, 1, 15.0);
+            }
+        }
+
         #[test]
         fn fast_decimal_matches_std(m in any::<i64>(), frac in 0usize..24, lead in 0usize..3) {
             let digits = m.unsigned_abs().to_string();
