@@ -219,6 +219,12 @@ pub trait Check: Send + Sync {
     fn evaluate(&self, _obs: &Observation<'_>) -> Option<Anomaly> {
         None
     }
+    /// Hysteresis: called for a watched series when [`Check::evaluate`]
+    /// found nothing; `Some` means the value is inside the band where an
+    /// alert that already fires keeps firing (it never starts one).
+    fn hold(&self, _obs: &Observation<'_>) -> Option<Anomaly> {
+        None
+    }
     /// Host-level evaluation after the whole page; push `(series, anomaly)`.
     fn end_round(&self, _host: &dyn HostView, _out: &mut Vec<(String, Anomaly)>) {}
     /// Value this host contributes to a fleet-level evaluation.
@@ -315,6 +321,8 @@ pub fn rule_check(r: &Rule) -> Box<dyn Check> {
             above: r.above,
             below: r.below,
             ratio_to: r.ratio_to.clone(),
+            clear_below: r.clear_below,
+            clear_above: r.clear_above,
         }),
         RuleKind::Rate => Box::new(RateCheck {
             name,
@@ -396,6 +404,27 @@ pub struct ThresholdCheck {
     pub below: Option<f64>,
     /// Denominator metric.
     pub ratio_to: Option<String>,
+    /// Hysteresis with `above`: holds while the value is >= this.
+    pub clear_below: Option<f64>,
+    /// Hysteresis with `below`: holds while the value is <= this.
+    pub clear_above: Option<f64>,
+}
+
+impl ThresholdCheck {
+    /// The checked value (the ratio when `ratio_to` is set) and a note.
+    fn value(&self, o: &Observation<'_>) -> Option<(f64, String)> {
+        match &self.ratio_to {
+            None => Some((o.value, String::new())),
+            Some(den) => {
+                let key = format!("{den}{}", o.labels_part());
+                let d = o.page.value_of(&key)?;
+                if d == 0.0 || !d.is_finite() {
+                    return None;
+                }
+                Some((o.value / d, format!(" (ratio to {den})")))
+            }
+        }
+    }
 }
 
 impl Check for ThresholdCheck {
@@ -409,21 +438,23 @@ impl Check for ThresholdCheck {
         self.m.matches(s)
     }
     fn evaluate(&self, o: &Observation<'_>) -> Option<Anomaly> {
-        let (v, what) = match &self.ratio_to {
-            None => (o.value, String::new()),
-            Some(den) => {
-                let key = format!("{den}{}", o.labels_part());
-                let d = o.page.value_of(&key)?;
-                if d == 0.0 || !d.is_finite() {
-                    return None;
-                }
-                (o.value / d, format!(" (ratio to {den})"))
-            }
-        };
+        let (v, what) = self.value(o)?;
         let b = bounds(v, self.above, self.below)?;
         Some(Anomaly {
             value: v,
             message: format!("value {v:.4}{what} {b}"),
+        })
+    }
+    fn hold(&self, o: &Observation<'_>) -> Option<Anomaly> {
+        if self.clear_below.is_none() && self.clear_above.is_none() {
+            return None;
+        }
+        let (v, what) = self.value(o)?;
+        let up = matches!((self.clear_below, self.above), (Some(c), Some(_)) if v >= c);
+        let down = matches!((self.clear_above, self.below), (Some(c), Some(_)) if v <= c);
+        (up || down).then(|| Anomaly {
+            value: v,
+            message: format!("value {v:.4}{what} not yet cleared"),
         })
     }
 }

@@ -20,8 +20,10 @@
 //! A binary that uses [`pool`] must call `multiloop::init()` first thing in
 //! `main` (tests and examples: `multiloop::init_before_main!();`).
 
+pub mod alert;
 pub mod bench;
 pub mod checks;
+pub mod dur;
 pub mod expfmt;
 pub mod fleet;
 pub mod http;

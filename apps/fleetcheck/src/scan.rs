@@ -121,9 +121,12 @@ pub async fn scrape_host(
     round: u64,
     opts: &ScrapeOptions,
 ) -> HostRound {
+    let start = Instant::now();
     let page = fetch_page(client, spec, round, opts).await;
     let now = opts.clock.now(round);
-    process_page(state, checks, round, now, page)
+    let mut hr = process_page(state, checks, round, now, page);
+    hr.secs = start.elapsed().as_secs_f64();
+    hr
 }
 
 /// Parse a targets file: one URL per line, `#` comments and blank lines ignored.

@@ -70,6 +70,13 @@ pub struct HostRound {
     pub findings: Vec<Finding>,
     /// Values for fleet-level checks.
     pub fleet_values: Vec<FleetValue>,
+    /// Series inside a rule's hysteresis band (see [`crate::Check::hold`]):
+    /// not anomalies, but they keep a firing alert firing.
+    #[serde(default)]
+    pub holds: Vec<Finding>,
+    /// Seconds the fetch and the checks took.
+    #[serde(default)]
+    pub secs: f64,
 }
 
 impl HostRound {
@@ -463,6 +470,16 @@ pub fn scrape_round(
             };
             if let Some(a) = c.evaluate(&obs) {
                 out.findings.push(Finding {
+                    host,
+                    round,
+                    check: c.name().to_string(),
+                    kind: c.kind().to_string(),
+                    series: obs.key.to_string(),
+                    value: a.value,
+                    message: a.message,
+                });
+            } else if let Some(a) = c.hold(&obs) {
+                out.holds.push(Finding {
                     host,
                     round,
                     check: c.name().to_string(),

@@ -75,6 +75,7 @@ impl WorkerState {
     /// (calls for the same host must not overlap — route by host and run
     /// rounds in order).
     pub async fn scrape(&self, spec: &HostSpec, round: u64) -> HostRound {
+        let start = std::time::Instant::now();
         let page = fetch_page(&self.client, spec, round, &self.opts).await;
         let now = self.opts.clock.now(round);
         let mut st = {
@@ -90,10 +91,11 @@ impl WorkerState {
                 .remove(&spec.id)
                 .unwrap_or_else(|| HostState::new(spec.id))
         };
-        let hr = process_page(&mut st, &self.checks, round, now, page);
+        let mut hr = process_page(&mut st, &self.checks, round, now, page);
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.insert(spec.id, st);
         }
+        hr.secs = start.elapsed().as_secs_f64();
         hr
     }
 }
