@@ -55,7 +55,9 @@ impl FromStr for Dur {
             return Err(err());
         }
         if let Ok(v) = t.parse::<f64>() {
-            return (v.is_finite() && v >= 0.0).then_some(Dur(v)).ok_or_else(err);
+            return (v.is_finite() && v >= 0.0)
+                .then_some(Dur(v))
+                .ok_or_else(err);
         }
         let mut total = 0.0;
         let mut rest = t;

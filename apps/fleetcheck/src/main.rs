@@ -1,8 +1,13 @@
-//! fleetcheck command line. With no arguments: start the built-in simulated
-//! fleet in a child process, scan it for 10 rounds on a pool of worker
-//! processes (`multiloop`), print the report and verify the findings against
-//! the injected anomalies. `--mode inprocess` (or `--baseline`) scans on the
-//! in-process tokio baseline instead; `--bench` runs both side by side.
+//! fleetcheck command line.
+//!
+//! * `fleetcheck scan` (also with no subcommand at all): start the built-in
+//!   simulated fleet in a child process (or take `--target`s), scan it for
+//!   10 rounds on a pool of worker processes (`multiloop`), print the report
+//!   and verify the findings against the injected anomalies. `--mode
+//!   inprocess` (or `--baseline`) scans on the in-process tokio baseline.
+//! * `fleetcheck run`: the monitoring service ([`fleetcheck::service`]).
+//! * `fleetcheck serve-fleet`: the simulated fleet alone.
+//! * `fleetcheck bench`: the pool and the in-process baseline side by side.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -11,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fleetcheck::Error;
 use fleetcheck::bench::{self, BenchRun, RoundMem};
 use fleetcheck::checks::Checks;
-use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
+use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
+use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
 use fleetcheck::pool::{DEFAULT_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes};
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
@@ -27,11 +34,21 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[command(
     name = "fleetcheck",
     version,
-    about = "Scrape a fleet of Prometheus endpoints in rounds, run checks, report anomalies."
+    about = "Scrape a fleet of Prometheus endpoints in rounds, run checks, report anomalies and alert.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    /// No subcommand: `scan` with these options.
+    #[command(flatten)]
+    scan: ScanArgs,
+}
+
+/// The options of `fleetcheck scan` (one struct, so that more scrape
+/// options can be flattened in with one line).
+#[derive(clap::Args, Debug, Clone)]
+struct ScanArgs {
     /// File with one target URL per line (`#` comments allowed).
     #[arg(long)]
     targets: Option<PathBuf>,
@@ -106,33 +123,43 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// One-shot scan and report (the default).
+    Scan(ScanArgs),
+    /// The monitoring service: rounds forever, alerts, /metrics.
+    Run(Box<RunArgs>),
+    /// The pool and the in-process baseline side by side on the built-in
+    /// fleet (default: 100M points).
+    Bench(ScanArgs),
     /// Run the simulated fleet alone (prints `listening http://ADDR` and the targets).
-    ServeFleet {
-        /// Hosts.
-        #[arg(long, default_value_t = 1000)]
-        hosts: u32,
-        /// Series per host.
-        #[arg(long, default_value_t = 2000)]
-        series: u32,
-        /// Seed.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Rounds the injection schedule spans.
-        #[arg(long, default_value_t = 10)]
-        rounds: u64,
-        /// Port on 127.0.0.1 (0 = any free port).
-        #[arg(long, default_value_t = 0)]
-        port: u16,
-        /// Write the target URLs to this file.
-        #[arg(long)]
-        targets_out: Option<PathBuf>,
-        /// Print every target URL on stdout.
-        #[arg(long)]
-        print_targets: bool,
-        /// Exit when stdin is closed (used when started by fleetcheck).
-        #[arg(long, hide = true)]
-        exit_on_stdin_eof: bool,
-    },
+    ServeFleet(ServeFleetArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeFleetArgs {
+    /// Hosts.
+    #[arg(long, default_value_t = 1000)]
+    hosts: u32,
+    /// Series per host.
+    #[arg(long, default_value_t = 2000)]
+    series: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Rounds the injection schedule spans.
+    #[arg(long, default_value_t = 10)]
+    rounds: u64,
+    /// Port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Write the target URLs to this file.
+    #[arg(long)]
+    targets_out: Option<PathBuf>,
+    /// Print every target URL on stdout.
+    #[arg(long)]
+    print_targets: bool,
+    /// Exit when stdin is closed (used when started by fleetcheck).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -208,7 +235,17 @@ fn main() -> ExitCode {
     // other process (including `serve-fleet`) it does nothing.
     multiloop::init();
     let cli = Cli::parse();
-    match run(cli) {
+    let res = match cli.cmd {
+        None => scan(cli.scan),
+        Some(Cmd::Scan(a)) => scan(a),
+        Some(Cmd::Bench(mut a)) => {
+            a.bench = true;
+            scan(a)
+        }
+        Some(Cmd::Run(a)) => run_service(*a),
+        Some(Cmd::ServeFleet(a)) => serve_fleet(a).map(|()| 0),
+    };
+    match res {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("fleetcheck: error: {e}");
@@ -217,40 +254,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start tokio runtime: {e}"))
+        .map_err(|e| Error::io("cannot start the tokio runtime", e))
 }
 
-fn run(mut cli: Cli) -> Result<u8, String> {
-    if let Some(Cmd::ServeFleet {
-        hosts,
-        series,
-        seed,
-        rounds,
-        port,
-        targets_out,
-        print_targets,
-        exit_on_stdin_eof,
-    }) = cli.cmd.take()
-    {
-        let cfg = FleetConfig {
-            hosts,
-            series,
-            seed,
-            rounds,
-            bad: Vec::new(),
-        };
-        return serve_fleet(cfg, port, targets_out, print_targets, exit_on_stdin_eof).map(|()| 0);
-    }
+/// Logs on stderr: human-readable (colours on a terminal) or JSON lines.
+fn init_tracing(format: LogFormat) {
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Human => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
+}
+
+/// `fleetcheck run`.
+fn run_service(args: RunArgs) -> Result<u8, Error> {
+    let cfg = ServiceConfig::from_args(&args)?;
+    init_tracing(cfg.log_format);
+    runtime()?.block_on(fleetcheck::service::run(args))?;
+    Ok(0)
+}
+
+/// `fleetcheck scan`: exit 0 nothing found, 1 findings, 2 error, 130
+/// interrupted (after the report of the finished rounds).
+fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
+    init_tracing(LogFormat::Human);
     if cli.print_rules {
         print!("{}", Rules::builtin().to_toml());
         return Ok(0);
     }
     let rules = match &cli.rules {
-        Some(p) => Rules::load(p)?,
+        Some(p) => Rules::load(p).map_err(Error::Usage)?,
         None => Rules::builtin(),
     };
     let checks = Arc::new(Checks::from_rules(&rules));
@@ -261,23 +300,28 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         cli.points = Some("100M".into());
     }
     if let Some(p) = &cli.points {
-        let n =
-            parse_count(p).ok_or_else(|| format!("--points: cannot parse {p:?} (e.g. 100M)"))?;
+        let n = parse_count(p)
+            .ok_or_else(|| Error::Usage(format!("--points: cannot parse {p:?} (e.g. 100M)")))?;
         cli.fleet_hosts = 1000;
         cli.fleet_series = 2000;
         cli.rounds = n.div_ceil(2_000_000).max(1);
     }
     let mut urls = cli.target.clone();
     if let Some(p) = &cli.targets {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
         urls.extend(parse_targets(&text));
     }
     let builtin = urls.is_empty();
     if builtin && cli.rounds == 0 {
-        return Err("the built-in fleet needs a finite --rounds".into());
+        return Err(Error::Usage(
+            "the built-in fleet needs a finite --rounds".into(),
+        ));
     }
     if cli.bench && !builtin {
-        return Err("--bench runs on the built-in fleet: no --target/--targets".into());
+        return Err(Error::Usage(
+            "--bench runs on the built-in fleet: no --target/--targets".into(),
+        ));
     }
     let settings = PoolSettings {
         processes: if cli.processes == 0 {
@@ -298,7 +342,9 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         };
         let mut child = None;
         if builtin {
-            let (c, addr) = spawn_fleet(&fleet_cfg).await?;
+            let (c, addr) = spawn_fleet_process(&fleet_cfg)
+                .await
+                .map_err(Error::Fleet)?;
             child = Some(c);
             urls = (0..fleet_cfg.hosts)
                 .map(|i| format!("http://{addr}/host/{i}/metrics"))
@@ -365,10 +411,12 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                 }
             }
         };
+        let mut interrupted = false;
         let report = tokio::select! {
-            r = scan => r?,
+            r = scan => r.map_err(Error::Pool)?,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("fleetcheck: interrupted; reporting finished rounds");
+                interrupted = true;
                 obs.lock().ok().and_then(|mut o| o.last.take()).unwrap_or_default()
             }
         };
@@ -377,7 +425,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         if let Some(mut c) = child {
             let _ = c.kill().await;
         }
-        let verification = builtin.then(|| {
+        let verification = (builtin && !interrupted).then(|| {
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
             verify(&report.findings, &truth)
         });
@@ -396,11 +444,14 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         let _ = so.flush();
         if let Some(v) = &verification {
             if !v.passed() {
-                return Err(format!(
+                return Err(Error::Verification(format!(
                     "verification against injected anomalies failed: precision {:.4}, recall {:.4}",
                     v.precision, v.recall
-                ));
+                )));
             }
+        }
+        if interrupted {
+            return Ok(130);
         }
         Ok(report.exit_code() as u8)
     })
@@ -428,7 +479,7 @@ async fn run_bench(
     settings: PoolSettings,
     fleet_pid: Option<u32>,
     truth: &[ExpectedFinding],
-) -> Result<u8, String> {
+) -> Result<u8, Error> {
     let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
     let hosts = cfg.targets.len();
     eprintln!(
@@ -449,13 +500,18 @@ async fn run_bench(
         rules: rules.clone(),
         opts: cfg.opts,
     };
-    let scanner = PoolScanner::start(init, settings).await?;
+    let scanner = PoolScanner::start(init, settings)
+        .await
+        .map_err(Error::Pool)?;
     let mut total = Report::default();
     let mut mem = Vec::new();
     let mut reset_ok = true;
     let _ = bench::round_mem(&scanner.pool().worker_pids());
     for round in 0..cfg.rounds {
-        let mut rep = scanner.round(&cfg.targets, round).await?;
+        let mut rep = scanner
+            .round(&cfg.targets, round)
+            .await
+            .map_err(Error::Pool)?;
         rep.finish_round(scanner.checks(), round);
         total.merge(rep);
         let (m, ok) = bench::round_mem(&scanner.pool().worker_pids());
@@ -473,11 +529,11 @@ async fn run_bench(
         )
         .route_by(fleetcheck::pool::route_host)
         .await
-        .map_err(|e| format!("probe: {e}"))?;
+        .map_err(|e| Error::Pool(format!("probe: {e}")))?;
     for p in probes {
         *per_worker.entry(p.pid).or_default() += 1;
     }
-    scanner.close().await?;
+    scanner.close().await.map_err(Error::Pool)?;
     let wall = start.elapsed().as_secs_f64();
     let v = verify(&total.findings, truth);
     let pool_run = BenchRun {
@@ -541,63 +597,36 @@ async fn run_bench(
     if runs.iter().all(|r| r.verified) {
         Ok(0)
     } else {
-        Err("bench: verification against injected anomalies failed".into())
+        Err(Error::Verification(
+            "bench: verification against injected anomalies failed".into(),
+        ))
     }
 }
 
-/// Start `fleetcheck serve-fleet` as a child process and read its address.
-async fn spawn_fleet(cfg: &FleetConfig) -> Result<(tokio::process::Child, String), String> {
-    use tokio::io::AsyncBufReadExt;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["serve-fleet", "--port", "0", "--exit-on-stdin-eof"])
-        .args([
-            "--hosts",
-            &cfg.hosts.to_string(),
-            "--series",
-            &cfg.series.to_string(),
-        ])
-        .args([
-            "--seed",
-            &cfg.seed.to_string(),
-            "--rounds",
-            &cfg.rounds.to_string(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start fleet process: {e}"))?;
-    let stdout = child.stdout.take().ok_or("fleet process has no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .map_err(|_| "fleet process did not report its address in 60 s".to_string())?
-        .map_err(|e| format!("reading fleet process output: {e}"))?
-        .ok_or("fleet process exited before reporting its address")?;
-    let addr = line
-        .strip_prefix("listening http://")
-        .ok_or_else(|| format!("unexpected fleet process output {line:?}"))?
-        .trim()
-        .to_string();
-    // Keep draining its stdout so it never blocks.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
-}
-
-fn serve_fleet(
-    cfg: FleetConfig,
-    port: u16,
-    targets_out: Option<PathBuf>,
-    print_targets: bool,
-    exit_on_stdin_eof: bool,
-) -> Result<(), String> {
+fn serve_fleet(a: ServeFleetArgs) -> Result<(), Error> {
+    let ServeFleetArgs {
+        hosts,
+        series,
+        seed,
+        rounds,
+        port,
+        targets_out,
+        print_targets,
+        exit_on_stdin_eof,
+    } = a;
+    let cfg = FleetConfig {
+        hosts,
+        series,
+        seed,
+        rounds,
+        bad: Vec::new(),
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let fleet = Arc::new(Fleet::new(cfg));
         let server = FleetServer::start(fleet.clone(), port)
             .await
-            .map_err(|e| format!("cannot bind 127.0.0.1:{port}: {e}"))?;
+            .map_err(|e| Error::io(format!("cannot bind 127.0.0.1:{port}"), e))?;
         let urls = server.target_urls();
         if let Some(p) = targets_out {
             let mut text = String::from("# fleetcheck simulated fleet\n");
@@ -605,7 +634,8 @@ fn serve_fleet(
                 text.push_str(u);
                 text.push('\n');
             }
-            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::fs::write(&p, text)
+                .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
         }
         {
             let mut so = std::io::stdout().lock();

@@ -107,6 +107,29 @@ impl Reducer for ReportReducer {
 
 multiloop::register_reducer!(ReportReducer);
 
+/// Why a round on the pool has no report.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    /// The pool failed (e.g. it gave up restarting workers).
+    #[error("{0}")]
+    Pool(#[source] multiloop::Error),
+    /// Host results went missing (a bug: every host has a result or an error).
+    #[error("{got} host results for {want} targets")]
+    Incomplete {
+        /// Results.
+        got: u64,
+        /// Targets.
+        want: u64,
+    },
+}
+
+impl RoundError {
+    /// The pool stopped restarting workers because they died too often.
+    pub fn is_restart_intensity(&self) -> bool {
+        matches!(self, RoundError::Pool(e) if e.is_restart_intensity())
+    }
+}
+
 /// Pool settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
@@ -192,13 +215,31 @@ impl PoolScanner {
     /// scrape problem: those are findings already) gets a scrape finding
     /// of check [`POOL_FAILURE_CHECK`], so every host has a result.
     pub async fn round(&self, targets: &[HostSpec], round: u64) -> Result<Report, String> {
+        self.round_with_deadline(targets, round, None)
+            .await
+            .map_err(|e| format!("round {round}: pool failed: {e}"))
+    }
+
+    /// [`PoolScanner::round`] with a pool-side deadline per scrape: a
+    /// scrape still running then (its worker frozen, a fetch that ignores
+    /// its own timeout) ends as a [`POOL_FAILURE_CHECK`] finding instead
+    /// of stalling the round. The error is the pool's own (e.g. it gave up
+    /// restarting workers: `multiloop::Error::is_restart_intensity`).
+    pub async fn round_with_deadline(
+        &self,
+        targets: &[HostSpec],
+        round: u64,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Report, RoundError> {
         let inputs = targets.iter().map(|s| (s.clone(), round));
-        let out = self
+        let mut call = self
             .pool
             .map_reduce(scrape, inputs, ReportReducer)
-            .route_by(route_host)
-            .await
-            .map_err(|e| format!("round {round}: pool failed: {e}"))?;
+            .route_by(route_host);
+        if let Some(d) = deadline {
+            call = call.timeout(d);
+        }
+        let out = call.await.map_err(RoundError::Pool)?;
         let mut rep = out.value;
         let mut failed = 0u64;
         for (index, e) in out.errors {
@@ -212,15 +253,15 @@ impl PoolScanner {
                         format!("scrape task failed in the pool: {e}"),
                     ));
                 }
-                None => return Err(format!("round {round}: a partial result was lost: {e}")),
+                None => return Err(RoundError::Pool(e)),
             }
         }
         let got = out.folded + failed;
         if got != targets.len() as u64 {
-            return Err(format!(
-                "round {round}: {got} host results for {} targets",
-                targets.len()
-            ));
+            return Err(RoundError::Incomplete {
+                got,
+                want: targets.len() as u64,
+            });
         }
         Ok(rep)
     }

@@ -299,6 +299,16 @@ impl fmt::Display for RulesError {
 
 impl std::error::Error for RulesError {}
 
+impl RulesError {
+    /// A TOML error of `src`, with its line.
+    pub fn toml(src: &str, e: &toml::de::Error) -> Self {
+        RulesError {
+            line: e.span().map(|s| line_of(src, s.start)).unwrap_or(0),
+            reason: e.message().trim().to_string(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -318,16 +328,16 @@ fn line_of(src: &str, offset: usize) -> usize {
 impl Rules {
     /// Parse and validate a rules file.
     pub fn parse(src: &str) -> Result<Rules, RulesError> {
-        let raw: RawFile = toml::from_str(src).map_err(|e| {
-            let line = e.span().map(|s| line_of(src, s.start)).unwrap_or(0);
-            RulesError {
-                line,
-                reason: e.message().trim().to_string(),
-            }
-        })?;
-        let mut rules = Vec::with_capacity(raw.rule.len());
+        let raw: RawFile = toml::from_str(src).map_err(|e| RulesError::toml(src, &e))?;
+        Rules::from_spanned(src, raw.rule)
+    }
+
+    /// Validate rules read with their spans from `src` (a rules file, or
+    /// the `[[rule]]` tables of a service config).
+    pub fn from_spanned(src: &str, spanned: Vec<toml::Spanned<Rule>>) -> Result<Rules, RulesError> {
+        let mut rules = Vec::with_capacity(spanned.len());
         let mut names = std::collections::HashSet::new();
-        for sp in raw.rule {
+        for sp in spanned {
             let line = line_of(src, sp.span().start);
             let r = sp.into_inner();
             r.validate().map_err(|reason| RulesError { line, reason })?;
