@@ -97,7 +97,12 @@ impl fmt::Display for Dur {
 
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            // Binary formats (postcard, to the workers): plain seconds.
+            s.serialize_f64(self.0)
+        }
     }
 }
 
@@ -108,6 +113,9 @@ impl<'de> Deserialize<'de> for Dur {
         enum Raw {
             Num(f64),
             Text(String),
+        }
+        if !d.is_human_readable() {
+            return Ok(Dur::from_secs(f64::deserialize(d)?));
         }
         match Raw::deserialize(d)? {
             Raw::Num(v) if v.is_finite() && v >= 0.0 => Ok(Dur(v)),
@@ -140,5 +148,8 @@ mod tests {
         assert_eq!(d.to_string().parse::<Dur>().unwrap(), d);
         let d: Dur = "250ms".parse().unwrap();
         assert_eq!(d.to_string().parse::<Dur>().unwrap(), d);
+        // Binary (postcard, as sent to the workers) as well as text.
+        let bin = postcard::to_stdvec(&d).unwrap();
+        assert_eq!(postcard::from_bytes::<Dur>(&bin).unwrap(), d);
     }
 }
