@@ -303,6 +303,14 @@ impl Checks {
     }
 }
 
+/// Default relative floor of `zscore`'s standard deviation (fraction of
+/// |mean|) and of `fleet_outlier`'s spread (fraction of |median|).
+pub const DEFAULT_MIN_RATIO: f64 = 0.01;
+
+/// The spread used when every other floor is 0 (a history or a fleet all
+/// exactly at 0): any other value is an outlier, with a finite score.
+pub const ZERO_SPREAD: f64 = 1e-9;
+
 /// Build the check for one rule.
 pub fn rule_check(r: &Rule) -> Box<dyn Check> {
     let m = Matcher {
@@ -337,6 +345,7 @@ pub fn rule_check(r: &Rule) -> Box<dyn Check> {
             window: r.window.unwrap_or(30),
             min_samples: r.min_samples.unwrap_or(5).max(1),
             min_stddev: r.min_stddev.unwrap_or(0.0),
+            min_stddev_ratio: r.min_stddev_ratio.unwrap_or(DEFAULT_MIN_RATIO),
         }),
         RuleKind::Stale => Box::new(StaleCheck { name, m }),
         RuleKind::Absent => Box::new(AbsentCheck {
@@ -350,6 +359,7 @@ pub fn rule_check(r: &Rule) -> Box<dyn Check> {
             threshold: r.threshold.unwrap_or(5.0),
             min_hosts: r.min_hosts.unwrap_or(5),
             min_mad: r.min_mad.unwrap_or(0.0),
+            min_mad_ratio: r.min_mad_ratio.unwrap_or(DEFAULT_MIN_RATIO),
         }),
     }
 }
@@ -522,6 +532,8 @@ pub struct ZscoreCheck {
     pub min_samples: usize,
     /// Floor of the standard deviation.
     pub min_stddev: f64,
+    /// Floor of the standard deviation as a fraction of |mean|.
+    pub min_stddev_ratio: f64,
 }
 
 impl Check for ZscoreCheck {
@@ -542,12 +554,14 @@ impl Check for ZscoreCheck {
             return None;
         }
         let (mean, std) = o.history.mean_std()?;
-        let sd = std.max(self.min_stddev);
+        let sd = std
+            .max(self.min_stddev)
+            .max(self.min_stddev_ratio * mean.abs());
         let dev = (o.value - mean).abs();
         if dev == 0.0 {
             return None;
         }
-        let z = if sd > 0.0 { dev / sd } else { f64::INFINITY };
+        let z = dev / if sd > 0.0 { sd } else { ZERO_SPREAD };
         (z > self.threshold).then(|| Anomaly {
             value: o.value,
             message: format!(
@@ -641,6 +655,8 @@ pub struct FleetOutlierCheck {
     pub min_hosts: usize,
     /// Floor of the MAD.
     pub min_mad: f64,
+    /// Floor of the spread as a fraction of |median|.
+    pub min_mad_ratio: f64,
 }
 
 /// Median of a slice (sorts it); None if empty.
@@ -694,19 +710,15 @@ impl Check for FleetOutlierCheck {
         if stat.n < self.min_hosts {
             return ev;
         }
-        let scale = (1.4826 * stat.mad).max(self.min_mad);
+        let scale = (1.4826 * stat.mad)
+            .max(self.min_mad)
+            .max(self.min_mad_ratio * stat.median.abs());
+        let scale = if scale > 0.0 { scale } else { ZERO_SPREAD };
         for &(host, v) in values {
             if !v.is_finite() {
                 continue;
             }
-            let dev = (v - stat.median).abs();
-            let z = if scale > 0.0 {
-                dev / scale
-            } else if dev > 0.0 {
-                f64::INFINITY
-            } else {
-                0.0
-            };
+            let z = (v - stat.median).abs() / scale;
             if z > self.threshold {
                 ev.outliers.push((
                     host,

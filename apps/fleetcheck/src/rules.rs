@@ -124,6 +124,14 @@ pub struct Rule {
     /// Fleet outlier: floor for the MAD.
     #[serde(default)]
     pub min_mad: Option<f64>,
+    /// Fleet outlier: floor for the spread as a fraction of |median|
+    /// (default 0.01).
+    #[serde(default)]
+    pub min_mad_ratio: Option<f64>,
+    /// Z-score: floor for the standard deviation as a fraction of |mean|
+    /// (default 0.01).
+    #[serde(default)]
+    pub min_stddev_ratio: Option<f64>,
     /// Threshold with `above`: once firing, the alert holds while the value
     /// stays at or above this (hysteresis; must be < `above`).
     #[serde(default)]
@@ -164,6 +172,8 @@ impl Rule {
             min_stddev: None,
             min_hosts: None,
             min_mad: None,
+            min_mad_ratio: None,
+            min_stddev_ratio: None,
             clear_below: None,
             clear_above: None,
             for_: None,
@@ -196,12 +206,25 @@ impl Rule {
                 "clear_above",
             ],
             RuleKind::Rate => &["above", "below", "labels"],
-            RuleKind::Zscore => &["threshold", "window", "min_samples", "min_stddev", "labels"],
+            RuleKind::Zscore => &[
+                "threshold",
+                "window",
+                "min_samples",
+                "min_stddev",
+                "min_stddev_ratio",
+                "labels",
+            ],
             RuleKind::Stale => &["labels"],
             RuleKind::Absent => &[],
-            RuleKind::FleetOutlier => &["threshold", "min_hosts", "min_mad", "labels"],
+            RuleKind::FleetOutlier => &[
+                "threshold",
+                "min_hosts",
+                "min_mad",
+                "min_mad_ratio",
+                "labels",
+            ],
         };
-        let set: [(&str, bool); 12] = [
+        let set: [(&str, bool); 14] = [
             ("above", self.above.is_some()),
             ("below", self.below.is_some()),
             ("ratio_to", self.ratio_to.is_some()),
@@ -214,6 +237,8 @@ impl Rule {
             ("labels", !self.labels.is_empty()),
             ("clear_below", self.clear_below.is_some()),
             ("clear_above", self.clear_above.is_some()),
+            ("min_mad_ratio", self.min_mad_ratio.is_some()),
+            ("min_stddev_ratio", self.min_stddev_ratio.is_some()),
         ];
         for (field, present) in set {
             if present && !allowed.contains(&field) {
@@ -259,6 +284,16 @@ impl Rule {
                         self.name
                     ));
                 }
+            }
+        }
+        for (n, v) in [
+            ("min_mad", self.min_mad),
+            ("min_mad_ratio", self.min_mad_ratio),
+            ("min_stddev", self.min_stddev),
+            ("min_stddev_ratio", self.min_stddev_ratio),
+        ] {
+            if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                return Err(format!("rule {:?}: `{n}` must be a number >= 0", self.name));
             }
         }
         if self.threshold.is_some_and(|t| t <= 0.0) {
