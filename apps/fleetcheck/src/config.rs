@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Smallest group for group alerts.
     #[arg(long)]
     pub group_min_targets: Option<usize>,
+    /// Keep host history in the parent so that it survives a worker's
+    /// death (true/false).
+    #[arg(long)]
+    pub host_checkpoints: Option<bool>,
     /// Hosts of the simulated fleet (used when there are no targets).
     #[arg(long)]
     pub fleet_hosts: Option<u32>,
@@ -176,6 +180,8 @@ pub struct ServiceConfig {
     pub group_fraction: f64,
     /// `--group-min-targets`.
     pub group_min_targets: usize,
+    /// `--host-checkpoints`.
+    pub host_checkpoints: bool,
     /// `--fleet-hosts`.
     pub fleet_hosts: u32,
     /// `--fleet-series`.
@@ -213,6 +219,7 @@ impl Default for ServiceConfig {
             flap_limit: p.flap_limit,
             group_fraction: p.group_fraction,
             group_min_targets: p.group_min_targets,
+            host_checkpoints: true,
             fleet_hosts: 200,
             fleet_series: 500,
             fleet_seed: 42,
@@ -302,6 +309,7 @@ impl ServiceConfig {
         set(&mut self.flap_limit, &a.flap_limit);
         set(&mut self.group_fraction, &a.group_fraction);
         set(&mut self.group_min_targets, &a.group_min_targets);
+        set(&mut self.host_checkpoints, &a.host_checkpoints);
         set(&mut self.fleet_hosts, &a.fleet_hosts);
         set(&mut self.fleet_series, &a.fleet_series);
         set(&mut self.fleet_seed, &a.fleet_seed);

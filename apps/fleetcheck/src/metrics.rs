@@ -61,6 +61,8 @@ pub struct Values {
     pub am_dropped: u64,
     /// Host-state checkpoint bytes of the last round.
     pub checkpoint_bytes: u64,
+    /// Hosts whose history was handed back to a worker.
+    pub states_restored: u64,
 }
 
 /// Shared metrics: the service writes, the listener renders.

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::Checks;
 use crate::report::Report;
 use crate::scan::{HostSpec, RoundObserver, ScanConfig};
-use crate::state::HostRound;
+use crate::state::{HostCheckpoint, HostRound};
 use crate::worker::{WorkerInit, WorkerState};
 
 /// Check name of the finding recorded for a host whose scrape task failed
@@ -52,6 +52,77 @@ pub async fn scrape(spec: HostSpec, round: u64) -> HostRound {
             "worker has no state (the pool initializer did not run)".into(),
         ),
     }
+}
+
+/// [`scrape`] with the host's checkpoint in the result; when this worker
+/// has no state for the host and `parent_has_state`, it asks for it
+/// instead (`need_state`). See [`PoolScanner::round_checkpointed`].
+#[multiloop::task]
+pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent_has_state: bool) -> HostRound {
+    match multiloop::worker_state::<WorkerState>() {
+        Some(w) => w.scrape_checkpointed(&spec, round, parent_has_state).await,
+        None => HostRound::failed(
+            spec.id,
+            round,
+            POOL_FAILURE_CHECK,
+            "worker has no state (the pool initializer did not run)".into(),
+        ),
+    }
+}
+
+/// Rebuild a host's state from its checkpoint in this worker, then scrape.
+#[multiloop::task]
+pub async fn restore_and_scrape(spec: HostSpec, round: u64, cp: HostCheckpoint) -> HostRound {
+    match multiloop::worker_state::<WorkerState>() {
+        Some(w) => w.restore_and_scrape(&spec, round, &cp).await,
+        None => HostRound::failed(
+            spec.id,
+            round,
+            POOL_FAILURE_CHECK,
+            "worker has no state (the pool initializer did not run)".into(),
+        ),
+    }
+}
+
+fn route_checkpointed(args: &(HostSpec, u64, bool)) -> u64 {
+    u64::from(args.0.id)
+}
+
+fn route_restore(args: &(HostSpec, u64, HostCheckpoint)) -> u64 {
+    u64::from(args.0.id)
+}
+
+/// The parent's copy of every host's checkpoint: the authoritative host
+/// history, handed to a worker that lost it (replaced after a death, or a
+/// new pool).
+#[derive(Debug, Default)]
+pub struct HistoryStore {
+    /// Latest checkpoint per host id.
+    pub hosts: std::collections::HashMap<u32, HostCheckpoint>,
+}
+
+/// What the round cost in checkpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CheckpointCost {
+    /// Hosts whose state was handed back to a worker.
+    pub restored: u64,
+    /// Series in the round's checkpoints.
+    pub series: u64,
+    /// Approximate bytes (postcard) of the round's checkpoints.
+    pub bytes: u64,
+}
+
+/// About the size of a checkpoint on the wire (postcard: 8 bytes per
+/// float, short varints for lengths and rounds).
+pub fn approx_bytes(cp: &HostCheckpoint) -> u64 {
+    cp.series
+        .iter()
+        .map(|s| {
+            let hist: u64 = s.histories.iter().map(|h| 1 + 8 * h.len() as u64).sum();
+            s.key.len() as u64 + 1 + 2 + 1 + 16 + 5 + 1 + hist
+        })
+        .sum::<u64>()
+        + 8
 }
 
 /// What [`probe`] reports about the worker a host is routed to.
@@ -178,6 +249,25 @@ impl PoolScanner {
         Ok(PoolScanner { pool, checks })
     }
 
+    /// [`PoolScanner::start`] with the pool builder adjusted by `tune`
+    /// (e.g. its `restart_intensity`).
+    pub async fn start_tuned(
+        init: WorkerInit,
+        settings: PoolSettings,
+        tune: impl FnOnce(multiloop::PoolBuilder) -> multiloop::PoolBuilder,
+    ) -> Result<Self, String> {
+        let checks = Checks::from_rules(&init.rules);
+        let b = Pool::builder()
+            .processes(settings.processes.max(1))
+            .concurrency(settings.concurrency.max(1))
+            .initializer(init_worker, init);
+        let pool = tune(b)
+            .build()
+            .await
+            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+        Ok(PoolScanner { pool, checks })
+    }
+
     /// Start the workers with your own initializer task, which must store
     /// a [`WorkerState`] with `multiloop::set_worker_state` (e.g. built with
     /// [`WorkerState::with_checks`] to add custom checks); `checks` are the
@@ -240,6 +330,75 @@ impl PoolScanner {
             call = call.timeout(d);
         }
         let out = call.await.map_err(RoundError::Pool)?;
+        self.collect(out, targets, round)
+    }
+
+    /// [`PoolScanner::round_with_deadline`] that keeps host history in
+    /// `store` across worker deaths: every host's result carries its
+    /// checkpoint, which the parent keeps; a worker without state for a
+    /// host the parent knows answers `need_state` without scraping, and
+    /// those hosts are scraped again at once with their checkpoint
+    /// ([`restore_and_scrape`]). A death costs one extra small call, no
+    /// history and no finding.
+    pub async fn round_checkpointed(
+        &self,
+        targets: &[HostSpec],
+        round: u64,
+        deadline: Option<std::time::Duration>,
+        store: &mut HistoryStore,
+    ) -> Result<(Report, CheckpointCost), RoundError> {
+        let inputs = targets
+            .iter()
+            .map(|s| (s.clone(), round, store.hosts.contains_key(&s.id)));
+        let mut call = self
+            .pool
+            .map_reduce(scrape_checkpointed, inputs, ReportReducer)
+            .route_by(route_checkpointed);
+        if let Some(d) = deadline {
+            call = call.timeout(d);
+        }
+        let out = call.await.map_err(RoundError::Pool)?;
+        let mut rep = self.collect(out, targets, round)?;
+        let mut cost = CheckpointCost::default();
+        let need = std::mem::take(&mut rep.need_state);
+        if !need.is_empty() {
+            let by_id: std::collections::HashMap<u32, &HostSpec> =
+                targets.iter().map(|s| (s.id, s)).collect();
+            let again: Vec<HostSpec> = need
+                .iter()
+                .filter_map(|h| by_id.get(h).map(|s| (*s).clone()))
+                .collect();
+            let inputs = again.iter().map(|s| {
+                let cp = store.hosts.get(&s.id).cloned().unwrap_or_default();
+                (s.clone(), round, cp)
+            });
+            let mut call = self
+                .pool
+                .map_reduce(restore_and_scrape, inputs, ReportReducer)
+                .route_by(route_restore);
+            if let Some(d) = deadline {
+                call = call.timeout(d);
+            }
+            let out = call.await.map_err(RoundError::Pool)?;
+            cost.restored = again.len() as u64;
+            rep.merge(self.collect(out, &again, round)?);
+        }
+        for cp in std::mem::take(&mut rep.checkpoints) {
+            cost.series += cp.series.len() as u64;
+            cost.bytes += approx_bytes(&cp);
+            store.hosts.insert(cp.host, cp);
+        }
+        Ok((rep, cost))
+    }
+
+    /// The report of one call, with a pool-failure finding for each host
+    /// whose task failed.
+    fn collect(
+        &self,
+        out: multiloop::Reduced<Report>,
+        targets: &[HostSpec],
+        round: u64,
+    ) -> Result<Report, RoundError> {
         let mut rep = out.value;
         let mut failed = 0u64;
         for (index, e) in out.errors {

@@ -29,7 +29,9 @@ use crate::error::Error;
 use crate::fleet::{FleetConfig, STEP_SECS};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::pool::{POOL_FAILURE_CHECK, PoolScanner, PoolSettings, default_processes};
+use crate::pool::{
+    CheckpointCost, HistoryStore, POOL_FAILURE_CHECK, PoolScanner, PoolSettings, default_processes,
+};
 use crate::report::Report;
 use crate::rules::Rules;
 use crate::scan::{Clock, HostSpec, ScrapeOptions};
@@ -41,6 +43,9 @@ use crate::worker::WorkerInit;
 pub const TARGET_DOWN: &str = "target_down";
 /// Extra time the pool gives a scrape beyond the scrape timeout.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+/// Worker restarts per minute the pool accepts before it gives up (then
+/// the service builds a new pool, with a growing delay).
+pub const RESTARTS_PER_MINUTE: u32 = 600;
 /// Longest wait between two attempts to build the pool.
 pub const MAX_REBUILD_DELAY: Duration = Duration::from_secs(60);
 
@@ -206,6 +211,7 @@ struct Service {
     engine: AlertEngine,
     notifier: Notifier,
     scanner: Option<PoolScanner>,
+    history: HistoryStore,
     built_once: bool,
     backoff: Backoff,
     round: u64,
@@ -226,7 +232,13 @@ impl Service {
         if !self.backoff.ready() {
             return false;
         }
-        match PoolScanner::start(self.plan.init.clone(), self.plan.settings).await {
+        // Workers killed from outside are no reason to stop monitoring: the
+        // pool keeps replacing them (bounded by the rebuild backoff below
+        // if it fails anyway).
+        let tune = |b: multiloop::PoolBuilder| {
+            b.restart_intensity(RESTARTS_PER_MINUTE, Duration::from_secs(60))
+        };
+        match PoolScanner::start_tuned(self.plan.init.clone(), self.plan.settings, tune).await {
             Ok(s) => {
                 if self.built_once {
                     self.metrics.update(|v| v.pool_rebuilds += 1);
@@ -254,8 +266,10 @@ impl Service {
     /// One round: scrape everything, run the alert lifecycle, notify.
     async fn round(&mut self) {
         let start = Instant::now();
+        // The round number moves on only when the round is done: a round
+        // lost to a pool failure is done again (same pages on the
+        // simulated fleet).
         let round = self.round;
-        self.round += 1;
         if !self.ensure_pool().await {
             self.metrics.update(|v| v.rounds_failed += 1);
             return;
@@ -263,10 +277,18 @@ impl Service {
         let Some(scanner) = self.scanner.as_ref() else {
             return;
         };
-        let res = scanner
-            .round_with_deadline(&self.plan.targets, round, Some(self.pool_deadline()))
-            .await;
-        let mut rep = match res {
+        let deadline = Some(self.pool_deadline());
+        let res = if self.cfg.host_checkpoints {
+            scanner
+                .round_checkpointed(&self.plan.targets, round, deadline, &mut self.history)
+                .await
+        } else {
+            scanner
+                .round_with_deadline(&self.plan.targets, round, deadline)
+                .await
+                .map(|r| (r, CheckpointCost::default()))
+        };
+        let (mut rep, cost) = match res {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(
@@ -282,6 +304,7 @@ impl Service {
             }
         };
         self.backoff.succeeded();
+        self.round += 1;
         rep.finish_round(scanner.checks(), round);
         let pids: HashSet<u32> = scanner.pool().worker_pids().into_iter().collect();
         let restarts = self.pids.difference(&pids).count() as u64;
@@ -290,6 +313,18 @@ impl Service {
         self.alerts(&rep, now).await;
         let secs = start.elapsed().as_secs_f64();
         self.record(&rep, secs, restarts);
+        self.metrics.set_ready();
+        self.metrics.update(|v| {
+            v.checkpoint_bytes = cost.bytes;
+            v.states_restored += cost.restored;
+        });
+        if cost.restored > 0 {
+            tracing::info!(
+                round,
+                hosts = cost.restored,
+                "host history handed back to new workers"
+            );
+        }
         if let Some(p) = &self.cfg.state_file {
             if let Err(e) = save_state(p, &self.engine) {
                 tracing::error!("cannot save the alert state: {e}");
@@ -303,7 +338,6 @@ impl Service {
             scrape_failures = rep.scrape_failures,
             "round done"
         );
-        self.metrics.set_ready();
     }
 
     /// Findings to alerts to notifications.
@@ -545,6 +579,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         engine,
         notifier,
         scanner: None,
+        history: HistoryStore::default(),
         built_once: false,
         backoff: Backoff::new(),
         round: 0,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{
     Checks, History, HostView, Observation, PageLookup, Prev, SeriesInfo, SeriesView,
 };
-use crate::expfmt::{Hinted, Item, Parser};
+use crate::expfmt::{Hinted, Item, MetricType, Parser, RawLabels};
 
 /// Kind string of findings about a target that could not be scraped.
 pub const SCRAPE_KIND: &str = "scrape";
@@ -77,6 +77,13 @@ pub struct HostRound {
     /// Seconds the fetch and the checks took.
     #[serde(default)]
     pub secs: f64,
+    /// The host's state after this round, when the runner asked for it.
+    #[serde(default)]
+    pub checkpoint: Option<HostCheckpoint>,
+    /// Not scraped: the worker has no state for the host and the parent
+    /// has a checkpoint to give it (see `WorkerState::scrape_checkpointed`).
+    #[serde(default)]
+    pub need_state: bool,
 }
 
 impl HostRound {
@@ -98,6 +105,41 @@ impl HostRound {
             ..HostRound::default()
         }
     }
+}
+
+/// The part of a host's state that its checks need from one round to the
+/// next, small enough to cross to the parent every round: only the series
+/// some check watches (with their last value, time, round seen and
+/// histories), not the whole page. A replacement worker rebuilds the
+/// host's state from it ([`HostState::restore`]); the rest of the series
+/// are interned again at its next scrape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostCheckpoint {
+    /// Host id.
+    pub host: u32,
+    /// Round of the last successful scrape.
+    pub prev_round: Option<u64>,
+    /// The watched series.
+    pub series: Vec<SeriesCheckpoint>,
+}
+
+/// One watched series in a [`HostCheckpoint`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesCheckpoint {
+    /// `name{labels}`.
+    pub key: String,
+    /// Length of the name in `key`.
+    pub name_len: u32,
+    /// Family type.
+    pub family_type: MetricType,
+    /// Last value.
+    pub value: f64,
+    /// Its time (seconds).
+    pub time: f64,
+    /// Round last seen (None: never).
+    pub last_seen: Option<u64>,
+    /// Histories of the checks that keep one for it, in check order.
+    pub histories: Vec<Vec<f64>>,
 }
 
 /// Identity hasher for already-hashed u64 keys.
@@ -164,6 +206,7 @@ struct Table {
     index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     keys: String,
     meta: Vec<Meta>,
+    types: Vec<MetricType>,
     slots: Vec<Slot>,
 }
 
@@ -256,6 +299,92 @@ impl HostState {
         (self.t.key(i) == key && self.t.slots[i].last_seen != NEVER).then(|| self.t.slots[i].value)
     }
 
+    /// The watched series' state (see [`HostCheckpoint`]).
+    pub fn checkpoint(&self) -> HostCheckpoint {
+        // series -> its histories in check order
+        let mut watched: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut at: HashMap<u32, usize> = HashMap::new();
+        for binds in &self.bindings {
+            for b in binds {
+                let i = *at.entry(b.series).or_insert_with(|| {
+                    watched.push((b.series, Vec::new()));
+                    watched.len() - 1
+                });
+                if b.hist != u32::MAX {
+                    watched[i].1.push(b.hist);
+                }
+            }
+        }
+        watched.sort_unstable_by_key(|w| w.0);
+        let series = watched
+            .into_iter()
+            .map(|(i, hists)| {
+                let (iu, t) = (i as usize, &self.t);
+                let sl = &t.slots[iu];
+                SeriesCheckpoint {
+                    key: t.key(iu).to_string(),
+                    name_len: t.meta[iu].name_len,
+                    family_type: t.types.get(iu).copied().unwrap_or(MetricType::Untyped),
+                    value: sl.value,
+                    time: sl.time,
+                    last_seen: (sl.last_seen != NEVER).then_some(sl.last_seen),
+                    histories: hists
+                        .iter()
+                        .map(|&h| {
+                            self.hists
+                                .get(h as usize)
+                                .map(|h| h.iter().collect())
+                                .unwrap_or_default()
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        HostCheckpoint {
+            host: self.host,
+            prev_round: self.prev_round,
+            series,
+        }
+    }
+
+    /// A host state rebuilt from a checkpoint, for `checks` (the same
+    /// checks that made it; a series they no longer watch is skipped).
+    pub fn restore(checks: &Checks, cp: &HostCheckpoint) -> Self {
+        let mut st = HostState::new(cp.host);
+        st.prev_round = cp.prev_round;
+        for s in &cp.series {
+            let name = s.key.get(..s.name_len as usize).unwrap_or("");
+            let labels = s
+                .key
+                .get(s.name_len as usize..)
+                .and_then(|l| l.strip_prefix('{'))
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or("");
+            let info = SeriesInfo {
+                name,
+                labels: RawLabels(labels),
+                key: &s.key,
+                family_type: s.family_type,
+            };
+            let h = hash_key(s.key.as_bytes());
+            if st.t.index.contains_key(&h) {
+                continue;
+            }
+            let first_hist = st.hists.len();
+            let idx = st.intern(checks, &info, h) as usize;
+            for (k, hist) in st.hists[first_hist..].iter_mut().enumerate() {
+                for &v in s.histories.get(k).map(Vec::as_slice).unwrap_or(&[]) {
+                    hist.push(v);
+                }
+            }
+            let sl = &mut st.t.slots[idx];
+            sl.value = s.value;
+            sl.time = s.time;
+            sl.last_seen = s.last_seen.unwrap_or(NEVER);
+        }
+        st
+    }
+
     fn intern(&mut self, checks: &Checks, info: &SeriesInfo<'_>, h: u64) -> u32 {
         let idx = self.t.meta.len() as u32;
         let key_start = self.t.keys.len() as u32;
@@ -266,6 +395,7 @@ impl HostState {
             name_len: info.name.len() as u32,
             fam: 0,
         });
+        self.t.types.push(info.family_type);
         self.t.slots.push(Slot {
             value: f64::NAN,
             time: 0.0,
@@ -535,6 +665,53 @@ pub fn scrape_round(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A host state rebuilt from its checkpoint (as sent over the wire)
+    /// finds exactly what the original finds in the following rounds.
+    #[test]
+    fn restored_state_finds_what_the_original_finds() {
+        use crate::fleet::{Fleet, FleetConfig, STEP_SECS};
+        let rounds = 12;
+        let fleet = Fleet::new(FleetConfig {
+            hosts: 40,
+            series: 150,
+            seed: 3,
+            rounds,
+            bad: Vec::new(),
+        });
+        let checks = Checks::builtin();
+        let mut page = Vec::new();
+        let (mut same, mut total_findings, mut cp_series) = (0, 0, 0);
+        for host in 0..40 {
+            for cut in [1u64, 3, 6] {
+                let mut a = HostState::new(host);
+                let mut b = None::<HostState>;
+                for round in 0..rounds {
+                    page.clear();
+                    fleet.render(host, round, &mut page);
+                    let now = round as f64 * STEP_SECS;
+                    let ra = scrape_round(&mut a, &checks, &page, round, now);
+                    if round == cut {
+                        let cp = a.checkpoint();
+                        cp_series = cp.series.len();
+                        let wire = postcard::to_stdvec(&cp).unwrap();
+                        let cp: HostCheckpoint = postcard::from_bytes(&wire).unwrap();
+                        b = Some(HostState::restore(&checks, &cp));
+                    } else if let Some(b) = b.as_mut() {
+                        let rb = scrape_round(b, &checks, &page, round, now);
+                        assert_eq!(
+                            ra.findings, rb.findings,
+                            "host {host} round {round} cut {cut}"
+                        );
+                        same += 1;
+                        total_findings += ra.findings.len();
+                    }
+                }
+            }
+        }
+        assert!(same > 0 && total_findings > 0, "{same} {total_findings}");
+        assert!(cp_series > 0 && cp_series < 150, "{cp_series}");
+    }
 
     #[test]
     fn hash_differs() {

@@ -15,7 +15,7 @@ use crate::checks::Checks;
 use crate::http::HttpClient;
 use crate::rules::Rules;
 use crate::scan::{HostSpec, ScrapeOptions, fetch_page, process_page};
-use crate::state::{HostRound, HostState};
+use crate::state::{HostCheckpoint, HostRound, HostState};
 
 /// What a worker needs to build its state (sent once per worker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,58 @@ impl WorkerState {
             .lock()
             .ok()
             .and_then(|h| h.get(&host).and_then(HostState::last_round))
+    }
+
+    /// Like [`WorkerState::scrape`], with the host's checkpoint in the
+    /// result. When this worker has no state for the host and the parent
+    /// has a checkpoint (`parent_has_state`), nothing is fetched: the
+    /// result says `need_state`, and the parent calls
+    /// [`WorkerState::restore_and_scrape`] with it.
+    pub async fn scrape_checkpointed(
+        &self,
+        spec: &HostSpec,
+        round: u64,
+        parent_has_state: bool,
+    ) -> HostRound {
+        let known = self
+            .hosts
+            .lock()
+            .map(|h| h.contains_key(&spec.id))
+            .unwrap_or(false);
+        if parent_has_state && !known {
+            return HostRound {
+                host: spec.id,
+                round,
+                need_state: true,
+                ..HostRound::default()
+            };
+        }
+        self.scrape_with_checkpoint(spec, round).await
+    }
+
+    /// Rebuild the host's state from `cp`, then scrape it with its
+    /// checkpoint in the result.
+    pub async fn restore_and_scrape(
+        &self,
+        spec: &HostSpec,
+        round: u64,
+        cp: &HostCheckpoint,
+    ) -> HostRound {
+        let st = HostState::restore(&self.checks, cp);
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.insert(spec.id, st);
+        }
+        self.scrape_with_checkpoint(spec, round).await
+    }
+
+    async fn scrape_with_checkpoint(&self, spec: &HostSpec, round: u64) -> HostRound {
+        let mut hr = self.scrape(spec, round).await;
+        hr.checkpoint = self
+            .hosts
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&spec.id).map(HostState::checkpoint));
+        hr
     }
 
     /// Fetch, parse and check `spec` for `round`. The host lock is never

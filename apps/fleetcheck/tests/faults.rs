@@ -1,0 +1,156 @@
+//! The service under faults, as a real process: a worker SIGKILLed every
+//! 300 ms while it watches the simulated fleet; the alerts (every finding
+//! of the run) equal a clean run's, because host history is checkpointed
+//! to the parent and handed back to replacement workers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{Proc, TempDir};
+
+/// Live worker processes of `parent` (its children but the fleet).
+fn worker_pids(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4 (after the parenthesised command) is the parent pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && !String::from_utf8_lossy(&cmd).contains("serve-fleet") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// (alertname, target path, series) of every firing notification.
+fn firing(path: &std::path::Path) -> BTreeSet<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["status"] == "firing")
+        .map(|v| {
+            let l = &v["labels"];
+            let inst = l["instance"].as_str().unwrap_or("");
+            // The fleet's port differs between runs: keep the path.
+            let path = inst.find("/host/").map_or(inst, |i| &inst[i..]);
+            (
+                l["alertname"].as_str().unwrap().to_string(),
+                path.to_string(),
+                l["series"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+struct Run {
+    firing: BTreeSet<(String, String, String)>,
+    kills: u32,
+    restored_lines: usize,
+    lost_rounds: usize,
+}
+
+fn run(dir: &TempDir, name: &str, kill_every: Option<Duration>) -> Run {
+    let jsonl = dir.path(&format!("{name}.jsonl"));
+    let mut p = Proc::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        "250ms",
+        "--rounds",
+        "16",
+        "--fleet-hosts",
+        "40",
+        "--fleet-series",
+        "150",
+        "--fleet-rounds",
+        "12",
+        "--processes",
+        "2",
+        "--worker-concurrency",
+        "8",
+        "--group-fraction",
+        "0",
+        "--flap-limit",
+        "0",
+        "--alerts-jsonl",
+        jsonl.to_str().unwrap(),
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let killer = kill_every.map(|every| {
+        let (stop, kills, parent) = (stop.clone(), kills.clone(), p.child.id());
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                // The fault schedule, not a wait for anything.
+                std::thread::sleep(every);
+                let w = worker_pids(parent);
+                if let Some(&pid) = w.get(n % w.len().max(1)) {
+                    // SAFETY: kill(2) on a worker of our child; no memory involved.
+                    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+        })
+    });
+    let code = p.wait_exit(Duration::from_secs(180));
+    stop.store(true, Ordering::Relaxed);
+    if let Some(k) = killer {
+        k.join().unwrap();
+    }
+    assert_eq!(code, 0, "{}", p.seen.join("\n"));
+    Run {
+        firing: firing(&jsonl),
+        kills: kills.load(Ordering::Relaxed),
+        restored_lines: p
+            .seen
+            .iter()
+            .filter(|l| l.contains("host history handed back"))
+            .count(),
+        lost_rounds: p.seen.iter().filter(|l| l.contains("round lost")).count(),
+    }
+}
+
+#[test]
+fn sigkill_a_worker_every_300ms_costs_no_finding() {
+    let dir = TempDir::new("faults");
+    let clean = run(&dir, "clean", None);
+    assert!(clean.firing.len() >= 10, "{:?}", clean.firing);
+    let chaos = run(&dir, "chaos", Some(Duration::from_millis(300)));
+    eprintln!(
+        "faults: {} kills, {} rounds with history handed back, {} rounds lost and done again; {} alerts in both runs",
+        chaos.kills,
+        chaos.restored_lines,
+        chaos.lost_rounds,
+        clean.firing.len()
+    );
+    assert!(chaos.kills >= 5, "only {} kills", chaos.kills);
+    assert!(chaos.restored_lines >= 1, "no worker lost a host's history");
+    let missed: Vec<_> = clean.firing.difference(&chaos.firing).collect();
+    let extra: Vec<_> = chaos.firing.difference(&clean.firing).collect();
+    assert!(
+        missed.is_empty() && extra.is_empty(),
+        "missed {missed:?}\nextra {extra:?}"
+    );
+}
