@@ -456,9 +456,8 @@ impl Service {
         let (cfg, plan) = match res {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("fleetcheck: reload failed, keeping the running config: {e}");
-                tracing::error!("reload failed, keeping the running config: {e}");
                 self.metrics.update(|v| v.reload_ok = false);
+                tracing::error!("reload failed, keeping the running config: {e}");
                 return;
             }
         };
@@ -475,9 +474,8 @@ impl Service {
                     self.last_resend = None;
                 }
                 Err(e) => {
-                    eprintln!("fleetcheck: reload failed, keeping the running config: {e}");
-                    tracing::error!("reload failed, keeping the running config: {e}");
                     self.metrics.update(|v| v.reload_ok = false);
+                    tracing::error!("reload failed, keeping the running config: {e}");
                     return;
                 }
             }
@@ -492,6 +490,10 @@ impl Service {
             self.backoff.succeeded();
         }
         self.engine.set_policy(cfg.policy());
+        self.metrics.update(|v| {
+            v.reload_ok = true;
+            v.reload_time = wall_now();
+        });
         tracing::info!(
             targets = plan.targets.len(),
             rules = plan.rules.rules.len(),
@@ -499,10 +501,6 @@ impl Service {
         );
         self.cfg = cfg;
         self.plan = plan;
-        self.metrics.update(|v| {
-            v.reload_ok = true;
-            v.reload_time = wall_now();
-        });
     }
 
     async fn shutdown(mut self) {
