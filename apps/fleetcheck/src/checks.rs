@@ -215,6 +215,13 @@ pub trait Check: Send + Sync {
     fn history_len(&self) -> usize {
         0
     }
+    /// Whether evaluation uses a series' past values ([`Observation::prev`]).
+    /// When false (and there is no history), the parent's copy of the host
+    /// history does not follow the series' values round by round, only
+    /// whether it was seen. Custom checks: true unless you override it.
+    fn uses_prev(&self) -> bool {
+        true
+    }
     /// Evaluate one watched series present in this scrape.
     fn evaluate(&self, _obs: &Observation<'_>) -> Option<Anomaly> {
         None
@@ -444,6 +451,9 @@ impl Check for ThresholdCheck {
     fn kind(&self) -> &str {
         "threshold"
     }
+    fn uses_prev(&self) -> bool {
+        false
+    }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)
     }
@@ -588,6 +598,9 @@ impl Check for StaleCheck {
     fn kind(&self) -> &str {
         "stale"
     }
+    fn uses_prev(&self) -> bool {
+        false
+    }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)
     }
@@ -624,6 +637,9 @@ impl Check for AbsentCheck {
     }
     fn kind(&self) -> &str {
         "absent"
+    }
+    fn uses_prev(&self) -> bool {
+        false
     }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)
@@ -692,6 +708,9 @@ impl Check for FleetOutlierCheck {
     }
     fn kind(&self) -> &str {
         "fleet_outlier"
+    }
+    fn uses_prev(&self) -> bool {
+        false
     }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::Checks;
 use crate::report::Report;
 use crate::scan::{HostSpec, RoundObserver, ScanConfig};
-use crate::state::{HostCheckpoint, HostRound};
+use crate::state::{HostCheckpoint, HostRound, SeriesCheckpoint, StateUpdate};
 use crate::worker::{WorkerInit, WorkerState};
 
 /// Check name of the finding recorded for a host whose scrape task failed
@@ -55,12 +55,13 @@ pub async fn scrape(spec: HostSpec, round: u64) -> HostRound {
 }
 
 /// [`scrape`] with the host's checkpoint in the result; when this worker
-/// has no state for the host and `parent_has_state`, it asks for it
+/// has no state for the host and the parent has a copy (`parent_len`: its
+/// number of series), it asks for it
 /// instead (`need_state`). See [`PoolScanner::round_checkpointed`].
 #[multiloop::task]
-pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent_has_state: bool) -> HostRound {
+pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent_len: Option<u32>) -> HostRound {
     match multiloop::worker_state::<WorkerState>() {
-        Some(w) => w.scrape_checkpointed(&spec, round, parent_has_state).await,
+        Some(w) => w.scrape_checkpointed(&spec, round, parent_len).await,
         None => HostRound::failed(
             spec.id,
             round,
@@ -84,7 +85,7 @@ pub async fn restore_and_scrape(spec: HostSpec, round: u64, cp: HostCheckpoint) 
     }
 }
 
-fn route_checkpointed(args: &(HostSpec, u64, bool)) -> u64 {
+fn route_checkpointed(args: &(HostSpec, u64, Option<u32>)) -> u64 {
     u64::from(args.0.id)
 }
 
@@ -101,28 +102,58 @@ pub struct HistoryStore {
     pub hosts: std::collections::HashMap<u32, HostCheckpoint>,
 }
 
-/// What the round cost in checkpoints.
+impl HistoryStore {
+    /// Series in the copy of `host` (`None`: no copy).
+    pub fn len_of(&self, host: u32) -> Option<u32> {
+        self.hosts.get(&host).map(|c| c.series.len() as u32)
+    }
+
+    /// Bring the copy up to date with a worker's update (a delta that does
+    /// not fit drops the copy: the worker sends a full one next round).
+    pub fn apply(&mut self, u: StateUpdate) {
+        match u {
+            StateUpdate::Full(cp) => {
+                self.hosts.insert(cp.host, cp);
+            }
+            StateUpdate::Delta(d) => {
+                let fits = self.hosts.get_mut(&d.host).is_some_and(|c| c.apply(&d));
+                if !fits {
+                    self.hosts.remove(&d.host);
+                }
+            }
+        }
+    }
+}
+
+/// What the round cost in host history.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CheckpointCost {
     /// Hosts whose state was handed back to a worker.
     pub restored: u64,
-    /// Series in the round's checkpoints.
-    pub series: u64,
-    /// Approximate bytes (postcard) of the round's checkpoints.
+    /// Approximate bytes (postcard) of the round's state updates.
     pub bytes: u64,
 }
 
-/// About the size of a checkpoint on the wire (postcard: 8 bytes per
-/// float, short varints for lengths and rounds).
-pub fn approx_bytes(cp: &HostCheckpoint) -> u64 {
-    cp.series
-        .iter()
-        .map(|s| {
-            let hist: u64 = s.histories.iter().map(|h| 1 + 8 * h.len() as u64).sum();
-            s.key.len() as u64 + 1 + 2 + 1 + 16 + 5 + 1 + hist
-        })
-        .sum::<u64>()
-        + 8
+/// About the size of a state update on the wire (postcard: 8 bytes per
+/// float, short varints for lengths, positions and rounds).
+pub fn approx_bytes(u: &StateUpdate) -> u64 {
+    let series = |s: &[SeriesCheckpoint]| -> u64 {
+        s.iter()
+            .map(|s| {
+                let hist: u64 = s.histories.iter().map(|h| 1 + 8 * h.len() as u64).sum();
+                s.key.len() as u64 + 30 + hist + s.caps.len() as u64 * 2
+            })
+            .sum()
+    };
+    match u {
+        StateUpdate::Full(c) => 8 + series(&c.series),
+        StateUpdate::Delta(d) => {
+            12 + series(&d.added)
+                + 3 * d.missing.len() as u64
+                + 19 * d.values.len() as u64
+                + 11 * d.changed.len() as u64
+        }
+    }
 }
 
 /// What [`probe`] reports about the worker a host is routed to.
@@ -349,7 +380,7 @@ impl PoolScanner {
     ) -> Result<(Report, CheckpointCost), RoundError> {
         let inputs = targets
             .iter()
-            .map(|s| (s.clone(), round, store.hosts.contains_key(&s.id)));
+            .map(|s| (s.clone(), round, store.len_of(s.id)));
         let mut call = self
             .pool
             .map_reduce(scrape_checkpointed, inputs, ReportReducer)
@@ -383,10 +414,9 @@ impl PoolScanner {
             cost.restored = again.len() as u64;
             rep.merge(self.collect(out, &again, round)?);
         }
-        for cp in std::mem::take(&mut rep.checkpoints) {
-            cost.series += cp.series.len() as u64;
-            cost.bytes += approx_bytes(&cp);
-            store.hosts.insert(cp.host, cp);
+        for u in std::mem::take(&mut rep.updates) {
+            cost.bytes += approx_bytes(&u);
+            store.apply(u);
         }
         Ok((rep, cost))
     }

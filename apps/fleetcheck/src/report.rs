@@ -39,7 +39,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{Checks, FleetStat};
-use crate::state::{Finding, FleetValue, HostCheckpoint, HostRound, SCRAPE_KIND};
+use crate::state::{Finding, FleetValue, HostRound, SCRAPE_KIND, StateUpdate};
 
 /// Maximum number of findings kept in a report (counts stay exact).
 pub const MAX_FINDINGS: usize = 200_000;
@@ -94,9 +94,9 @@ pub struct Report {
     /// per-target metrics; at most [`MAX_FINDINGS`]).
     #[serde(default)]
     pub hosts: Vec<HostStat>,
-    /// Host checkpoints of the round (when the runner asked for them).
+    /// Host state updates of the round (when the runner asked for them).
     #[serde(default)]
-    pub checkpoints: Vec<HostCheckpoint>,
+    pub updates: Vec<StateUpdate>,
     /// Hosts not scraped because their worker needs their checkpoint.
     #[serde(default)]
     pub need_state: Vec<u32>,
@@ -120,8 +120,8 @@ impl Report {
             self.need_state.push(hr.host);
             return;
         }
-        if let Some(cp) = hr.checkpoint.take() {
-            self.checkpoints.push(cp);
+        if let Some(u) = hr.state.take() {
+            self.updates.push(u);
         }
         if hr.failed {
             self.scrape_failures += 1;
@@ -181,7 +181,7 @@ impl Report {
         self.holds.extend(o.holds.into_iter().take(room));
         let room = MAX_FINDINGS.saturating_sub(self.hosts.len());
         self.hosts.extend(o.hosts.into_iter().take(room));
-        self.checkpoints.extend(o.checkpoints);
+        self.updates.extend(o.updates);
         self.need_state.extend(o.need_state);
         if !o.fleet_stats.is_empty() {
             self.fleet_stats = o.fleet_stats;

@@ -108,7 +108,10 @@ pub fn process_page(
 ) -> HostRound {
     match page {
         Ok(p) => scrape_round(state, checks, &p, round, now),
-        Err(e) => HostRound::failed(state.host(), round, e.check_name(), e.to_string()),
+        Err(e) => {
+            state.not_updated();
+            HostRound::failed(state.host(), round, e.check_name(), e.to_string())
+        }
     }
 }
 

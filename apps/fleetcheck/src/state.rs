@@ -79,7 +79,7 @@ pub struct HostRound {
     pub secs: f64,
     /// The host's state after this round, when the runner asked for it.
     #[serde(default)]
-    pub checkpoint: Option<HostCheckpoint>,
+    pub state: Option<StateUpdate>,
     /// Not scraped: the worker has no state for the host and the parent
     /// has a checkpoint to give it (see `WorkerState::scrape_checkpointed`).
     #[serde(default)]
@@ -140,6 +140,96 @@ pub struct SeriesCheckpoint {
     pub last_seen: Option<u64>,
     /// Histories of the checks that keep one for it, in check order.
     pub histories: Vec<Vec<f64>>,
+    /// Capacity of each history.
+    pub caps: Vec<u32>,
+    /// Whether a check needs its values round by round (else only whether
+    /// it was seen).
+    pub values: bool,
+}
+
+/// What changed in a host's watched series in one round, relative to the
+/// parent's copy of `base` series ([`HostCheckpoint::apply`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostDelta {
+    /// Host id.
+    pub host: u32,
+    /// The round scraped.
+    pub round: u64,
+    /// False when the scrape did not change the state (failed, malformed).
+    pub updated: bool,
+    /// Series the parent's copy must have.
+    pub base: u32,
+    /// Series watched since (full records).
+    pub added: Vec<SeriesCheckpoint>,
+    /// Positions (< base) of watched series not seen this round.
+    pub missing: Vec<u32>,
+    /// Positions (< base), values and times of series seen this round whose
+    /// values a check needs.
+    pub values: Vec<(u32, f64, f64)>,
+    /// Positions (< base) and values of the other series seen this round
+    /// whose value changed (their last value is kept, not their time).
+    pub changed: Vec<(u32, f64)>,
+}
+
+/// A host's state as the worker hands it to the parent after a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StateUpdate {
+    /// The whole checkpoint (the parent had none, or a different one).
+    Full(HostCheckpoint),
+    /// The changes since the parent's copy.
+    Delta(HostDelta),
+}
+
+impl StateUpdate {
+    /// Host id.
+    pub fn host(&self) -> u32 {
+        match self {
+            StateUpdate::Full(c) => c.host,
+            StateUpdate::Delta(d) => d.host,
+        }
+    }
+}
+
+impl HostCheckpoint {
+    /// Apply a round's delta to the parent's copy. False (copy unchanged)
+    /// when it does not fit (the copy has another number of series).
+    pub fn apply(&mut self, d: &HostDelta) -> bool {
+        if d.host != self.host || d.base as usize != self.series.len() {
+            return false;
+        }
+        self.series.extend(d.added.iter().cloned());
+        if !d.updated {
+            return true;
+        }
+        self.prev_round = Some(d.round);
+        let base = d.base as usize;
+        let mut missing = d.missing.iter().copied().peekable();
+        for (i, s) in self.series[..base].iter_mut().enumerate() {
+            if missing.peek() == Some(&(i as u32)) {
+                missing.next();
+            } else {
+                s.last_seen = Some(d.round);
+            }
+        }
+        for &(i, v) in &d.changed {
+            if let Some(s) = self.series.get_mut(i as usize) {
+                s.value = v;
+            }
+        }
+        for &(i, v, t) in &d.values {
+            let Some(s) = self.series.get_mut(i as usize) else {
+                continue;
+            };
+            s.value = v;
+            s.time = t;
+            for (h, &cap) in s.histories.iter_mut().zip(&s.caps) {
+                h.push(v);
+                let over = h.len().saturating_sub(cap as usize);
+                h.drain(..over);
+            }
+        }
+        true
+    }
 }
 
 /// Identity hasher for already-hashed u64 keys.
@@ -261,6 +351,19 @@ pub struct HostState {
     pending: Vec<(u32, f64, f64)>,
     prev_round: Option<u64>,
     scrapes: u64,
+    /// Series bound to some check, in the order they were first bound.
+    watched: Vec<Watched>,
+    /// Whether the last scrape changed the state.
+    updated: bool,
+}
+
+/// A series bound to some check: its histories and whether a check needs
+/// its values.
+#[derive(Debug, Clone)]
+struct Watched {
+    series: u32,
+    hists: Vec<u32>,
+    values: bool,
 }
 
 impl HostState {
@@ -275,12 +378,20 @@ impl HostState {
             pending: Vec::new(),
             prev_round: None,
             scrapes: 0,
+            watched: Vec::new(),
+            updated: false,
         }
     }
 
     /// Host id.
     pub fn host(&self) -> u32 {
         self.host
+    }
+
+    /// Record that this round's scrape did not reach the checks (the
+    /// fetch failed): the state did not change.
+    pub fn not_updated(&mut self) {
+        self.updated = false;
     }
 
     /// Number of interned series.
@@ -299,52 +410,73 @@ impl HostState {
         (self.t.key(i) == key && self.t.slots[i].last_seen != NEVER).then(|| self.t.slots[i].value)
     }
 
+    /// Number of series in [`HostState::checkpoint`].
+    pub fn checkpoint_len(&self) -> u32 {
+        self.watched.len() as u32
+    }
+
     /// The watched series' state (see [`HostCheckpoint`]).
     pub fn checkpoint(&self) -> HostCheckpoint {
-        // series -> its histories in check order
-        let mut watched: Vec<(u32, Vec<u32>)> = Vec::new();
-        let mut at: HashMap<u32, usize> = HashMap::new();
-        for binds in &self.bindings {
-            for b in binds {
-                let i = *at.entry(b.series).or_insert_with(|| {
-                    watched.push((b.series, Vec::new()));
-                    watched.len() - 1
-                });
-                if b.hist != u32::MAX {
-                    watched[i].1.push(b.hist);
-                }
-            }
-        }
-        watched.sort_unstable_by_key(|w| w.0);
-        let series = watched
-            .into_iter()
-            .map(|(i, hists)| {
-                let (iu, t) = (i as usize, &self.t);
-                let sl = &t.slots[iu];
-                SeriesCheckpoint {
-                    key: t.key(iu).to_string(),
-                    name_len: t.meta[iu].name_len,
-                    family_type: t.types.get(iu).copied().unwrap_or(MetricType::Untyped),
-                    value: sl.value,
-                    time: sl.time,
-                    last_seen: (sl.last_seen != NEVER).then_some(sl.last_seen),
-                    histories: hists
-                        .iter()
-                        .map(|&h| {
-                            self.hists
-                                .get(h as usize)
-                                .map(|h| h.iter().collect())
-                                .unwrap_or_default()
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
         HostCheckpoint {
             host: self.host,
             prev_round: self.prev_round,
-            series,
+            series: self
+                .watched
+                .iter()
+                .map(|w| self.series_checkpoint(w))
+                .collect(),
         }
+    }
+
+    fn series_checkpoint(&self, w: &Watched) -> SeriesCheckpoint {
+        let (i, t) = (w.series as usize, &self.t);
+        let sl = &t.slots[i];
+        let hists = w.hists.iter().filter_map(|&h| self.hists.get(h as usize));
+        SeriesCheckpoint {
+            key: t.key(i).to_string(),
+            name_len: t.meta[i].name_len,
+            family_type: t.types.get(i).copied().unwrap_or(MetricType::Untyped),
+            value: sl.value,
+            // Only the checks that use past values need its time.
+            time: if w.values { sl.time } else { 0.0 },
+            last_seen: (sl.last_seen != NEVER).then_some(sl.last_seen),
+            histories: hists.clone().map(|h| h.iter().collect()).collect(),
+            caps: hists.map(|h| h.capacity() as u32).collect(),
+            values: w.values,
+        }
+    }
+
+    /// What the parent needs after this round's scrape, given that its copy
+    /// has `parent_len` series (`None`: no copy): the changes since, or
+    /// the whole checkpoint when the copy cannot be brought up to date.
+    pub fn update_for(&self, parent_len: Option<u32>, round: u64) -> StateUpdate {
+        let Some(base) = parent_len.filter(|&n| n as usize <= self.watched.len()) else {
+            return StateUpdate::Full(self.checkpoint());
+        };
+        let mut d = HostDelta {
+            host: self.host,
+            round,
+            updated: self.updated,
+            base,
+            added: self.watched[base as usize..]
+                .iter()
+                .map(|w| self.series_checkpoint(w))
+                .collect(),
+            ..HostDelta::default()
+        };
+        if self.updated {
+            for (pos, w) in self.watched[..base as usize].iter().enumerate() {
+                let sl = &self.t.slots[w.series as usize];
+                if sl.last_seen != round {
+                    d.missing.push(pos as u32);
+                } else if w.values {
+                    d.values.push((pos as u32, sl.value, sl.time));
+                } else if sl.prev_seen == NEVER || sl.value.to_bits() != sl.prev_value.to_bits() {
+                    d.changed.push((pos as u32, sl.value));
+                }
+            }
+        }
+        StateUpdate::Delta(d)
     }
 
     /// A host state rebuilt from a checkpoint, for `checks` (the same
@@ -372,6 +504,9 @@ impl HostState {
             }
             let first_hist = st.hists.len();
             let idx = st.intern(checks, &info, h) as usize;
+            if st.watched.last().is_none_or(|w| w.series as usize != idx) {
+                continue; // no longer watched (other checks)
+            }
             for (k, hist) in st.hists[first_hist..].iter_mut().enumerate() {
                 for &v in s.histories.get(k).map(Vec::as_slice).unwrap_or(&[]) {
                     hist.push(v);
@@ -409,17 +544,30 @@ impl HostState {
         if self.bindings.len() < checks.len() {
             self.bindings.resize_with(checks.len(), Vec::new);
         }
+        let mut w = Watched {
+            series: idx,
+            hists: Vec::new(),
+            values: false,
+        };
+        let mut bound = false;
         for (ci, c) in checks.iter().enumerate() {
             if c.watches(info) {
+                bound = true;
+                w.values |= c.uses_prev();
                 let hl = c.history_len();
                 let hist = if hl > 0 {
                     self.hists.push(History::with_capacity(hl));
+                    w.values = true;
+                    w.hists.push((self.hists.len() - 1) as u32);
                     (self.hists.len() - 1) as u32
                 } else {
                     u32::MAX
                 };
                 self.bindings[ci].push(Binding { series: idx, hist });
             }
+        }
+        if bound {
+            self.watched.push(w);
         }
         idx
     }
@@ -544,6 +692,7 @@ pub fn scrape_round(
         pending.push((idx, value, t));
     }
     state.order.truncate(pos);
+    state.updated = false;
     if let Some(e) = err {
         state.pending = pending;
         let mut hr = HostRound::failed(host, round, "malformed", e);
@@ -658,6 +807,7 @@ pub fn scrape_round(
         }
     }
     state.prev_round = Some(round);
+    state.updated = true;
     out
 }
 
@@ -686,16 +836,32 @@ mod tests {
             for cut in [1u64, 3, 6] {
                 let mut a = HostState::new(host);
                 let mut b = None::<HostState>;
+                // The parent's copy, kept up to date by the deltas.
+                let mut parent: Option<HostCheckpoint> = None;
                 for round in 0..rounds {
                     page.clear();
                     fleet.render(host, round, &mut page);
+                    if round == 4 && host % 3 == 0 {
+                        page.clear(); // a failed scrape now and then
+                        page.extend_from_slice(b"garbage{ 1\n");
+                    }
                     let now = round as f64 * STEP_SECS;
                     let ra = scrape_round(&mut a, &checks, &page, round, now);
+                    let len = parent.as_ref().map(|c| c.series.len() as u32);
+                    let u = a.update_for(len, round);
+                    let wire = postcard::to_stdvec(&u).unwrap();
+                    match postcard::from_bytes::<StateUpdate>(&wire).unwrap() {
+                        StateUpdate::Full(c) => parent = Some(c),
+                        StateUpdate::Delta(d) => assert!(parent.as_mut().unwrap().apply(&d)),
+                    }
+                    assert_eq!(
+                        parent.as_ref(),
+                        Some(&a.checkpoint()),
+                        "host {host} round {round}"
+                    );
                     if round == cut {
-                        let cp = a.checkpoint();
+                        let cp = parent.clone().unwrap();
                         cp_series = cp.series.len();
-                        let wire = postcard::to_stdvec(&cp).unwrap();
-                        let cp: HostCheckpoint = postcard::from_bytes(&wire).unwrap();
                         b = Some(HostState::restore(&checks, &cp));
                     } else if let Some(b) = b.as_mut() {
                         let rb = scrape_round(b, &checks, &page, round, now);

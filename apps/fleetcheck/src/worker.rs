@@ -70,23 +70,23 @@ impl WorkerState {
             .and_then(|h| h.get(&host).and_then(HostState::last_round))
     }
 
-    /// Like [`WorkerState::scrape`], with the host's checkpoint in the
-    /// result. When this worker has no state for the host and the parent
-    /// has a checkpoint (`parent_has_state`), nothing is fetched: the
-    /// result says `need_state`, and the parent calls
-    /// [`WorkerState::restore_and_scrape`] with it.
+    /// Like [`WorkerState::scrape`], with the host's state update in the
+    /// result (relative to the parent's copy of `parent_len` series). When
+    /// this worker has no state for the host and the parent has a copy,
+    /// nothing is fetched: the result says `need_state`, and the parent
+    /// calls [`WorkerState::restore_and_scrape`] with its copy.
     pub async fn scrape_checkpointed(
         &self,
         spec: &HostSpec,
         round: u64,
-        parent_has_state: bool,
+        parent_len: Option<u32>,
     ) -> HostRound {
         let known = self
             .hosts
             .lock()
             .map(|h| h.contains_key(&spec.id))
             .unwrap_or(false);
-        if parent_has_state && !known {
+        if parent_len.is_some() && !known {
             return HostRound {
                 host: spec.id,
                 round,
@@ -94,11 +94,11 @@ impl WorkerState {
                 ..HostRound::default()
             };
         }
-        self.scrape_with_checkpoint(spec, round).await
+        self.scrape_with_update(spec, round, parent_len).await
     }
 
     /// Rebuild the host's state from `cp`, then scrape it with its
-    /// checkpoint in the result.
+    /// state update in the result.
     pub async fn restore_and_scrape(
         &self,
         spec: &HostSpec,
@@ -106,19 +106,25 @@ impl WorkerState {
         cp: &HostCheckpoint,
     ) -> HostRound {
         let st = HostState::restore(&self.checks, cp);
+        let len = st.checkpoint_len();
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.insert(spec.id, st);
         }
-        self.scrape_with_checkpoint(spec, round).await
+        self.scrape_with_update(spec, round, Some(len)).await
     }
 
-    async fn scrape_with_checkpoint(&self, spec: &HostSpec, round: u64) -> HostRound {
+    async fn scrape_with_update(
+        &self,
+        spec: &HostSpec,
+        round: u64,
+        parent_len: Option<u32>,
+    ) -> HostRound {
         let mut hr = self.scrape(spec, round).await;
-        hr.checkpoint = self
+        hr.state = self
             .hosts
             .lock()
             .ok()
-            .and_then(|h| h.get(&spec.id).map(HostState::checkpoint));
+            .and_then(|h| h.get(&spec.id).map(|st| st.update_for(parent_len, round)));
         hr
     }
 
