@@ -1,7 +1,9 @@
-//! The service under faults, as a real process: a worker SIGKILLed every
-//! 300 ms while it watches the simulated fleet; the alerts (every finding
-//! of the run) equal a clean run's, because host history is checkpointed
-//! to the parent and handed back to replacement workers.
+//! The service under faults, as a real process watching the simulated
+//! fleet: a worker SIGKILLed every 300 ms, or one SIGSTOPped for good. The
+//! alerts (every finding of the run) equal a clean run's, because host
+//! history is kept in the parent and handed back to replacement workers,
+//! and a frozen worker costs one bounded wait (the pool kills it), not a
+//! stalled service.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -65,9 +67,19 @@ struct Run {
     kills: u32,
     restored_lines: usize,
     lost_rounds: usize,
+    longest_round: f64,
 }
 
-fn run(dir: &TempDir, name: &str, kill_every: Option<Duration>) -> Run {
+#[derive(Clone, Copy)]
+enum Fault {
+    None,
+    /// SIGKILL a worker this often.
+    KillEvery(Duration),
+    /// SIGSTOP one worker after this long, and never continue it.
+    StopAfter(Duration),
+}
+
+fn run(dir: &TempDir, name: &str, fault: Fault) -> Run {
     let jsonl = dir.path(&format!("{name}.jsonl"));
     let mut p = Proc::start(&[
         "run",
@@ -91,12 +103,19 @@ fn run(dir: &TempDir, name: &str, kill_every: Option<Duration>) -> Run {
         "0",
         "--flap-limit",
         "0",
+        "--scrape-timeout",
+        "1s",
         "--alerts-jsonl",
         jsonl.to_str().unwrap(),
     ]);
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicU32::new(0));
-    let killer = kill_every.map(|every| {
+    let (every, signal) = match fault {
+        Fault::None => (None, 0),
+        Fault::KillEvery(d) => (Some(d), libc::SIGKILL),
+        Fault::StopAfter(d) => (Some(d), libc::SIGSTOP),
+    };
+    let killer = every.map(|every| {
         let (stop, kills, parent) = (stop.clone(), kills.clone(), p.child.id());
         std::thread::spawn(move || {
             let mut n = 0usize;
@@ -106,8 +125,11 @@ fn run(dir: &TempDir, name: &str, kill_every: Option<Duration>) -> Run {
                 let w = worker_pids(parent);
                 if let Some(&pid) = w.get(n % w.len().max(1)) {
                     // SAFETY: kill(2) on a worker of our child; no memory involved.
-                    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                    if unsafe { libc::kill(pid as i32, signal) } == 0 {
                         kills.fetch_add(1, Ordering::Relaxed);
+                        if signal == libc::SIGSTOP {
+                            return;
+                        }
                     }
                 }
                 n += 1;
@@ -129,15 +151,21 @@ fn run(dir: &TempDir, name: &str, kill_every: Option<Duration>) -> Run {
             .filter(|l| l.contains("host history handed back"))
             .count(),
         lost_rounds: p.seen.iter().filter(|l| l.contains("round lost")).count(),
+        longest_round: p
+            .seen
+            .iter()
+            .filter_map(|l| l.split("secs=").nth(1))
+            .filter_map(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max),
     }
 }
 
 #[test]
 fn sigkill_a_worker_every_300ms_costs_no_finding() {
     let dir = TempDir::new("faults");
-    let clean = run(&dir, "clean", None);
+    let clean = run(&dir, "clean", Fault::None);
     assert!(clean.firing.len() >= 10, "{:?}", clean.firing);
-    let chaos = run(&dir, "chaos", Some(Duration::from_millis(300)));
+    let chaos = run(&dir, "chaos", Fault::KillEvery(Duration::from_millis(300)));
     eprintln!(
         "faults: {} kills, {} rounds with history handed back, {} rounds lost and done again; {} alerts in both runs",
         chaos.kills,
@@ -149,6 +177,27 @@ fn sigkill_a_worker_every_300ms_costs_no_finding() {
     assert!(chaos.restored_lines >= 1, "no worker lost a host's history");
     let missed: Vec<_> = clean.firing.difference(&chaos.firing).collect();
     let extra: Vec<_> = chaos.firing.difference(&clean.firing).collect();
+    assert!(
+        missed.is_empty() && extra.is_empty(),
+        "missed {missed:?}\nextra {extra:?}"
+    );
+}
+
+#[test]
+fn a_frozen_worker_costs_one_bounded_wait_and_no_finding() {
+    let dir = TempDir::new("frozen");
+    let clean = run(&dir, "clean", Fault::None);
+    let frozen = run(&dir, "frozen", Fault::StopAfter(Duration::from_millis(600)));
+    eprintln!(
+        "frozen worker: longest round {:.2} s (clean {:.2} s), {} rounds with history handed back",
+        frozen.longest_round, clean.longest_round, frozen.restored_lines
+    );
+    assert_eq!(frozen.kills, 1, "one worker stopped");
+    // The pool kills a worker silent past the scrape deadline (1 s + 2 s)
+    // plus its grace; the round waits that long once, not forever.
+    assert!(frozen.longest_round < 10.0, "{}", frozen.longest_round);
+    let missed: Vec<_> = clean.firing.difference(&frozen.firing).collect();
+    let extra: Vec<_> = frozen.firing.difference(&clean.firing).collect();
     assert!(
         missed.is_empty() && extra.is_empty(),
         "missed {missed:?}\nextra {extra:?}"
