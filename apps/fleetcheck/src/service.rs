@@ -11,8 +11,9 @@
 //! a growing delay (1 s doubling to 60 s) between attempts. A target whose
 //! scrape failed keeps its alerts as they are.
 //!
-//! Signals: SIGHUP reloads the config (a bad one keeps the old, says why
-//! on stderr and sets `fleetcheck_config_last_reload_successful` to 0);
+//! Signals: SIGHUP reloads the config, and so does a change of the config
+//! or rules file seen at a round (a bad one keeps the old, says why on
+//! stderr and sets `fleetcheck_config_last_reload_successful` to 0);
 //! SIGTERM or SIGINT finish the round in progress, flush the alerts, save
 //! the state and exit 0.
 
@@ -218,9 +219,35 @@ struct Service {
     last_resend: Option<f64>,
     pids: HashSet<u32>,
     generator_url: String,
+    /// Modification times and sizes of the config and rules files at the
+    /// last (re)load.
+    stamp: Vec<Option<(SystemTime, u64)>>,
 }
 
 impl Service {
+    /// Modification times and sizes of the config file and the rules file.
+    fn file_stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        [self.args.config.as_ref(), self.cfg.rules_file.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            })
+            .collect()
+    }
+
+    /// Reload when the config or rules file changed since the last look.
+    async fn reload_if_changed(&mut self) {
+        let now = self.file_stamp();
+        if now != self.stamp {
+            self.stamp = now;
+            tracing::info!("configuration file changed: reloading");
+            self.reload().await;
+            self.stamp = self.file_stamp();
+        }
+    }
+
     fn pool_deadline(&self) -> Duration {
         self.cfg.scrape_timeout.duration() + DEADLINE_GRACE
     }
@@ -584,14 +611,17 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         last_resend: None,
         pids: HashSet::new(),
         generator_url,
+        stamp: Vec::new(),
         cfg,
     };
+    svc.stamp = svc.file_stamp();
     let mut ticker = tokio::time::interval(svc.cfg.interval.duration());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut interval = svc.cfg.interval;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                svc.reload_if_changed().await;
                 svc.round().await;
                 if svc.cfg.rounds > 0 && svc.round >= svc.cfg.rounds {
                     tracing::info!("{} rounds done", svc.round);
@@ -601,6 +631,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 svc.reload().await;
+                svc.stamp = svc.file_stamp();
                 if svc.cfg.interval != interval {
                     interval = svc.cfg.interval;
                     ticker = tokio::time::interval(interval.duration());
