@@ -26,6 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::alert::{AlertEngine, AlertKey, Level, Observed, RoundContext, RuleParams, Snapshot};
 use crate::config::{RunArgs, ServiceConfig};
+use crate::dur::Dur;
 use crate::error::Error;
 use crate::fleet::{FleetConfig, STEP_SECS};
 use crate::metrics::Metrics;
@@ -545,6 +546,88 @@ impl Service {
     }
 }
 
+/// Start the simulated fleet when the config names no targets.
+async fn simulated_fleet(
+    cfg: &ServiceConfig,
+) -> Result<(Option<tokio::process::Child>, Option<String>), Error> {
+    if !cfg.static_targets()?.is_empty() {
+        return Ok((None, None));
+    }
+    let fc = FleetConfig {
+        hosts: cfg.fleet_hosts,
+        series: cfg.fleet_series,
+        seed: cfg.fleet_seed,
+        rounds: cfg.fleet_rounds,
+        bad: Vec::new(),
+    };
+    let (child, addr) = crate::fleet::spawn_fleet_process(&fc)
+        .await
+        .map_err(Error::Fleet)?;
+    tracing::info!(
+        hosts = fc.hosts,
+        series = fc.series,
+        "no targets: watching the simulated fleet at http://{addr}"
+    );
+    Ok((Some(child), Some(addr)))
+}
+
+impl Service {
+    /// Everything but the pool, which the first round builds.
+    fn new(
+        args: RunArgs,
+        cfg: ServiceConfig,
+        metrics: Arc<Metrics>,
+        listen: std::net::SocketAddr,
+        fleet_addr: Option<String>,
+    ) -> Result<Service, Error> {
+        let plan = plan(&cfg, fleet_addr.as_deref())?;
+        let mut engine = AlertEngine::new(cfg.policy());
+        if let Some(p) = &cfg.state_file {
+            load_state(p, &mut engine);
+        }
+        let notifier = Notifier::start(
+            &cfg.alertmanagers,
+            cfg.alerts_jsonl.as_deref(),
+            metrics.clone(),
+        )?;
+        let generator_url = cfg
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}/"));
+        metrics.update(|v| {
+            v.reload_ok = true;
+            v.reload_time = wall_now();
+            v.targets = plan.targets.len() as u64;
+        });
+        let mut svc = Service {
+            args,
+            plan,
+            fleet_addr,
+            metrics,
+            engine,
+            notifier,
+            scanner: None,
+            history: HistoryStore::default(),
+            built_once: false,
+            backoff: Backoff::new(),
+            round: 0,
+            last_resend: None,
+            pids: HashSet::new(),
+            generator_url,
+            stamp: Vec::new(),
+            cfg,
+        };
+        svc.stamp = svc.file_stamp();
+        Ok(svc)
+    }
+}
+
+fn ticker(every: Dur) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(every.duration());
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 /// Run the service until SIGTERM/SIGINT (or `rounds` rounds).
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let cfg = ServiceConfig::from_args(&args)?;
@@ -555,72 +638,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("installing SIGINT", e))?;
     let listener = Listener::start(&cfg.listen, metrics.clone()).await?;
     tracing::info!("listening on http://{}", listener.addr);
-    // The simulated fleet, when there is nothing else to watch.
-    let mut fleet = None;
-    let mut fleet_addr = None;
-    if cfg.static_targets()?.is_empty() {
-        let fc = FleetConfig {
-            hosts: cfg.fleet_hosts,
-            series: cfg.fleet_series,
-            seed: cfg.fleet_seed,
-            rounds: cfg.fleet_rounds,
-            bad: Vec::new(),
-        };
-        let (child, addr) = crate::fleet::spawn_fleet_process(&fc)
-            .await
-            .map_err(Error::Fleet)?;
-        tracing::info!(
-            hosts = fc.hosts,
-            series = fc.series,
-            "no targets: watching the simulated fleet at http://{addr}"
-        );
-        fleet = Some(child);
-        fleet_addr = Some(addr);
-    }
-    let plan = plan(&cfg, fleet_addr.as_deref())?;
-    let mut engine = AlertEngine::new(cfg.policy());
-    if let Some(p) = &cfg.state_file {
-        load_state(p, &mut engine);
-    }
-    let notifier = Notifier::start(
-        &cfg.alertmanagers,
-        cfg.alerts_jsonl.as_deref(),
-        metrics.clone(),
-    )?;
-    let generator_url = cfg
-        .external_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}/", listener.addr));
-    metrics.update(|v| {
-        v.reload_ok = true;
-        v.reload_time = wall_now();
-        v.targets = plan.targets.len() as u64;
-    });
-    let mut svc = Service {
-        args,
-        plan,
-        fleet_addr,
-        metrics,
-        engine,
-        notifier,
-        scanner: None,
-        history: HistoryStore::default(),
-        built_once: false,
-        backoff: Backoff::new(),
-        round: 0,
-        last_resend: None,
-        pids: HashSet::new(),
-        generator_url,
-        stamp: Vec::new(),
-        cfg,
-    };
-    svc.stamp = svc.file_stamp();
-    let mut ticker = tokio::time::interval(svc.cfg.interval.duration());
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (fleet, fleet_addr) = simulated_fleet(&cfg).await?;
+    let mut svc = Service::new(args, cfg, metrics, listener.addr, fleet_addr)?;
     let mut interval = svc.cfg.interval;
+    let mut tick = ticker(interval);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
+            _ = tick.tick() => {
                 svc.reload_if_changed().await;
                 svc.round().await;
                 if svc.cfg.rounds > 0 && svc.round >= svc.cfg.rounds {
@@ -632,12 +656,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 tracing::info!("SIGHUP: reloading the configuration");
                 svc.reload().await;
                 svc.stamp = svc.file_stamp();
-                if svc.cfg.interval != interval {
-                    interval = svc.cfg.interval;
-                    ticker = tokio::time::interval(interval.duration());
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    ticker.reset();
-                }
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping after the round");
@@ -648,6 +666,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 break;
             }
         }
+        if svc.cfg.interval != interval {
+            interval = svc.cfg.interval;
+            tick = ticker(interval);
+            tick.reset();
+        }
     }
     svc.shutdown().await;
     if let Some(mut c) = fleet {
@@ -655,4 +678,25 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     drop(listener);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuild_delay_doubles_up_to_the_bound_and_resets() {
+        let mut b = Backoff::new();
+        assert!(b.ready());
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            seen.push(b.delay.as_secs());
+            b.failed();
+        }
+        assert_eq!(seen, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert!(!b.ready(), "a failure makes the next attempt wait");
+        b.succeeded();
+        assert!(b.ready());
+        assert_eq!(b.delay, Duration::from_secs(1));
+    }
 }

@@ -163,3 +163,39 @@ fn firing_alert_survives_a_sigkill_of_the_service() {
     assert_eq!(lines[0]["startsAt"], lines[1]["startsAt"]);
     assert_eq!(lines[0]["labels"]["instance"], page.url());
 }
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let mut p = Proc::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--rounds",
+        "2",
+        "--interval",
+        "100ms",
+        "--fleet-hosts",
+        "5",
+        "--fleet-series",
+        "80",
+        "--processes",
+        "1",
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
+    let logs: Vec<serde_json::Value> = p
+        .seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let rounds = logs
+        .iter()
+        .filter(|v| v["fields"]["message"] == "round done")
+        .count();
+    assert_eq!(rounds, 2, "{logs:?}");
+    assert!(
+        logs.iter()
+            .all(|v| v["level"].is_string() && v["timestamp"].is_string())
+    );
+}
