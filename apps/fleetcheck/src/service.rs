@@ -509,7 +509,16 @@ impl Service {
             }
         }
         // New rules or targets: the workers' state is keyed by host index
-        // and built from the rules, so they start over on a new pool.
+        // and built from the rules, so host history starts over, on a new
+        // pool. Other pool settings: a new pool that gets the history back.
+        if plan.init != self.plan.init || plan.targets != self.plan.targets {
+            self.history = HistoryStore::default();
+            let urls: HashSet<&str> = plan.targets.iter().map(|t| t.url.as_str()).collect();
+            self.metrics.update(|v| {
+                v.scrape_secs.retain(|u, _| urls.contains(u.as_str()));
+                v.scrape_failures.retain(|u, _| urls.contains(u.as_str()));
+            });
+        }
         if plan.init != self.plan.init
             || plan.targets != self.plan.targets
             || plan.settings != self.plan.settings
