@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
 use crate::report::Report;
-use crate::state::{HostRound, HostState, scrape_round};
+use crate::state::{Finding, HostRound, HostState, scrape_round};
 
 fn rules(src: &str) -> Checks {
     Checks::from_rules(&Rules::parse(src).unwrap())
@@ -373,4 +373,51 @@ fn fleet_outlier_with_zero_mad_uses_the_relative_floor() {
         "{:?}",
         ev.outliers
     );
+}
+
+#[test]
+fn hysteresis_rule_fires_at_91_holds_at_85_resolves_at_79() {
+    use crate::alert::{AlertEngine, AlertKey, Level, Observed, Policy, RoundContext, Status};
+    let c = rules(
+        "[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nmetric = \"t\"\nfire_above = 90.0\nclear_below = 80.0\n",
+    );
+    let mut st = HostState::new(0);
+    let pages: Vec<String> = [89.0, 91.0, 85.0, 79.0]
+        .iter()
+        .map(|v| format!("t {v}\n"))
+        .collect();
+    let r = run(&c, &mut st, &pages);
+    // Findings (what `scan` reports) only past the firing line; holds in the band.
+    assert_eq!(found(&r), vec![(1, "hot".into(), "t".into())]);
+    let holds: Vec<u64> = r
+        .iter()
+        .flat_map(|h| h.holds.iter().map(|f| f.round))
+        .collect();
+    assert_eq!(holds, vec![0, 2]);
+    // Through the alert lifecycle: fires at 91, still firing at 85, resolved at 79.
+    let mut e = AlertEngine::new(Policy::default());
+    let mut ctx = RoundContext::default();
+    ctx.rules.insert("hot".into(), Default::default());
+    let mut got = Vec::new();
+    for hr in &r {
+        ctx.now = hr.round as f64 * 15.0;
+        let obs = |f: &Finding, level| Observed {
+            key: AlertKey::new(&f.check, "h", &f.series),
+            level,
+            value: f.value,
+            message: f.message.clone(),
+        };
+        let o: Vec<Observed> = hr
+            .findings
+            .iter()
+            .map(|f| obs(f, Level::Fire))
+            .chain(hr.holds.iter().map(|f| obs(f, Level::Hold)))
+            .collect();
+        got.extend(
+            e.evaluate(&ctx, o)
+                .into_iter()
+                .map(|n| (hr.round, n.status)),
+        );
+    }
+    assert_eq!(got, vec![(1, Status::Firing), (3, Status::Resolved)]);
 }
