@@ -397,4 +397,84 @@ mod tests {
         assert_eq!(am_alert(&r, 300.0, 240.0, "").ends_at, rfc3339(210.0));
         assert_eq!(alerts_url("http://a:9093/"), "http://a:9093/api/v2/alerts");
     }
+
+    /// A fake Alertmanager: answers 503 to the first POST, 200 after;
+    /// sends each request body (with the status it got) to the test.
+    fn fake_alertmanager() -> (String, std::sync::mpsc::Receiver<(u16, String)>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, s) in l.incoming().enumerate() {
+                let Ok(mut s) = s else { return };
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let status = if n == 0 { 503 } else { 200 };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                if tx
+                    .send((status, String::from_utf8_lossy(&body).into()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_delivery_is_retried_with_backoff_and_nothing_is_lost() {
+        let (url, rx) = fake_alertmanager();
+        let metrics = Arc::new(Metrics::new());
+        let mut n = Notifier::start(&[url.clone()], None, metrics.clone()).unwrap();
+        let firing = Notification {
+            key: AlertKey::new("r", "h", "s"),
+            status: Status::Firing,
+            flapping: false,
+            labels: BTreeMap::from([("alertname".into(), "r".into())]),
+            annotations: BTreeMap::new(),
+            starts_at: 100.0,
+            ends_at: None,
+            value: 1.0,
+        };
+        n.send(
+            std::slice::from_ref(&firing),
+            None,
+            200.0,
+            60.0,
+            "http://x/",
+        )
+        .await;
+        let wait = |rx: &std::sync::mpsc::Receiver<(u16, String)>| {
+            rx.recv_timeout(Duration::from_secs(30)).unwrap()
+        };
+        let (s1, b1) = tokio::task::block_in_place(|| wait(&rx));
+        assert_eq!(s1, 503);
+        // The retry (after the 1 s backoff) carries the same alert.
+        let (s2, b2) = tokio::task::block_in_place(|| wait(&rx));
+        assert_eq!(s2, 200);
+        assert_eq!(b1, b2);
+        let v: serde_json::Value = serde_json::from_str(&b2).unwrap();
+        assert_eq!(v[0]["labels"]["alertname"], "r");
+        assert_eq!(v[0]["startsAt"], rfc3339(100.0));
+        n.flush().await;
+        let m = metrics.values();
+        assert_eq!(m.am_failures.get(&url), Some(&1));
+        assert_eq!(m.am_queue.get(&url), Some(&0));
+    }
 }
