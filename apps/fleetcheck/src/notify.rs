@@ -441,7 +441,7 @@ mod tests {
     async fn a_failed_delivery_is_retried_with_backoff_and_nothing_is_lost() {
         let (url, rx) = fake_alertmanager();
         let metrics = Arc::new(Metrics::new());
-        let mut n = Notifier::start(&[url.clone()], None, metrics.clone()).unwrap();
+        let mut n = Notifier::start(std::slice::from_ref(&url), None, metrics.clone()).unwrap();
         let firing = Notification {
             key: AlertKey::new("r", "h", "s"),
             status: Status::Firing,
