@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// death (true/false).
     #[arg(long)]
     pub host_checkpoints: Option<bool>,
+    /// Worker deaths per minute the pool replaces before it gives up (then
+    /// the service builds a new pool, with a growing delay).
+    #[arg(long)]
+    pub worker_restarts_per_minute: Option<u32>,
     /// Hosts of the simulated fleet (used when there are no targets).
     #[arg(long)]
     pub fleet_hosts: Option<u32>,
@@ -182,6 +186,8 @@ pub struct ServiceConfig {
     pub group_min_targets: usize,
     /// `--host-checkpoints`.
     pub host_checkpoints: bool,
+    /// `--worker-restarts-per-minute`.
+    pub worker_restarts_per_minute: u32,
     /// `--fleet-hosts`.
     pub fleet_hosts: u32,
     /// `--fleet-series`.
@@ -220,6 +226,7 @@ impl Default for ServiceConfig {
             group_fraction: p.group_fraction,
             group_min_targets: p.group_min_targets,
             host_checkpoints: true,
+            worker_restarts_per_minute: 600,
             fleet_hosts: 200,
             fleet_series: 500,
             fleet_seed: 42,
@@ -310,6 +317,10 @@ impl ServiceConfig {
         set(&mut self.group_fraction, &a.group_fraction);
         set(&mut self.group_min_targets, &a.group_min_targets);
         set(&mut self.host_checkpoints, &a.host_checkpoints);
+        set(
+            &mut self.worker_restarts_per_minute,
+            &a.worker_restarts_per_minute,
+        );
         set(&mut self.fleet_hosts, &a.fleet_hosts);
         set(&mut self.fleet_series, &a.fleet_series);
         set(&mut self.fleet_seed, &a.fleet_seed);
@@ -329,6 +340,9 @@ impl ServiceConfig {
                 "`group_fraction` must be between 0 and 1, not {}",
                 self.group_fraction
             ));
+        }
+        if self.worker_restarts_per_minute == 0 {
+            return Err("`worker_restarts_per_minute` must be > 0".into());
         }
         if self.worker_concurrency == 0 {
             return Err("`worker_concurrency` must be > 0".into());

@@ -432,6 +432,11 @@ impl PoolScanner {
         let mut rep = out.value;
         let mut failed = 0u64;
         for (index, e) in out.errors {
+            // The pool itself gave up (or was closed): not this host's
+            // problem, and every later call would fail the same way.
+            if e.is_restart_intensity() || e.is_pool_closed() {
+                return Err(RoundError::Pool(e));
+            }
             match usize::try_from(index).ok().and_then(|i| targets.get(i)) {
                 Some(spec) => {
                     failed += 1;

@@ -45,9 +45,6 @@ use crate::worker::WorkerInit;
 pub const TARGET_DOWN: &str = "target_down";
 /// Extra time the pool gives a scrape beyond the scrape timeout.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(2);
-/// Worker restarts per minute the pool accepts before it gives up (then
-/// the service builds a new pool, with a growing delay).
-pub const RESTARTS_PER_MINUTE: u32 = 600;
 /// Longest wait between two attempts to build the pool.
 pub const MAX_REBUILD_DELAY: Duration = Duration::from_secs(60);
 
@@ -261,11 +258,11 @@ impl Service {
             return false;
         }
         // Workers killed from outside are no reason to stop monitoring: the
-        // pool keeps replacing them (bounded by the rebuild backoff below
-        // if it fails anyway).
-        let tune = |b: multiloop::PoolBuilder| {
-            b.restart_intensity(RESTARTS_PER_MINUTE, Duration::from_secs(60))
-        };
+        // pool keeps replacing them (`worker_restarts_per_minute`, default
+        // 600), and if it gives up anyway, the rebuild backoff takes over.
+        let restarts = self.cfg.worker_restarts_per_minute;
+        let tune =
+            |b: multiloop::PoolBuilder| b.restart_intensity(restarts, Duration::from_secs(60));
         match PoolScanner::start_tuned(self.plan.init.clone(), self.plan.settings, tune).await {
             Ok(s) => {
                 if self.built_once {

@@ -67,6 +67,7 @@ struct Run {
     kills: u32,
     restored_lines: usize,
     lost_rounds: usize,
+    rebuilds: usize,
     longest_round: f64,
 }
 
@@ -77,43 +78,55 @@ enum Fault {
     KillEvery(Duration),
     /// SIGSTOP one worker after this long, and never continue it.
     StopAfter(Duration),
+    /// SIGKILL a worker this often, this many times.
+    KillTimes(Duration, u32),
 }
 
 fn run(dir: &TempDir, name: &str, fault: Fault) -> Run {
+    run_with(dir, name, fault, &[])
+}
+
+fn run_with(dir: &TempDir, name: &str, fault: Fault, extra: &[&str]) -> Run {
     let jsonl = dir.path(&format!("{name}.jsonl"));
-    let mut p = Proc::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--interval",
-        "250ms",
-        "--rounds",
-        "16",
-        "--fleet-hosts",
-        "40",
-        "--fleet-series",
-        "150",
-        "--fleet-rounds",
-        "12",
-        "--processes",
-        "2",
-        "--worker-concurrency",
-        "8",
-        "--group-fraction",
-        "0",
-        "--flap-limit",
-        "0",
-        "--scrape-timeout",
-        "1s",
-        "--alerts-jsonl",
-        jsonl.to_str().unwrap(),
-    ]);
+    let mut p = Proc::start(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "250ms",
+            "--rounds",
+            "16",
+            "--fleet-hosts",
+            "40",
+            "--fleet-series",
+            "150",
+            "--fleet-rounds",
+            "12",
+            "--processes",
+            "2",
+            "--worker-concurrency",
+            "8",
+            "--group-fraction",
+            "0",
+            "--flap-limit",
+            "0",
+            "--scrape-timeout",
+            "1s",
+            "--alerts-jsonl",
+            jsonl.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicU32::new(0));
-    let (every, signal) = match fault {
-        Fault::None => (None, 0),
-        Fault::KillEvery(d) => (Some(d), libc::SIGKILL),
-        Fault::StopAfter(d) => (Some(d), libc::SIGSTOP),
+    let (every, signal, times) = match fault {
+        Fault::None => (None, 0, 0),
+        Fault::KillEvery(d) => (Some(d), libc::SIGKILL, u32::MAX),
+        Fault::StopAfter(d) => (Some(d), libc::SIGSTOP, 1),
+        Fault::KillTimes(d, n) => (Some(d), libc::SIGKILL, n),
     };
     let killer = every.map(|every| {
         let (stop, kills, parent) = (stop.clone(), kills.clone(), p.child.id());
@@ -125,11 +138,10 @@ fn run(dir: &TempDir, name: &str, fault: Fault) -> Run {
                 let w = worker_pids(parent);
                 if let Some(&pid) = w.get(n % w.len().max(1)) {
                     // SAFETY: kill(2) on a worker of our child; no memory involved.
-                    if unsafe { libc::kill(pid as i32, signal) } == 0 {
-                        kills.fetch_add(1, Ordering::Relaxed);
-                        if signal == libc::SIGSTOP {
-                            return;
-                        }
+                    if unsafe { libc::kill(pid as i32, signal) } == 0
+                        && kills.fetch_add(1, Ordering::Relaxed) + 1 >= times
+                    {
+                        return;
                     }
                 }
                 n += 1;
@@ -151,6 +163,11 @@ fn run(dir: &TempDir, name: &str, fault: Fault) -> Run {
             .filter(|l| l.contains("host history handed back"))
             .count(),
         lost_rounds: p.seen.iter().filter(|l| l.contains("round lost")).count(),
+        rebuilds: p
+            .seen
+            .iter()
+            .filter(|l| l.contains("worker pool built again"))
+            .count(),
         longest_round: p
             .seen
             .iter()
@@ -198,6 +215,36 @@ fn a_frozen_worker_costs_one_bounded_wait_and_no_finding() {
     assert!(frozen.longest_round < 10.0, "{}", frozen.longest_round);
     let missed: Vec<_> = clean.firing.difference(&frozen.firing).collect();
     let extra: Vec<_> = frozen.firing.difference(&clean.firing).collect();
+    assert!(
+        missed.is_empty() && extra.is_empty(),
+        "missed {missed:?}\nextra {extra:?}"
+    );
+}
+
+#[test]
+fn a_pool_that_gives_up_is_built_again_and_the_round_done_again() {
+    let dir = TempDir::new("giveup");
+    let clean = run(&dir, "clean", Fault::None);
+    // The pool replaces 2 deaths a minute and gives up at the third.
+    let r = run_with(
+        &dir,
+        "giveup",
+        Fault::KillTimes(Duration::from_millis(300), 3),
+        &["--worker-restarts-per-minute", "2"],
+    );
+    eprintln!(
+        "pool gave up: {} kills, {} rounds lost and done again, {} rebuilds",
+        r.kills, r.lost_rounds, r.rebuilds
+    );
+    assert_eq!(r.kills, 3);
+    assert!(
+        r.lost_rounds >= 1 && r.rebuilds >= 1,
+        "lost {} rebuilt {}",
+        r.lost_rounds,
+        r.rebuilds
+    );
+    let missed: Vec<_> = clean.firing.difference(&r.firing).collect();
+    let extra: Vec<_> = r.firing.difference(&clean.firing).collect();
     assert!(
         missed.is_empty() && extra.is_empty(),
         "missed {missed:?}\nextra {extra:?}"
