@@ -367,12 +367,7 @@ impl ServiceConfig {
     /// the built-in rules.
     pub fn load_rules(&self) -> Result<Rules, Error> {
         if let Some(p) = &self.rules_file {
-            let src = std::fs::read_to_string(p)
-                .map_err(|e| Error::io(format!("reading rules {}", p.display()), e))?;
-            return Rules::parse(&src).map_err(|e| Error::Config {
-                path: p.clone(),
-                reason: e.to_string(),
-            });
+            return Rules::load(p);
         }
         if !self.rules.is_empty() {
             return Ok(Rules {

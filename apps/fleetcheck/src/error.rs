@@ -25,9 +25,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The worker pool could not be started or failed.
-    #[error("{0}")]
-    Pool(String),
+    /// The worker pool could not be started.
+    #[error("cannot start the worker pool: {0}")]
+    PoolStart(#[source] multiloop::Error),
+    /// A round on the pool has no report.
+    #[error("round {round}: {source}")]
+    Round {
+        /// The round.
+        round: u64,
+        /// Why.
+        #[source]
+        source: crate::pool::RoundError,
+    },
+    /// Another call on the pool failed.
+    #[error("{what}: {source}")]
+    Pool {
+        /// What was being done.
+        what: &'static str,
+        /// The pool's error.
+        #[source]
+        source: multiloop::Error,
+    },
     /// The simulated fleet could not be started.
     #[error("simulated fleet: {0}")]
     Fleet(String),

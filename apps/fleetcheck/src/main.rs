@@ -289,7 +289,7 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         return Ok(0);
     }
     let rules = match &cli.rules {
-        Some(p) => Rules::load(p).map_err(Error::Usage)?,
+        Some(p) => Rules::load(p)?,
         None => Rules::builtin(),
     };
     let checks = Arc::new(Checks::from_rules(&rules));
@@ -413,7 +413,7 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         };
         let mut interrupted = false;
         let report = tokio::select! {
-            r = scan => r.map_err(Error::Pool)?,
+            r = scan => r?,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("fleetcheck: interrupted; reporting finished rounds");
                 interrupted = true;
@@ -500,18 +500,13 @@ async fn run_bench(
         rules: rules.clone(),
         opts: cfg.opts,
     };
-    let scanner = PoolScanner::start(init, settings)
-        .await
-        .map_err(Error::Pool)?;
+    let scanner = PoolScanner::start(init, settings).await?;
     let mut total = Report::default();
     let mut mem = Vec::new();
     let mut reset_ok = true;
     let _ = bench::round_mem(&scanner.pool().worker_pids());
     for round in 0..cfg.rounds {
-        let mut rep = scanner
-            .round(&cfg.targets, round)
-            .await
-            .map_err(Error::Pool)?;
+        let mut rep = scanner.round(&cfg.targets, round).await?;
         rep.finish_round(scanner.checks(), round);
         total.merge(rep);
         let (m, ok) = bench::round_mem(&scanner.pool().worker_pids());
@@ -529,11 +524,14 @@ async fn run_bench(
         )
         .route_by(fleetcheck::pool::route_host)
         .await
-        .map_err(|e| Error::Pool(format!("probe: {e}")))?;
+        .map_err(|source| Error::Pool {
+            what: "probing the workers",
+            source,
+        })?;
     for p in probes {
         *per_worker.entry(p.pid).or_default() += 1;
     }
-    scanner.close().await.map_err(Error::Pool)?;
+    scanner.close().await?;
     let wall = start.elapsed().as_secs_f64();
     let v = verify(&total.findings, truth);
     let pool_run = BenchRun {

@@ -23,6 +23,7 @@ use multiloop::{Pool, Reducer};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Checks;
+use crate::error::Error;
 use crate::report::Report;
 use crate::scan::{HostSpec, RoundObserver, ScanConfig};
 use crate::state::{HostCheckpoint, HostRound, SeriesCheckpoint, StateUpdate};
@@ -268,7 +269,7 @@ pub struct PoolScanner {
 impl PoolScanner {
     /// Start the workers; each builds its [`WorkerState`] from `init`.
     /// Must be called inside a tokio runtime.
-    pub async fn start(init: WorkerInit, settings: PoolSettings) -> Result<Self, String> {
+    pub async fn start(init: WorkerInit, settings: PoolSettings) -> Result<Self, Error> {
         let checks = Checks::from_rules(&init.rules);
         let pool = Pool::builder()
             .processes(settings.processes.max(1))
@@ -276,7 +277,7 @@ impl PoolScanner {
             .initializer(init_worker, init)
             .build()
             .await
-            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+            .map_err(Error::PoolStart)?;
         Ok(PoolScanner { pool, checks })
     }
 
@@ -286,16 +287,13 @@ impl PoolScanner {
         init: WorkerInit,
         settings: PoolSettings,
         tune: impl FnOnce(multiloop::PoolBuilder) -> multiloop::PoolBuilder,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let checks = Checks::from_rules(&init.rules);
         let b = Pool::builder()
             .processes(settings.processes.max(1))
             .concurrency(settings.concurrency.max(1))
             .initializer(init_worker, init);
-        let pool = tune(b)
-            .build()
-            .await
-            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+        let pool = tune(b).build().await.map_err(Error::PoolStart)?;
         Ok(PoolScanner { pool, checks })
     }
 
@@ -309,14 +307,14 @@ impl PoolScanner {
         initializer: T,
         args: T::Args,
         settings: PoolSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let pool = Pool::builder()
             .processes(settings.processes.max(1))
             .concurrency(settings.concurrency.max(1))
             .initializer(initializer, args)
             .build()
             .await
-            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+            .map_err(Error::PoolStart)?;
         Ok(PoolScanner { pool, checks })
     }
 
@@ -335,10 +333,10 @@ impl PoolScanner {
     /// [`Report::finish_round`]. A host whose task failed in the pool (not a
     /// scrape problem: those are findings already) gets a scrape finding
     /// of check [`POOL_FAILURE_CHECK`], so every host has a result.
-    pub async fn round(&self, targets: &[HostSpec], round: u64) -> Result<Report, String> {
+    pub async fn round(&self, targets: &[HostSpec], round: u64) -> Result<Report, Error> {
         self.round_with_deadline(targets, round, None)
             .await
-            .map_err(|e| format!("round {round}: pool failed: {e}"))
+            .map_err(|source| Error::Round { round, source })
     }
 
     /// [`PoolScanner::round`] with a pool-side deadline per scrape: a
@@ -463,7 +461,7 @@ impl PoolScanner {
     /// Scan `cfg.targets` for `cfg.rounds` rounds (0: forever), one
     /// [`PoolScanner::round`] after the other, fleet-level checks after each
     /// (`cfg.concurrency` is not used: the pool's settings are).
-    pub async fn scan<O>(&self, cfg: &ScanConfig, observer: Arc<Mutex<O>>) -> Result<Report, String>
+    pub async fn scan<O>(&self, cfg: &ScanConfig, observer: Arc<Mutex<O>>) -> Result<Report, Error>
     where
         O: RoundObserver + 'static,
     {
@@ -487,11 +485,11 @@ impl PoolScanner {
     }
 
     /// Let the workers finish and exit.
-    pub async fn close(self) -> Result<(), String> {
-        self.pool
-            .close()
-            .await
-            .map_err(|e| format!("closing the worker pool: {e}"))
+    pub async fn close(self) -> Result<(), Error> {
+        self.pool.close().await.map_err(|source| Error::Pool {
+            what: "closing the worker pool",
+            source,
+        })
     }
 }
 
@@ -501,7 +499,7 @@ pub async fn scan_pool<O>(
     init: WorkerInit,
     settings: PoolSettings,
     observer: Arc<Mutex<O>>,
-) -> Result<Report, String>
+) -> Result<Report, Error>
 where
     O: RoundObserver + 'static,
 {

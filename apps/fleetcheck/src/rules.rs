@@ -388,9 +388,13 @@ impl Rules {
     }
 
     /// Read and parse a rules file.
-    pub fn load(path: &std::path::Path) -> Result<Rules, String> {
-        let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Rules::parse(&src).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &std::path::Path) -> Result<Rules, crate::Error> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::io(format!("reading rules {}", path.display()), e))?;
+        Rules::parse(&src).map_err(|e| crate::Error::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     /// The built-in default rules (the simulated fleet injects anomalies for each).
