@@ -1020,7 +1020,11 @@ impl Drop for FleetServer {
 /// ends) or when the returned handle is dropped.
 pub async fn spawn_fleet_process(
     cfg: &FleetConfig,
-) -> Result<(tokio::process::Child, String), String> {
+) -> Result<(tokio::process::Child, String), crate::Error> {
+    spawn_fleet(cfg).await.map_err(crate::Error::Fleet)
+}
+
+async fn spawn_fleet(cfg: &FleetConfig) -> Result<(tokio::process::Child, String), String> {
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let mut child = tokio::process::Command::new(exe)

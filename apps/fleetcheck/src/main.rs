@@ -342,9 +342,7 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         };
         let mut child = None;
         if builtin {
-            let (c, addr) = spawn_fleet_process(&fleet_cfg)
-                .await
-                .map_err(Error::Fleet)?;
+            let (c, addr) = spawn_fleet_process(&fleet_cfg).await?;
             child = Some(c);
             urls = (0..fleet_cfg.hosts)
                 .map(|i| format!("http://{addr}/host/{i}/metrics"))

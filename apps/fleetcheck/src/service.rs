@@ -566,9 +566,7 @@ async fn simulated_fleet(
         rounds: cfg.fleet_rounds,
         bad: Vec::new(),
     };
-    let (child, addr) = crate::fleet::spawn_fleet_process(&fc)
-        .await
-        .map_err(Error::Fleet)?;
+    let (child, addr) = crate::fleet::spawn_fleet_process(&fc).await?;
     tracing::info!(
         hosts = fc.hosts,
         series = fc.series,
