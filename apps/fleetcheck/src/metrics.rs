@@ -138,214 +138,172 @@ impl Metrics {
     pub fn render(&self) -> String {
         let v = self.values();
         let mut o = String::with_capacity(4096 + 160 * v.scrape_secs.len());
-        family(
-            &mut o,
-            "fleetcheck_rounds_total",
-            "counter",
-            "Rounds completed.",
-        );
-        let _ = writeln!(o, "fleetcheck_rounds_total {}", v.rounds);
-        family(
-            &mut o,
-            "fleetcheck_rounds_failed_total",
-            "counter",
-            "Rounds lost because the worker pool failed.",
-        );
-        let _ = writeln!(o, "fleetcheck_rounds_failed_total {}", v.rounds_failed);
-        family(
-            &mut o,
-            "fleetcheck_round_duration_seconds",
-            "histogram",
-            "Wall time of a round.",
-        );
+        let u = |n: u64| n as f64;
+        // (name, type, help, value) of the metrics without labels.
+        let plain: [(&str, &str, &str, f64); 14] = [
+            (
+                "fleetcheck_rounds_total",
+                "counter",
+                "Rounds completed.",
+                u(v.rounds),
+            ),
+            (
+                "fleetcheck_rounds_failed_total",
+                "counter",
+                "Rounds lost because the worker pool failed (done again).",
+                u(v.rounds_failed),
+            ),
+            (
+                "fleetcheck_pool_workers",
+                "gauge",
+                "Live worker processes.",
+                u(v.pool_workers),
+            ),
+            (
+                "fleetcheck_worker_restarts_total",
+                "counter",
+                "Worker processes replaced.",
+                u(v.worker_restarts),
+            ),
+            (
+                "fleetcheck_pool_tasks_failed_total",
+                "counter",
+                "Scrape tasks that failed in the pool (worker deaths past the attempts, pool-side deadline).",
+                u(v.tasks_failed),
+            ),
+            (
+                "fleetcheck_pool_rebuilds_total",
+                "counter",
+                "Worker pools built again after one failed.",
+                u(v.pool_rebuilds),
+            ),
+            (
+                "fleetcheck_points_per_second",
+                "gauge",
+                "Samples per second of the last round.",
+                v.points_per_second,
+            ),
+            (
+                "fleetcheck_points_total",
+                "counter",
+                "Samples scraped.",
+                u(v.points),
+            ),
+            (
+                "fleetcheck_targets",
+                "gauge",
+                "Targets scraped each round.",
+                u(v.targets),
+            ),
+            (
+                "fleetcheck_checkpoint_bytes",
+                "gauge",
+                "Bytes of host-state updates of the last round.",
+                u(v.checkpoint_bytes),
+            ),
+            (
+                "fleetcheck_host_states_restored_total",
+                "counter",
+                "Hosts whose history the parent handed back to a new worker.",
+                u(v.states_restored),
+            ),
+            (
+                "fleetcheck_config_last_reload_successful",
+                "gauge",
+                "Whether the last configuration (re)load worked.",
+                f64::from(u8::from(v.reload_ok)),
+            ),
+            (
+                "fleetcheck_config_last_reload_success_timestamp_seconds",
+                "gauge",
+                "Time of the last successful configuration (re)load.",
+                v.reload_time,
+            ),
+            (
+                "fleetcheck_alertmanager_dropped_total",
+                "counter",
+                "Alerts dropped because a queue was full.",
+                u(v.am_dropped),
+            ),
+        ];
+        for (name, kind, help, value) in plain {
+            family(&mut o, name, kind, help);
+            let _ = writeln!(o, "{name} {value}");
+        }
+        let name = "fleetcheck_round_duration_seconds";
+        family(&mut o, name, "histogram", "Wall time of a round.");
         let mut cum = 0;
         for (b, n) in ROUND_BUCKETS.iter().zip(v.round_buckets) {
             cum += n;
-            let _ = writeln!(
-                o,
-                "fleetcheck_round_duration_seconds_bucket{{le=\"{b}\"}} {cum}"
-            );
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
         }
-        let _ = writeln!(
-            o,
-            "fleetcheck_round_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-            v.rounds
-        );
-        let _ = writeln!(o, "fleetcheck_round_duration_seconds_sum {}", v.round_sum);
-        let _ = writeln!(o, "fleetcheck_round_duration_seconds_count {}", v.rounds);
-        family(
-            &mut o,
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", v.rounds);
+        let _ = writeln!(o, "{name}_sum {}", v.round_sum);
+        let _ = writeln!(o, "{name}_count {}", v.rounds);
+        let alerts = BTreeMap::from([
+            ("firing".to_string(), v.alerts_firing),
+            ("flapping".to_string(), v.alerts_flapping),
+            ("pending".to_string(), v.alerts_pending),
+        ]);
+        let f64s = [(
             "fleetcheck_scrape_duration_seconds",
             "gauge",
             "Duration of the last scrape of a target.",
-        );
-        labelled(
-            &mut o,
-            "fleetcheck_scrape_duration_seconds",
             "instance",
             &v.scrape_secs,
-        );
-        family(
-            &mut o,
-            "fleetcheck_scrape_failures_total",
-            "counter",
-            "Failed scrapes of a target.",
-        );
-        labelled(
-            &mut o,
-            "fleetcheck_scrape_failures_total",
-            "instance",
-            &v.scrape_failures,
-        );
-        family(
-            &mut o,
-            "fleetcheck_findings_total",
-            "counter",
-            "Findings by rule (scrape problems by their kind).",
-        );
-        labelled(&mut o, "fleetcheck_findings_total", "rule", &v.findings);
-        family(
-            &mut o,
-            "fleetcheck_alerts",
-            "gauge",
-            "Active alerts by state (firing includes flapping).",
-        );
-        let _ = writeln!(
-            o,
-            "fleetcheck_alerts{{state=\"pending\"}} {}",
-            v.alerts_pending
-        );
-        let _ = writeln!(
-            o,
-            "fleetcheck_alerts{{state=\"firing\"}} {}",
-            v.alerts_firing
-        );
-        let _ = writeln!(
-            o,
-            "fleetcheck_alerts{{state=\"flapping\"}} {}",
-            v.alerts_flapping
-        );
-        family(
-            &mut o,
-            "fleetcheck_notifications_total",
-            "counter",
-            "Alert notifications by status.",
-        );
-        labelled(
-            &mut o,
-            "fleetcheck_notifications_total",
-            "status",
-            &v.notifications,
-        );
-        family(
-            &mut o,
-            "fleetcheck_pool_workers",
-            "gauge",
-            "Live worker processes.",
-        );
-        let _ = writeln!(o, "fleetcheck_pool_workers {}", v.pool_workers);
-        family(
-            &mut o,
-            "fleetcheck_worker_restarts_total",
-            "counter",
-            "Worker processes replaced.",
-        );
-        let _ = writeln!(o, "fleetcheck_worker_restarts_total {}", v.worker_restarts);
-        family(
-            &mut o,
-            "fleetcheck_pool_tasks_failed_total",
-            "counter",
-            "Scrape tasks that failed in the pool (worker deaths past the attempts, pool-side deadline).",
-        );
-        let _ = writeln!(o, "fleetcheck_pool_tasks_failed_total {}", v.tasks_failed);
-        family(
-            &mut o,
-            "fleetcheck_pool_rebuilds_total",
-            "counter",
-            "Worker pools built again after one failed.",
-        );
-        let _ = writeln!(o, "fleetcheck_pool_rebuilds_total {}", v.pool_rebuilds);
-        family(
-            &mut o,
-            "fleetcheck_points_per_second",
-            "gauge",
-            "Samples per second of the last round.",
-        );
-        let _ = writeln!(o, "fleetcheck_points_per_second {}", v.points_per_second);
-        family(
-            &mut o,
-            "fleetcheck_points_total",
-            "counter",
-            "Samples scraped.",
-        );
-        let _ = writeln!(o, "fleetcheck_points_total {}", v.points);
-        family(
-            &mut o,
-            "fleetcheck_targets",
-            "gauge",
-            "Targets scraped each round.",
-        );
-        let _ = writeln!(o, "fleetcheck_targets {}", v.targets);
-        family(
-            &mut o,
-            "fleetcheck_checkpoint_bytes",
-            "gauge",
-            "Bytes of host-state checkpoints of the last round.",
-        );
-        let _ = writeln!(o, "fleetcheck_checkpoint_bytes {}", v.checkpoint_bytes);
-        family(
-            &mut o,
-            "fleetcheck_config_last_reload_successful",
-            "gauge",
-            "Whether the last configuration (re)load worked.",
-        );
-        let _ = writeln!(
-            o,
-            "fleetcheck_config_last_reload_successful {}",
-            u8::from(v.reload_ok)
-        );
-        family(
-            &mut o,
-            "fleetcheck_config_last_reload_success_timestamp_seconds",
-            "gauge",
-            "Time of the last successful configuration (re)load.",
-        );
-        let _ = writeln!(
-            o,
-            "fleetcheck_config_last_reload_success_timestamp_seconds {}",
-            v.reload_time
-        );
-        family(
-            &mut o,
-            "fleetcheck_alertmanager_send_failures_total",
-            "counter",
-            "Failed deliveries to an Alertmanager.",
-        );
-        labelled(
-            &mut o,
-            "fleetcheck_alertmanager_send_failures_total",
-            "alertmanager",
-            &v.am_failures,
-        );
-        family(
-            &mut o,
-            "fleetcheck_alertmanager_queue_length",
-            "gauge",
-            "Alerts waiting for an Alertmanager.",
-        );
-        labelled(
-            &mut o,
-            "fleetcheck_alertmanager_queue_length",
-            "alertmanager",
-            &v.am_queue,
-        );
-        family(
-            &mut o,
-            "fleetcheck_alertmanager_dropped_total",
-            "counter",
-            "Alerts dropped because a queue was full.",
-        );
-        let _ = writeln!(o, "fleetcheck_alertmanager_dropped_total {}", v.am_dropped);
+        )];
+        for (name, kind, help, label, m) in f64s {
+            family(&mut o, name, kind, help);
+            labelled(&mut o, name, label, m);
+        }
+        let u64s = [
+            (
+                "fleetcheck_scrape_failures_total",
+                "counter",
+                "Failed scrapes of a target.",
+                "instance",
+                &v.scrape_failures,
+            ),
+            (
+                "fleetcheck_findings_total",
+                "counter",
+                "Findings by rule (scrape problems by their kind).",
+                "rule",
+                &v.findings,
+            ),
+            (
+                "fleetcheck_alerts",
+                "gauge",
+                "Active alerts by state (firing includes flapping).",
+                "state",
+                &alerts,
+            ),
+            (
+                "fleetcheck_notifications_total",
+                "counter",
+                "Alert notifications by status.",
+                "status",
+                &v.notifications,
+            ),
+            (
+                "fleetcheck_alertmanager_send_failures_total",
+                "counter",
+                "Failed deliveries to an Alertmanager.",
+                "alertmanager",
+                &v.am_failures,
+            ),
+            (
+                "fleetcheck_alertmanager_queue_length",
+                "gauge",
+                "Alerts waiting for an Alertmanager.",
+                "alertmanager",
+                &v.am_queue,
+            ),
+        ];
+        for (name, kind, help, label, m) in u64s {
+            family(&mut o, name, kind, help);
+            labelled(&mut o, name, label, m);
+        }
         o
     }
 }
