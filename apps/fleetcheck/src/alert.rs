@@ -27,7 +27,7 @@
 //!   round, one group alert fires for the rule and the group, and no new
 //!   per-target alert of that rule starts in the group while it lasts.
 //! * A target whose scrape failed keeps its alerts as they are (unknown is
-//!   not clear).
+//!   not clear); what the round observed about it (that it is down) counts.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -350,7 +350,10 @@ impl AlertEngine {
         let mut out = Vec::new();
         for key in keys {
             let is_group = key.instance.starts_with(GROUP_PREFIX);
-            if !is_group && ctx.unknown.contains(&key.instance) {
+            // A target that could not be scraped: what was observed about
+            // it (e.g. that it is down) counts; its other alerts stay as
+            // they are.
+            if !is_group && ctx.unknown.contains(&key.instance) && !cond.contains_key(&key) {
                 continue;
             }
             let params = ctx.rules.get(&key.rule);
