@@ -199,3 +199,31 @@ fn json_logs_are_one_json_object_per_line() {
             .all(|v| v["level"].is_string() && v["timestamp"].is_string())
     );
 }
+
+#[test]
+fn an_unreachable_target_fires_target_down() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/metrics", l.local_addr().unwrap());
+    drop(l);
+    let mut p = Proc::start(&[
+        "run",
+        "--target",
+        &url,
+        "--rounds",
+        "2",
+        "--interval",
+        "100ms",
+        "--listen",
+        "127.0.0.1:0",
+        "--processes",
+        "1",
+        "--alerts-jsonl",
+        "-",
+    ]);
+    let line = p.wait_line(MIN, |l| l.starts_with("stdout: "));
+    let v: serde_json::Value = serde_json::from_str(&line["stdout: ".len()..]).unwrap();
+    assert_eq!(v["status"], "firing");
+    assert_eq!(v["labels"]["alertname"], "target_down");
+    assert_eq!(v["labels"]["instance"], url.as_str());
+    assert_eq!(p.wait_exit(MIN), 0);
+}
