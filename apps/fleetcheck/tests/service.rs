@@ -227,3 +227,29 @@ fn an_unreachable_target_fires_target_down() {
     assert_eq!(v["labels"]["instance"], url.as_str());
     assert_eq!(p.wait_exit(MIN), 0);
 }
+
+#[test]
+fn a_whole_fleet_tripping_one_rule_gives_one_group_alert() {
+    let dir = TempDir::new("group");
+    let cfg = dir.path("group.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\ninterval = \"200ms\"\nrounds = 2\nprocesses = 1\n\
+         fleet_hosts = 20\nfleet_series = 100\nalerts_jsonl = \"-\"\n\
+         [[rule]]\nname = \"loaded\"\nkind = \"threshold\"\nmetric = \"node_load15\"\nabove = -1.0\n",
+    )
+    .unwrap();
+    let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
+    let alerts: Vec<serde_json::Value> = p
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 20 of 20 targets trip `loaded`: one alert for the group, none per host.
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["labels"]["alertname"], "loaded");
+    assert_eq!(alerts[0]["labels"]["group"], "fleet");
+    assert!(alerts[0]["labels"].get("instance").is_none());
+}
