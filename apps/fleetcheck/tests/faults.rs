@@ -1,5 +1,6 @@
 //! The service under faults, as a real process watching the simulated
-//! fleet: a worker SIGKILLed every 300 ms, or one SIGSTOPped for good. The
+//! fleet: a worker SIGKILLed every 300 ms while another is SIGSTOPped for
+//! good, a frozen worker alone, a pool that gives up. The
 //! alerts (every finding of the run) equal a clean run's, because host
 //! history is kept in the parent and handed back to replacement workers,
 //! and a frozen worker costs one bounded wait (the pool kills it), not a
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use common::{Proc, TempDir};
 
-/// Live worker processes of `parent` (its children but the fleet).
+/// Live worker processes of `parent` (its children but the fleet), not
+/// stopped ones.
 fn worker_pids(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -28,13 +30,15 @@ fn worker_pids(parent: u32) -> Vec<u32> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // Field 4 (after the parenthesised command) is the parent pid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
+        // After the parenthesised command: the state, then the parent pid.
+        let mut rest = stat.rsplit_once(')').map_or("", |r| r.1).split_whitespace();
+        let stopped = rest.next() == Some("T");
+        let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(parent) && !String::from_utf8_lossy(&cmd).contains("serve-fleet") {
+        if ppid == Some(parent)
+            && !stopped
+            && !String::from_utf8_lossy(&cmd).contains("serve-fleet")
+        {
             out.push(pid);
         }
     }
@@ -83,10 +87,10 @@ enum Fault {
 }
 
 fn run(dir: &TempDir, name: &str, fault: Fault) -> Run {
-    run_with(dir, name, fault, &[])
+    run_with(dir, name, &[fault], &[])
 }
 
-fn run_with(dir: &TempDir, name: &str, fault: Fault, extra: &[&str]) -> Run {
+fn run_with(dir: &TempDir, name: &str, faults: &[Fault], extra: &[&str]) -> Run {
     let jsonl = dir.path(&format!("{name}.jsonl"));
     let mut p = Proc::start(
         &[
@@ -122,36 +126,36 @@ fn run_with(dir: &TempDir, name: &str, fault: Fault, extra: &[&str]) -> Run {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicU32::new(0));
-    let (every, signal, times) = match fault {
-        Fault::None => (None, 0, 0),
-        Fault::KillEvery(d) => (Some(d), libc::SIGKILL, u32::MAX),
-        Fault::StopAfter(d) => (Some(d), libc::SIGSTOP, 1),
-        Fault::KillTimes(d, n) => (Some(d), libc::SIGKILL, n),
-    };
-    let killer = every.map(|every| {
+    let mut threads = Vec::new();
+    for &fault in faults {
+        let (every, signal, times) = match fault {
+            Fault::None => continue,
+            Fault::KillEvery(d) => (d, libc::SIGKILL, u32::MAX),
+            Fault::StopAfter(d) => (d, libc::SIGSTOP, 1),
+            Fault::KillTimes(d, n) => (d, libc::SIGKILL, n),
+        };
         let (stop, kills, parent) = (stop.clone(), kills.clone(), p.child.id());
-        std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
+        threads.push(std::thread::spawn(move || {
+            let (mut n, mut sent) = (0usize, 0u32);
+            while !stop.load(Ordering::Relaxed) && sent < times {
                 // The fault schedule, not a wait for anything.
                 std::thread::sleep(every);
                 let w = worker_pids(parent);
                 if let Some(&pid) = w.get(n % w.len().max(1)) {
                     // SAFETY: kill(2) on a worker of our child; no memory involved.
-                    if unsafe { libc::kill(pid as i32, signal) } == 0
-                        && kills.fetch_add(1, Ordering::Relaxed) + 1 >= times
-                    {
-                        return;
+                    if unsafe { libc::kill(pid as i32, signal) } == 0 {
+                        sent += 1;
+                        kills.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 n += 1;
             }
-        })
-    });
+        }));
+    }
     let code = p.wait_exit(Duration::from_secs(180));
     stop.store(true, Ordering::Relaxed);
-    if let Some(k) = killer {
-        k.join().unwrap();
+    for t in threads {
+        t.join().unwrap();
     }
     assert_eq!(code, 0, "{}", p.seen.join("\n"));
     Run {
@@ -178,16 +182,25 @@ fn run_with(dir: &TempDir, name: &str, fault: Fault, extra: &[&str]) -> Run {
 }
 
 #[test]
-fn sigkill_a_worker_every_300ms_costs_no_finding() {
+fn sigkill_a_worker_every_300ms_and_sigstop_another_costs_no_finding() {
     let dir = TempDir::new("faults");
     let clean = run(&dir, "clean", Fault::None);
     assert!(clean.firing.len() >= 10, "{:?}", clean.firing);
-    let chaos = run(&dir, "chaos", Fault::KillEvery(Duration::from_millis(300)));
+    let chaos = run_with(
+        &dir,
+        "chaos",
+        &[
+            Fault::KillEvery(Duration::from_millis(300)),
+            Fault::StopAfter(Duration::from_millis(450)),
+        ],
+        &[],
+    );
     eprintln!(
-        "faults: {} kills, {} rounds with history handed back, {} rounds lost and done again; {} alerts in both runs",
+        "faults: {} signals, {} rounds with history handed back, {} rounds lost and done again, longest round {:.2} s; {} alerts in both runs",
         chaos.kills,
         chaos.restored_lines,
         chaos.lost_rounds,
+        chaos.longest_round,
         clean.firing.len()
     );
     assert!(chaos.kills >= 5, "only {} kills", chaos.kills);
@@ -229,7 +242,7 @@ fn a_pool_that_gives_up_is_built_again_and_the_round_done_again() {
     let r = run_with(
         &dir,
         "giveup",
-        Fault::KillTimes(Duration::from_millis(300), 3),
+        &[Fault::KillTimes(Duration::from_millis(300), 3)],
         &["--worker-restarts-per-minute", "2"],
     );
     eprintln!(
