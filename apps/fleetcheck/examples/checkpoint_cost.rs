@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use fleetcheck::checks::Checks;
 use fleetcheck::fleet::{Fleet, FleetConfig, STEP_SECS};
-use fleetcheck::state::{HostCheckpoint, HostState, StateUpdate, scrape_round};
+use fleetcheck::history::HistoryStore;
+use fleetcheck::state::{HostState, StateUpdate, scrape_round};
 
 fn main() {
     let (hosts, series, rounds) = (1000u32, 2000u32, 6u64);
@@ -21,40 +22,38 @@ fn main() {
     let checks = Checks::builtin();
     let mut states: Vec<HostState> = (0..hosts).map(HostState::new).collect();
     let mut page = Vec::new();
-    let mut scrape_secs = 0.0;
-    for round in 0..rounds {
+    let mut scrape = |states: &mut [HostState], round: u64| {
         let t = Instant::now();
         for (h, st) in states.iter_mut().enumerate() {
             page.clear();
             fleet.render(h as u32, round, &mut page);
             scrape_round(st, &checks, &page, round, round as f64 * STEP_SECS);
         }
-        scrape_secs = t.elapsed().as_secs_f64();
+        t.elapsed().as_secs_f64()
+    };
+    for round in 0..rounds {
+        scrape(&mut states, round);
     }
-    // The parent's copies after the first round (a full checkpoint each).
-    let mut copies: Vec<HostCheckpoint> = states.iter().map(HostState::checkpoint).collect();
-    let full_bytes: usize = copies
-        .iter()
-        .map(|c| postcard::to_stdvec(c).unwrap().len())
-        .sum();
-    let watched: usize = copies.iter().map(|c| c.series.len()).sum();
-    // What every later round pays: a delta per host, made and encoded in
-    // the worker, decoded and applied in the parent.
+    // The parent's copies after the first round: a full checkpoint each.
+    let mut store = HistoryStore::default();
+    let (mut full_bytes, mut watched) = (0usize, 0usize);
+    for st in &states {
+        let cp = st.checkpoint();
+        full_bytes += postcard::to_stdvec(&cp).unwrap().len();
+        watched += cp.series.len();
+        store.apply(StateUpdate::Full(cp));
+    }
+    // Every later round: a delta per host, made and encoded in the worker,
+    // decoded and applied in the parent.
     let (mut make, mut enc, mut dec, mut apply, mut bytes) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    let mut scrape_secs = f64::MAX;
     let extra = 5u64;
     for round in rounds..rounds + extra {
-        let t = Instant::now();
-        for (h, st) in states.iter_mut().enumerate() {
-            page.clear();
-            fleet.render(h as u32, round, &mut page);
-            scrape_round(st, &checks, &page, round, round as f64 * STEP_SECS);
-        }
-        scrape_secs = scrape_secs.min(t.elapsed().as_secs_f64());
+        scrape_secs = scrape_secs.min(scrape(&mut states, round));
         let t = Instant::now();
         let ups: Vec<StateUpdate> = states
             .iter()
-            .zip(&copies)
-            .map(|(st, c)| st.update_for(Some(c.series.len() as u32), round))
+            .map(|st| st.update_for(store.len_of(st.host()), round))
             .collect();
         make += t.elapsed().as_secs_f64();
         let t = Instant::now();
@@ -71,28 +70,24 @@ fn main() {
             .collect();
         dec += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        for (u, c) in back.iter().zip(copies.iter_mut()) {
-            match u {
-                StateUpdate::Delta(d) => assert!(c.apply(d)),
-                StateUpdate::Full(f) => *c = f.clone(),
-            }
+        for u in back {
+            assert!(matches!(u, StateUpdate::Delta(_)));
+            store.apply(u);
         }
         apply += t.elapsed().as_secs_f64();
     }
     let n = extra as f64;
-    let (make, enc, dec, apply) = (make / n, enc / n, dec / n, apply / n);
-    let bytes = bytes as f64 / n;
+    let (make, enc, dec, apply, bytes) = (make / n, enc / n, dec / n, apply / n, bytes as f64 / n);
     assert!(
-        copies
+        states
             .iter()
-            .zip(&states)
-            .all(|(c, s)| *c == s.checkpoint())
+            .all(|s| store.checkpoint(s.host()) == Some(s.checkpoint()))
     );
-    // What a lost host costs once: rebuilding its state from the copy.
+    // What lost hosts cost once: rebuilding their state from the copies.
     let t = Instant::now();
-    let restored: Vec<HostState> = copies
-        .iter()
-        .map(|c| HostState::restore(&checks, c))
+    let restored: Vec<HostState> = (0..hosts)
+        .filter_map(|h| store.checkpoint(h))
+        .map(|c| HostState::restore(&checks, &c))
         .collect();
     let restore = t.elapsed().as_secs_f64();
     assert_eq!(restored.len(), hosts as usize);
@@ -107,7 +102,7 @@ fn main() {
     );
     println!(
         "first round: full checkpoints, {:.2} MiB",
-        full_bytes as f64 / (1 << 20) as f64
+        full_bytes as f64 / f64::from(1 << 20)
     );
     println!(
         "every later round: deltas {:.1} KiB ({:.0} B per host); make {:.2} ms + encode {:.2} ms + decode {:.2} ms + apply {:.2} ms = {:.2} ms ({:.2}% of parse + checks)",

@@ -28,6 +28,7 @@ pub mod dur;
 pub mod error;
 pub mod expfmt;
 pub mod fleet;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod notify;

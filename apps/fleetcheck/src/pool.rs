@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checks::Checks;
 use crate::error::Error;
+use crate::history::HistoryStore;
 use crate::report::Report;
 use crate::scan::{HostSpec, RoundObserver, ScanConfig};
 use crate::state::{HostCheckpoint, HostRound, SeriesCheckpoint, StateUpdate};
@@ -92,38 +93,6 @@ fn route_checkpointed(args: &(HostSpec, u64, Option<u32>)) -> u64 {
 
 fn route_restore(args: &(HostSpec, u64, HostCheckpoint)) -> u64 {
     u64::from(args.0.id)
-}
-
-/// The parent's copy of every host's checkpoint: the authoritative host
-/// history, handed to a worker that lost it (replaced after a death, or a
-/// new pool).
-#[derive(Debug, Default)]
-pub struct HistoryStore {
-    /// Latest checkpoint per host id.
-    pub hosts: std::collections::HashMap<u32, HostCheckpoint>,
-}
-
-impl HistoryStore {
-    /// Series in the copy of `host` (`None`: no copy).
-    pub fn len_of(&self, host: u32) -> Option<u32> {
-        self.hosts.get(&host).map(|c| c.series.len() as u32)
-    }
-
-    /// Bring the copy up to date with a worker's update (a delta that does
-    /// not fit drops the copy: the worker sends a full one next round).
-    pub fn apply(&mut self, u: StateUpdate) {
-        match u {
-            StateUpdate::Full(cp) => {
-                self.hosts.insert(cp.host, cp);
-            }
-            StateUpdate::Delta(d) => {
-                let fits = self.hosts.get_mut(&d.host).is_some_and(|c| c.apply(&d));
-                if !fits {
-                    self.hosts.remove(&d.host);
-                }
-            }
-        }
-    }
 }
 
 /// What the round cost in host history.
@@ -398,7 +367,7 @@ impl PoolScanner {
                 .filter_map(|h| by_id.get(h).map(|s| (*s).clone()))
                 .collect();
             let inputs = again.iter().map(|s| {
-                let cp = store.hosts.get(&s.id).cloned().unwrap_or_default();
+                let cp = store.checkpoint(s.id).unwrap_or_default();
                 (s.clone(), round, cp)
             });
             let mut call = self

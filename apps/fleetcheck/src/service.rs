@@ -29,10 +29,11 @@ use crate::config::{RunArgs, ServiceConfig};
 use crate::dur::Dur;
 use crate::error::Error;
 use crate::fleet::{FleetConfig, STEP_SECS};
+use crate::history::HistoryStore;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::pool::{
-    CheckpointCost, HistoryStore, POOL_FAILURE_CHECK, PoolScanner, PoolSettings, default_processes,
+    CheckpointCost, POOL_FAILURE_CHECK, PoolScanner, PoolSettings, default_processes,
 };
 use crate::report::Report;
 use crate::rules::Rules;

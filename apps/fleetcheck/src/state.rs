@@ -836,8 +836,10 @@ mod tests {
             for cut in [1u64, 3, 6] {
                 let mut a = HostState::new(host);
                 let mut b = None::<HostState>;
-                // The parent's copy, kept up to date by the deltas.
+                // The parent's copy, kept up to date by the deltas (plain,
+                // and in the compact store the service uses).
                 let mut parent: Option<HostCheckpoint> = None;
+                let mut store = crate::history::HistoryStore::default();
                 for round in 0..rounds {
                     page.clear();
                     fleet.render(host, round, &mut page);
@@ -850,7 +852,9 @@ mod tests {
                     let len = parent.as_ref().map(|c| c.series.len() as u32);
                     let u = a.update_for(len, round);
                     let wire = postcard::to_stdvec(&u).unwrap();
-                    match postcard::from_bytes::<StateUpdate>(&wire).unwrap() {
+                    let u: StateUpdate = postcard::from_bytes(&wire).unwrap();
+                    store.apply(u.clone());
+                    match u {
                         StateUpdate::Full(c) => parent = Some(c),
                         StateUpdate::Delta(d) => assert!(parent.as_mut().unwrap().apply(&d)),
                     }
@@ -858,6 +862,11 @@ mod tests {
                         parent.as_ref(),
                         Some(&a.checkpoint()),
                         "host {host} round {round}"
+                    );
+                    assert_eq!(
+                        store.checkpoint(host),
+                        parent,
+                        "store: host {host} round {round}"
                     );
                     if round == cut {
                         let cp = parent.clone().unwrap();
