@@ -215,8 +215,21 @@ pub trait Check: Send + Sync {
     fn history_len(&self) -> usize {
         0
     }
+    /// Whether evaluation uses a series' past values ([`Observation::prev`]).
+    /// When false (and there is no history), the parent's copy of the host
+    /// history does not follow the series' values round by round, only
+    /// whether it was seen. Custom checks: true unless you override it.
+    fn uses_prev(&self) -> bool {
+        true
+    }
     /// Evaluate one watched series present in this scrape.
     fn evaluate(&self, _obs: &Observation<'_>) -> Option<Anomaly> {
+        None
+    }
+    /// Hysteresis: called for a watched series when [`Check::evaluate`]
+    /// found nothing; `Some` means the value is inside the band where an
+    /// alert that already fires keeps firing (it never starts one).
+    fn hold(&self, _obs: &Observation<'_>) -> Option<Anomaly> {
         None
     }
     /// Host-level evaluation after the whole page; push `(series, anomaly)`.
@@ -297,6 +310,14 @@ impl Checks {
     }
 }
 
+/// Default relative floor of `zscore`'s standard deviation (fraction of
+/// |mean|) and of `fleet_outlier`'s spread (fraction of |median|).
+pub const DEFAULT_MIN_RATIO: f64 = 0.01;
+
+/// The spread used when every other floor is 0 (a history or a fleet all
+/// exactly at 0): any other value is an outlier, with a finite score.
+pub const ZERO_SPREAD: f64 = 1e-9;
+
 /// Build the check for one rule.
 pub fn rule_check(r: &Rule) -> Box<dyn Check> {
     let m = Matcher {
@@ -315,6 +336,8 @@ pub fn rule_check(r: &Rule) -> Box<dyn Check> {
             above: r.above,
             below: r.below,
             ratio_to: r.ratio_to.clone(),
+            clear_below: r.clear_below,
+            clear_above: r.clear_above,
         }),
         RuleKind::Rate => Box::new(RateCheck {
             name,
@@ -329,6 +352,7 @@ pub fn rule_check(r: &Rule) -> Box<dyn Check> {
             window: r.window.unwrap_or(30),
             min_samples: r.min_samples.unwrap_or(5).max(1),
             min_stddev: r.min_stddev.unwrap_or(0.0),
+            min_stddev_ratio: r.min_stddev_ratio.unwrap_or(DEFAULT_MIN_RATIO),
         }),
         RuleKind::Stale => Box::new(StaleCheck { name, m }),
         RuleKind::Absent => Box::new(AbsentCheck {
@@ -342,6 +366,7 @@ pub fn rule_check(r: &Rule) -> Box<dyn Check> {
             threshold: r.threshold.unwrap_or(5.0),
             min_hosts: r.min_hosts.unwrap_or(5),
             min_mad: r.min_mad.unwrap_or(0.0),
+            min_mad_ratio: r.min_mad_ratio.unwrap_or(DEFAULT_MIN_RATIO),
         }),
     }
 }
@@ -396,6 +421,27 @@ pub struct ThresholdCheck {
     pub below: Option<f64>,
     /// Denominator metric.
     pub ratio_to: Option<String>,
+    /// Hysteresis with `above`: holds while the value is >= this.
+    pub clear_below: Option<f64>,
+    /// Hysteresis with `below`: holds while the value is <= this.
+    pub clear_above: Option<f64>,
+}
+
+impl ThresholdCheck {
+    /// The checked value (the ratio when `ratio_to` is set) and a note.
+    fn value(&self, o: &Observation<'_>) -> Option<(f64, String)> {
+        match &self.ratio_to {
+            None => Some((o.value, String::new())),
+            Some(den) => {
+                let key = format!("{den}{}", o.labels_part());
+                let d = o.page.value_of(&key)?;
+                if d == 0.0 || !d.is_finite() {
+                    return None;
+                }
+                Some((o.value / d, format!(" (ratio to {den})")))
+            }
+        }
+    }
 }
 
 impl Check for ThresholdCheck {
@@ -405,25 +451,30 @@ impl Check for ThresholdCheck {
     fn kind(&self) -> &str {
         "threshold"
     }
+    fn uses_prev(&self) -> bool {
+        false
+    }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)
     }
     fn evaluate(&self, o: &Observation<'_>) -> Option<Anomaly> {
-        let (v, what) = match &self.ratio_to {
-            None => (o.value, String::new()),
-            Some(den) => {
-                let key = format!("{den}{}", o.labels_part());
-                let d = o.page.value_of(&key)?;
-                if d == 0.0 || !d.is_finite() {
-                    return None;
-                }
-                (o.value / d, format!(" (ratio to {den})"))
-            }
-        };
+        let (v, what) = self.value(o)?;
         let b = bounds(v, self.above, self.below)?;
         Some(Anomaly {
             value: v,
             message: format!("value {v:.4}{what} {b}"),
+        })
+    }
+    fn hold(&self, o: &Observation<'_>) -> Option<Anomaly> {
+        if self.clear_below.is_none() && self.clear_above.is_none() {
+            return None;
+        }
+        let (v, what) = self.value(o)?;
+        let up = matches!((self.clear_below, self.above), (Some(c), Some(_)) if v >= c);
+        let down = matches!((self.clear_above, self.below), (Some(c), Some(_)) if v <= c);
+        (up || down).then(|| Anomaly {
+            value: v,
+            message: format!("value {v:.4}{what} not yet cleared"),
         })
     }
 }
@@ -491,6 +542,8 @@ pub struct ZscoreCheck {
     pub min_samples: usize,
     /// Floor of the standard deviation.
     pub min_stddev: f64,
+    /// Floor of the standard deviation as a fraction of |mean|.
+    pub min_stddev_ratio: f64,
 }
 
 impl Check for ZscoreCheck {
@@ -511,12 +564,14 @@ impl Check for ZscoreCheck {
             return None;
         }
         let (mean, std) = o.history.mean_std()?;
-        let sd = std.max(self.min_stddev);
+        let sd = std
+            .max(self.min_stddev)
+            .max(self.min_stddev_ratio * mean.abs());
         let dev = (o.value - mean).abs();
         if dev == 0.0 {
             return None;
         }
-        let z = if sd > 0.0 { dev / sd } else { f64::INFINITY };
+        let z = dev / if sd > 0.0 { sd } else { ZERO_SPREAD };
         (z > self.threshold).then(|| Anomaly {
             value: o.value,
             message: format!(
@@ -542,6 +597,9 @@ impl Check for StaleCheck {
     }
     fn kind(&self) -> &str {
         "stale"
+    }
+    fn uses_prev(&self) -> bool {
+        false
     }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)
@@ -580,6 +638,9 @@ impl Check for AbsentCheck {
     fn kind(&self) -> &str {
         "absent"
     }
+    fn uses_prev(&self) -> bool {
+        false
+    }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)
     }
@@ -610,6 +671,8 @@ pub struct FleetOutlierCheck {
     pub min_hosts: usize,
     /// Floor of the MAD.
     pub min_mad: f64,
+    /// Floor of the spread as a fraction of |median|.
+    pub min_mad_ratio: f64,
 }
 
 /// Median of a slice (sorts it); None if empty.
@@ -646,6 +709,9 @@ impl Check for FleetOutlierCheck {
     fn kind(&self) -> &str {
         "fleet_outlier"
     }
+    fn uses_prev(&self) -> bool {
+        false
+    }
     fn watches(&self, s: &SeriesInfo<'_>) -> bool {
         self.m.matches(s)
     }
@@ -663,19 +729,15 @@ impl Check for FleetOutlierCheck {
         if stat.n < self.min_hosts {
             return ev;
         }
-        let scale = (1.4826 * stat.mad).max(self.min_mad);
+        let scale = (1.4826 * stat.mad)
+            .max(self.min_mad)
+            .max(self.min_mad_ratio * stat.median.abs());
+        let scale = if scale > 0.0 { scale } else { ZERO_SPREAD };
         for &(host, v) in values {
             if !v.is_finite() {
                 continue;
             }
-            let dev = (v - stat.median).abs();
-            let z = if scale > 0.0 {
-                dev / scale
-            } else if dev > 0.0 {
-                f64::INFINITY
-            } else {
-                0.0
-            };
+            let z = (v - stat.median).abs() / scale;
             if z > self.threshold {
                 ev.outliers.push((
                     host,

@@ -1073,6 +1073,54 @@ impl Drop for FleetServer {
     }
 }
 
+/// Start `fleetcheck serve-fleet` (this executable) as a child process and
+/// read its address; the child exits when its stdin closes (this process
+/// ends) or when the returned handle is dropped.
+pub async fn spawn_fleet_process(
+    cfg: &FleetConfig,
+) -> Result<(tokio::process::Child, String), crate::Error> {
+    spawn_fleet(cfg).await.map_err(crate::Error::Fleet)
+}
+
+async fn spawn_fleet(cfg: &FleetConfig) -> Result<(tokio::process::Child, String), String> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve-fleet", "--port", "0", "--exit-on-stdin-eof"])
+        .args([
+            "--hosts",
+            &cfg.hosts.to_string(),
+            "--series",
+            &cfg.series.to_string(),
+        ])
+        .args([
+            "--seed",
+            &cfg.seed.to_string(),
+            "--rounds",
+            &cfg.rounds.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start fleet process: {e}"))?;
+    let stdout = child.stdout.take().ok_or("fleet process has no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .map_err(|_| "fleet process did not report its address in 60 s".to_string())?
+        .map_err(|e| format!("reading fleet process output: {e}"))?
+        .ok_or("fleet process exited before reporting its address")?;
+    let addr = line
+        .strip_prefix("listening http://")
+        .ok_or_else(|| format!("unexpected fleet process output {line:?}"))?
+        .trim()
+        .to_string();
+    // Keep draining its stdout so it never blocks.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

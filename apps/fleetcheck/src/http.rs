@@ -738,6 +738,51 @@ fn describe_hyper(e: &hyper::Error) -> FetchError {
     FetchError::Http(e.to_string())
 }
 
+/// POST `body` as JSON to `url` on a fresh connection; returns the status.
+/// Used to deliver alerts (a few requests a minute: no pooling needed).
+pub async fn post_json(url: &str, body: Vec<u8>, timeout: Duration) -> Result<u16, FetchError> {
+    let fut = async {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| FetchError::BadUrl(url.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(FetchError::BadUrl(url.to_string()));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
+            .clone();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let stream = TcpStream::connect((authority.host(), authority.port_u16().unwrap_or(80)))
+            .await
+            .map_err(|e| FetchError::Unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::post(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        // Read the (small) body so the server sees a complete exchange.
+        let _ = resp.into_body().collect().await;
+        Ok(status)
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Timeout(timeout)),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -21,21 +21,31 @@
 //! the binary itself, started again, and multiloop turns them into workers
 //! before `main` runs.
 
+pub mod alert;
 pub mod bench;
 pub mod checks;
+pub mod config;
 pub mod discovery;
+pub mod dur;
+pub mod error;
 pub mod expfmt;
 pub mod fleet;
+pub mod history;
 pub mod http;
+pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod report;
 pub mod rules;
 pub mod scan;
 pub mod scrape_args;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod worker;
 
 pub use checks::{Check, Checks};
+pub use error::Error;
 pub use report::Report;
 pub use rules::Rules;
 pub use state::{Finding, HostRound, HostState, scrape_round};

@@ -1,8 +1,13 @@
-//! fleetcheck command line. With no arguments: start the built-in simulated
-//! fleet in a child process, scan it for 10 rounds on a pool of worker
-//! processes (`multiloop`), print the report and verify the findings against
-//! the injected anomalies. `--mode inprocess` (or `--baseline`) scans on the
-//! in-process tokio baseline instead; `--bench` runs both side by side.
+//! fleetcheck command line.
+//!
+//! * `fleetcheck scan` (also with no subcommand at all): start the built-in
+//!   simulated fleet in a child process (or take `--target`s), scan it for
+//!   10 rounds on a pool of worker processes (`multiloop`), print the report
+//!   and verify the findings against the injected anomalies. `--mode
+//!   inprocess` (or `--baseline`) scans on the in-process tokio baseline.
+//! * `fleetcheck run`: the monitoring service ([`fleetcheck::service`]).
+//! * `fleetcheck serve-fleet`: the simulated fleet alone.
+//! * `fleetcheck bench`: the pool and the in-process baseline side by side.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -11,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fleetcheck::Error;
 use fleetcheck::bench::{self, BenchRun, RoundMem};
 use fleetcheck::checks::Checks;
-use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
+use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
+use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
 use fleetcheck::pool::{DEFAULT_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes};
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
@@ -27,11 +34,21 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[command(
     name = "fleetcheck",
     version,
-    about = "Scrape a fleet of Prometheus endpoints in rounds, run checks, report anomalies."
+    about = "Scrape a fleet of Prometheus endpoints in rounds, run checks, report anomalies and alert.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    /// No subcommand: `scan` with these options.
+    #[command(flatten)]
+    scan: ScanArgs,
+}
+
+/// The options of `fleetcheck scan` (one struct, so that more scrape
+/// options can be flattened in with one line).
+#[derive(clap::Args, Debug, Clone)]
+struct ScanArgs {
     /// File with one target URL per line (`#` comments allowed).
     #[arg(long)]
     targets: Option<PathBuf>,
@@ -108,37 +125,47 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// One-shot scan and report (the default).
+    Scan(ScanArgs),
+    /// The monitoring service: rounds forever, alerts, /metrics.
+    Run(Box<RunArgs>),
+    /// The pool and the in-process baseline side by side on the built-in
+    /// fleet (default: 100M points).
+    Bench(ScanArgs),
     /// Run the simulated fleet alone (prints `listening http://ADDR` and the targets).
-    ServeFleet {
-        /// Hosts.
-        #[arg(long, default_value_t = 1000)]
-        hosts: u32,
-        /// Series per host.
-        #[arg(long, default_value_t = 2000)]
-        series: u32,
-        /// Seed.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Rounds the injection schedule spans.
-        #[arg(long, default_value_t = 10)]
-        rounds: u64,
-        /// Port on 127.0.0.1 (0 = any free port).
-        #[arg(long, default_value_t = 0)]
-        port: u16,
-        /// Write the target URLs to this file.
-        #[arg(long)]
-        targets_out: Option<PathBuf>,
-        /// Print every target URL on stdout.
-        #[arg(long)]
-        print_targets: bool,
-        /// Exit when stdin is closed (used when started by fleetcheck).
-        #[arg(long, hide = true)]
-        exit_on_stdin_eof: bool,
-        /// Misbehaving hosts served after the regular ones, comma-separated:
-        /// 500, garbage, oversize[:BYTES], slow[:MS].
-        #[arg(long, value_delimiter = ',')]
-        bad: Vec<fleetcheck::fleet::BadKind>,
-    },
+    ServeFleet(ServeFleetArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeFleetArgs {
+    /// Hosts.
+    #[arg(long, default_value_t = 1000)]
+    hosts: u32,
+    /// Series per host.
+    #[arg(long, default_value_t = 2000)]
+    series: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Rounds the injection schedule spans.
+    #[arg(long, default_value_t = 10)]
+    rounds: u64,
+    /// Port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Write the target URLs to this file.
+    #[arg(long)]
+    targets_out: Option<PathBuf>,
+    /// Print every target URL on stdout.
+    #[arg(long)]
+    print_targets: bool,
+    /// Exit when stdin is closed (used when started by fleetcheck).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
+    /// Misbehaving hosts served after the regular ones, comma-separated:
+    /// 500, garbage, oversize[:BYTES], slow[:MS].
+    #[arg(long, value_delimiter = ',')]
+    bad: Vec<fleetcheck::fleet::BadKind>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -211,7 +238,17 @@ impl RoundObserver for Progress {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let res = match cli.cmd {
+        None => scan(cli.scan),
+        Some(Cmd::Scan(a)) => scan(a),
+        Some(Cmd::Bench(mut a)) => {
+            a.bench = true;
+            scan(a)
+        }
+        Some(Cmd::Run(a)) => run_service(*a),
+        Some(Cmd::ServeFleet(a)) => serve_fleet(a).map(|()| 0),
+    };
+    match res {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("fleetcheck: error: {e}");
@@ -220,35 +257,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start tokio runtime: {e}"))
+        .map_err(|e| Error::io("cannot start the tokio runtime", e))
 }
 
-fn run(mut cli: Cli) -> Result<u8, String> {
-    if let Some(Cmd::ServeFleet {
-        hosts,
-        series,
-        seed,
-        rounds,
-        port,
-        targets_out,
-        print_targets,
-        exit_on_stdin_eof,
-        bad,
-    }) = cli.cmd.take()
-    {
-        let cfg = FleetConfig {
-            hosts,
-            series,
-            seed,
-            rounds,
-            bad,
-        };
-        return serve_fleet(cfg, port, targets_out, print_targets, exit_on_stdin_eof).map(|()| 0);
-    }
+/// Logs on stderr: human-readable (colours on a terminal) or JSON lines.
+fn init_tracing(format: LogFormat) {
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Human => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
+}
+
+/// `fleetcheck run`.
+fn run_service(args: RunArgs) -> Result<u8, Error> {
+    let cfg = ServiceConfig::from_args(&args)?;
+    init_tracing(cfg.log_format);
+    runtime()?.block_on(fleetcheck::service::run(args))?;
+    Ok(0)
+}
+
+/// `fleetcheck scan`: exit 0 nothing found, 1 findings, 2 error, 130
+/// interrupted (after the report of the finished rounds).
+fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
+    init_tracing(LogFormat::Human);
     if cli.print_rules {
         print!("{}", Rules::builtin().to_toml());
         return Ok(0);
@@ -265,30 +303,34 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         cli.points = Some("100M".into());
     }
     if let Some(p) = &cli.points {
-        let n =
-            parse_count(p).ok_or_else(|| format!("--points: cannot parse {p:?} (e.g. 100M)"))?;
+        let n = parse_count(p)
+            .ok_or_else(|| Error::Usage(format!("--points: cannot parse {p:?} (e.g. 100M)")))?;
         cli.fleet_hosts = 1000;
         cli.fleet_series = 2000;
         cli.rounds = n.div_ceil(2_000_000).max(1);
     }
     let mut urls = cli.target.clone();
     if let Some(p) = &cli.targets {
-        urls.extend(fleetcheck::scan::load_targets(p)?);
+        urls.extend(fleetcheck::scan::load_targets(p).map_err(Error::Usage)?);
     }
     let discovery = if cli.scrape.file_sd.is_empty() {
         None
     } else {
         let t = fleetcheck::discovery::Targets::new(&urls, &cli.scrape.file_sd)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::Usage(e.to_string()))?;
         urls = t.urls().to_vec();
         Some(Arc::new(Mutex::new(t)))
     };
     let builtin = urls.is_empty();
     if builtin && cli.rounds == 0 {
-        return Err("the built-in fleet needs a finite --rounds".into());
+        return Err(Error::Usage(
+            "the built-in fleet needs a finite --rounds".into(),
+        ));
     }
     if cli.bench && !builtin {
-        return Err("--bench runs on the built-in fleet: no --target/--targets".into());
+        return Err(Error::Usage(
+            "--bench runs on the built-in fleet: no --target/--targets".into(),
+        ));
     }
     let settings = PoolSettings {
         processes: if cli.processes == 0 {
@@ -309,7 +351,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         };
         let mut child = None;
         if builtin {
-            let (c, addr) = spawn_fleet(&fleet_cfg).await?;
+            let (c, addr) = spawn_fleet_process(&fleet_cfg).await?;
             child = Some(c);
             urls = (0..fleet_cfg.hosts)
                 .map(|i| format!("http://{addr}/host/{i}/metrics"))
@@ -330,7 +372,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                 round_query: builtin,
                 clock,
             },
-            clients: vec![cli.scrape.checked_settings(builtin)?],
+            clients: vec![cli.scrape.checked_settings(builtin).map_err(Error::Usage)?],
             discovery: discovery.clone(),
         };
         if cli.bench {
@@ -379,10 +421,12 @@ fn run(mut cli: Cli) -> Result<u8, String> {
                 }
             }
         };
+        let mut interrupted = false;
         let report = tokio::select! {
             r = scan => r?,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("fleetcheck: interrupted; reporting finished rounds");
+                interrupted = true;
                 obs.lock().ok().and_then(|mut o| o.last.take()).unwrap_or_default()
             }
         };
@@ -391,7 +435,7 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         if let Some(mut c) = child {
             let _ = c.kill().await;
         }
-        let verification = builtin.then(|| {
+        let verification = (builtin && !interrupted).then(|| {
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
             verify(&report.findings, &truth)
         });
@@ -419,10 +463,13 @@ fn run(mut cli: Cli) -> Result<u8, String> {
         if let Some(v) = &verification
             && !v.passed()
         {
-            return Err(format!(
+            return Err(Error::Verification(format!(
                 "verification against injected anomalies failed: precision {:.4}, recall {:.4}",
                 v.precision, v.recall
-            ));
+            )));
+        }
+        if interrupted {
+            return Ok(130);
         }
         Ok(report.exit_code() as u8)
     })
@@ -450,7 +497,7 @@ async fn run_bench(
     settings: PoolSettings,
     fleet_pid: Option<u32>,
     truth: &[ExpectedFinding],
-) -> Result<u8, String> {
+) -> Result<u8, Error> {
     let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
     let hosts = cfg.targets.len();
     eprintln!(
@@ -496,7 +543,10 @@ async fn run_bench(
         )
         .route_by(fleetcheck::pool::route_host)
         .await
-        .map_err(|e| format!("probe: {e}"))?;
+        .map_err(|source| Error::Pool {
+            what: "probing the workers",
+            source,
+        })?;
     for p in probes {
         *per_worker.entry(p.pid).or_default() += 1;
     }
@@ -564,63 +614,37 @@ async fn run_bench(
     if runs.iter().all(|r| r.verified) {
         Ok(0)
     } else {
-        Err("bench: verification against injected anomalies failed".into())
+        Err(Error::Verification(
+            "bench: verification against injected anomalies failed".into(),
+        ))
     }
 }
 
-/// Start `fleetcheck serve-fleet` as a child process and read its address.
-async fn spawn_fleet(cfg: &FleetConfig) -> Result<(tokio::process::Child, String), String> {
-    use tokio::io::AsyncBufReadExt;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["serve-fleet", "--port", "0", "--exit-on-stdin-eof"])
-        .args([
-            "--hosts",
-            &cfg.hosts.to_string(),
-            "--series",
-            &cfg.series.to_string(),
-        ])
-        .args([
-            "--seed",
-            &cfg.seed.to_string(),
-            "--rounds",
-            &cfg.rounds.to_string(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start fleet process: {e}"))?;
-    let stdout = child.stdout.take().ok_or("fleet process has no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .map_err(|_| "fleet process did not report its address in 60 s".to_string())?
-        .map_err(|e| format!("reading fleet process output: {e}"))?
-        .ok_or("fleet process exited before reporting its address")?;
-    let addr = line
-        .strip_prefix("listening http://")
-        .ok_or_else(|| format!("unexpected fleet process output {line:?}"))?
-        .trim()
-        .to_string();
-    // Keep draining its stdout so it never blocks.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
-}
-
-fn serve_fleet(
-    cfg: FleetConfig,
-    port: u16,
-    targets_out: Option<PathBuf>,
-    print_targets: bool,
-    exit_on_stdin_eof: bool,
-) -> Result<(), String> {
+fn serve_fleet(a: ServeFleetArgs) -> Result<(), Error> {
+    let ServeFleetArgs {
+        hosts,
+        series,
+        seed,
+        rounds,
+        port,
+        targets_out,
+        print_targets,
+        exit_on_stdin_eof,
+        bad,
+    } = a;
+    let cfg = FleetConfig {
+        hosts,
+        series,
+        seed,
+        rounds,
+        bad,
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let fleet = Arc::new(Fleet::new(cfg));
         let server = FleetServer::start(fleet.clone(), port)
             .await
-            .map_err(|e| format!("cannot bind 127.0.0.1:{port}: {e}"))?;
+            .map_err(|e| Error::io(format!("cannot bind 127.0.0.1:{port}"), e))?;
         let urls = server.target_urls();
         if let Some(p) = targets_out {
             let mut text = String::from("# fleetcheck simulated fleet\n");
@@ -628,7 +652,8 @@ fn serve_fleet(
                 text.push_str(u);
                 text.push('\n');
             }
-            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::fs::write(&p, text)
+                .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
         }
         {
             let mut so = std::io::stdout().lock();

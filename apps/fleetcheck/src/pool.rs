@@ -23,9 +23,11 @@ use multiloop::{Pool, Reducer};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Checks;
+use crate::error::Error;
+use crate::history::HistoryStore;
 use crate::report::Report;
 use crate::scan::{HostSpec, RoundObserver, ScanConfig};
-use crate::state::HostRound;
+use crate::state::{HostCheckpoint, HostRound, SeriesCheckpoint, StateUpdate};
 use crate::worker::{WorkerInit, WorkerState};
 
 /// Check name of the finding recorded for a host whose scrape task failed
@@ -51,6 +53,76 @@ pub async fn scrape(spec: HostSpec, round: u64) -> HostRound {
             POOL_FAILURE_CHECK,
             "worker has no state (the pool initializer did not run)".into(),
         ),
+    }
+}
+
+/// [`scrape`] with the host's checkpoint in the result; when this worker
+/// has no state for the host and the parent has a copy (`parent_len`: its
+/// number of series), it asks for it
+/// instead (`need_state`). See [`PoolScanner::round_checkpointed`].
+#[multiloop::task]
+pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent_len: Option<u32>) -> HostRound {
+    match multiloop::worker_state::<WorkerState>() {
+        Some(w) => w.scrape_checkpointed(&spec, round, parent_len).await,
+        None => HostRound::failed(
+            spec.id,
+            round,
+            POOL_FAILURE_CHECK,
+            "worker has no state (the pool initializer did not run)".into(),
+        ),
+    }
+}
+
+/// Rebuild a host's state from its checkpoint in this worker, then scrape.
+#[multiloop::task]
+pub async fn restore_and_scrape(spec: HostSpec, round: u64, cp: HostCheckpoint) -> HostRound {
+    match multiloop::worker_state::<WorkerState>() {
+        Some(w) => w.restore_and_scrape(&spec, round, &cp).await,
+        None => HostRound::failed(
+            spec.id,
+            round,
+            POOL_FAILURE_CHECK,
+            "worker has no state (the pool initializer did not run)".into(),
+        ),
+    }
+}
+
+fn route_checkpointed(args: &(HostSpec, u64, Option<u32>)) -> u64 {
+    u64::from(args.0.id)
+}
+
+fn route_restore(args: &(HostSpec, u64, HostCheckpoint)) -> u64 {
+    u64::from(args.0.id)
+}
+
+/// What the round cost in host history.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CheckpointCost {
+    /// Hosts whose state was handed back to a worker.
+    pub restored: u64,
+    /// Approximate bytes (postcard) of the round's state updates.
+    pub bytes: u64,
+}
+
+/// About the size of a state update on the wire (postcard: 8 bytes per
+/// float, short varints for lengths, positions and rounds).
+pub fn approx_bytes(u: &StateUpdate) -> u64 {
+    let series = |s: &[SeriesCheckpoint]| -> u64 {
+        s.iter()
+            .map(|s| {
+                let hist: u64 = s.histories.iter().map(|h| 1 + 8 * h.len() as u64).sum();
+                s.key.len() as u64 + 30 + hist + s.caps.len() as u64 * 2
+            })
+            .sum()
+    };
+    match u {
+        StateUpdate::Full(c) => 8 + series(&c.series),
+        StateUpdate::Delta(d) => {
+            12 + series(&d.added)
+                + 3 * d.missing.len() as u64
+                + 19 * d.values.len() as u64
+                + 11 * d.changed.len() as u64
+        }
     }
 }
 
@@ -107,6 +179,29 @@ impl Reducer for ReportReducer {
 
 multiloop::register_reducer!(ReportReducer);
 
+/// Why a round on the pool has no report.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    /// The pool failed (e.g. it gave up restarting workers).
+    #[error("{0}")]
+    Pool(#[source] multiloop::Error),
+    /// Host results went missing (a bug: every host has a result or an error).
+    #[error("{got} host results for {want} targets")]
+    Incomplete {
+        /// Results.
+        got: u64,
+        /// Targets.
+        want: u64,
+    },
+}
+
+impl RoundError {
+    /// The pool stopped restarting workers because they died too often.
+    pub fn is_restart_intensity(&self) -> bool {
+        matches!(self, RoundError::Pool(e) if e.is_restart_intensity())
+    }
+}
+
 /// Pool settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
@@ -143,7 +238,7 @@ pub struct PoolScanner {
 impl PoolScanner {
     /// Start the workers; each builds its [`WorkerState`] from `init`.
     /// Must be called inside a tokio runtime.
-    pub async fn start(init: WorkerInit, settings: PoolSettings) -> Result<Self, String> {
+    pub async fn start(init: WorkerInit, settings: PoolSettings) -> Result<Self, Error> {
         let checks = Checks::from_rules(&init.rules);
         let pool = Pool::builder()
             .processes(settings.processes.max(1))
@@ -151,7 +246,23 @@ impl PoolScanner {
             .initializer(init_worker, init)
             .build()
             .await
-            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+            .map_err(Error::PoolStart)?;
+        Ok(PoolScanner { pool, checks })
+    }
+
+    /// [`PoolScanner::start`] with the pool builder adjusted by `tune`
+    /// (e.g. its `restart_intensity`).
+    pub async fn start_tuned(
+        init: WorkerInit,
+        settings: PoolSettings,
+        tune: impl FnOnce(multiloop::PoolBuilder) -> multiloop::PoolBuilder,
+    ) -> Result<Self, Error> {
+        let checks = Checks::from_rules(&init.rules);
+        let b = Pool::builder()
+            .processes(settings.processes.max(1))
+            .concurrency(settings.concurrency.max(1))
+            .initializer(init_worker, init);
+        let pool = tune(b).build().await.map_err(Error::PoolStart)?;
         Ok(PoolScanner { pool, checks })
     }
 
@@ -165,14 +276,14 @@ impl PoolScanner {
         initializer: T,
         args: T::Args,
         settings: PoolSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let pool = Pool::builder()
             .processes(settings.processes.max(1))
             .concurrency(settings.concurrency.max(1))
             .initializer(initializer, args)
             .build()
             .await
-            .map_err(|e| format!("cannot start the worker pool: {e}"))?;
+            .map_err(Error::PoolStart)?;
         Ok(PoolScanner { pool, checks })
     }
 
@@ -191,17 +302,108 @@ impl PoolScanner {
     /// [`Report::finish_round`]. A host whose task failed in the pool (not a
     /// scrape problem: those are findings already) gets a scrape finding
     /// of check [`POOL_FAILURE_CHECK`], so every host has a result.
-    pub async fn round(&self, targets: &[HostSpec], round: u64) -> Result<Report, String> {
+    pub async fn round(&self, targets: &[HostSpec], round: u64) -> Result<Report, Error> {
+        self.round_with_deadline(targets, round, None)
+            .await
+            .map_err(|source| Error::Round { round, source })
+    }
+
+    /// [`PoolScanner::round`] with a pool-side deadline per scrape: a
+    /// scrape still running then (its worker frozen, a fetch that ignores
+    /// its own timeout) ends as a [`POOL_FAILURE_CHECK`] finding instead
+    /// of stalling the round. The error is the pool's own (e.g. it gave up
+    /// restarting workers: `multiloop::Error::is_restart_intensity`).
+    pub async fn round_with_deadline(
+        &self,
+        targets: &[HostSpec],
+        round: u64,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Report, RoundError> {
         let inputs = targets.iter().map(|s| (s.clone(), round));
-        let out = self
+        let mut call = self
             .pool
             .map_reduce(scrape, inputs, ReportReducer)
-            .route_by(route_host)
-            .await
-            .map_err(|e| format!("round {round}: pool failed: {e}"))?;
+            .route_by(route_host);
+        if let Some(d) = deadline {
+            call = call.timeout(d);
+        }
+        let out = call.await.map_err(RoundError::Pool)?;
+        self.collect(out, targets, round)
+    }
+
+    /// [`PoolScanner::round_with_deadline`] that keeps host history in
+    /// `store` across worker deaths: every host's result carries its
+    /// checkpoint, which the parent keeps; a worker without state for a
+    /// host the parent knows answers `need_state` without scraping, and
+    /// those hosts are scraped again at once with their checkpoint
+    /// ([`restore_and_scrape`]). A death costs one extra small call, no
+    /// history and no finding.
+    pub async fn round_checkpointed(
+        &self,
+        targets: &[HostSpec],
+        round: u64,
+        deadline: Option<std::time::Duration>,
+        store: &mut HistoryStore,
+    ) -> Result<(Report, CheckpointCost), RoundError> {
+        let inputs = targets
+            .iter()
+            .map(|s| (s.clone(), round, store.len_of(s.id)));
+        let mut call = self
+            .pool
+            .map_reduce(scrape_checkpointed, inputs, ReportReducer)
+            .route_by(route_checkpointed);
+        if let Some(d) = deadline {
+            call = call.timeout(d);
+        }
+        let out = call.await.map_err(RoundError::Pool)?;
+        let mut rep = self.collect(out, targets, round)?;
+        let mut cost = CheckpointCost::default();
+        let need = std::mem::take(&mut rep.need_state);
+        if !need.is_empty() {
+            let by_id: std::collections::HashMap<u32, &HostSpec> =
+                targets.iter().map(|s| (s.id, s)).collect();
+            let again: Vec<HostSpec> = need
+                .iter()
+                .filter_map(|h| by_id.get(h).map(|s| (*s).clone()))
+                .collect();
+            let inputs = again.iter().map(|s| {
+                let cp = store.checkpoint(s.id).unwrap_or_default();
+                (s.clone(), round, cp)
+            });
+            let mut call = self
+                .pool
+                .map_reduce(restore_and_scrape, inputs, ReportReducer)
+                .route_by(route_restore);
+            if let Some(d) = deadline {
+                call = call.timeout(d);
+            }
+            let out = call.await.map_err(RoundError::Pool)?;
+            cost.restored = again.len() as u64;
+            rep.merge(self.collect(out, &again, round)?);
+        }
+        for u in std::mem::take(&mut rep.updates) {
+            cost.bytes += approx_bytes(&u);
+            store.apply(u);
+        }
+        Ok((rep, cost))
+    }
+
+    /// The report of one call, with a pool-failure finding for each host
+    /// whose task failed.
+    fn collect(
+        &self,
+        out: multiloop::Reduced<Report>,
+        targets: &[HostSpec],
+        round: u64,
+    ) -> Result<Report, RoundError> {
         let mut rep = out.value;
         let mut failed = 0u64;
         for (index, e) in out.errors {
+            // The pool itself gave up (or was closed): not this host's
+            // problem, and every later call would fail the same way.
+            if e.is_restart_intensity() || e.is_pool_closed() {
+                return Err(RoundError::Pool(e));
+            }
             match usize::try_from(index).ok().and_then(|i| targets.get(i)) {
                 Some(spec) => {
                     failed += 1;
@@ -212,15 +414,15 @@ impl PoolScanner {
                         format!("scrape task failed in the pool: {e}"),
                     ));
                 }
-                None => return Err(format!("round {round}: a partial result was lost: {e}")),
+                None => return Err(RoundError::Pool(e)),
             }
         }
         let got = out.folded + failed;
         if got != targets.len() as u64 {
-            return Err(format!(
-                "round {round}: {got} host results for {} targets",
-                targets.len()
-            ));
+            return Err(RoundError::Incomplete {
+                got,
+                want: targets.len() as u64,
+            });
         }
         Ok(rep)
     }
@@ -228,7 +430,7 @@ impl PoolScanner {
     /// Scan `cfg.targets` for `cfg.rounds` rounds (0: forever), one
     /// [`PoolScanner::round`] after the other, fleet-level checks after each
     /// (`cfg.concurrency` is not used: the pool's settings are).
-    pub async fn scan<O>(&self, cfg: &ScanConfig, observer: Arc<Mutex<O>>) -> Result<Report, String>
+    pub async fn scan<O>(&self, cfg: &ScanConfig, observer: Arc<Mutex<O>>) -> Result<Report, Error>
     where
         O: RoundObserver + 'static,
     {
@@ -253,11 +455,11 @@ impl PoolScanner {
     }
 
     /// Let the workers finish and exit.
-    pub async fn close(self) -> Result<(), String> {
-        self.pool
-            .close()
-            .await
-            .map_err(|e| format!("closing the worker pool: {e}"))
+    pub async fn close(self) -> Result<(), Error> {
+        self.pool.close().await.map_err(|source| Error::Pool {
+            what: "closing the worker pool",
+            source,
+        })
     }
 }
 
@@ -267,7 +469,7 @@ pub async fn scan_pool<O>(
     init: WorkerInit,
     settings: PoolSettings,
     observer: Arc<Mutex<O>>,
-) -> Result<Report, String>
+) -> Result<Report, Error>
 where
     O: RoundObserver + 'static,
 {

@@ -40,7 +40,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{Checks, FleetStat};
-use crate::state::{Finding, FleetValue, HostRound, SCRAPE_KIND};
+use crate::state::{Finding, FleetValue, HostRound, SCRAPE_KIND, StateUpdate};
 
 /// Maximum number of findings kept in a report (counts stay exact).
 pub const MAX_FINDINGS: usize = 200_000;
@@ -87,11 +87,43 @@ pub struct Report {
     pub fleet_pending: Vec<FleetValue>,
     /// Fleet statistics of the last finished round.
     pub fleet_stats: Vec<FleetStatRow>,
+    /// Series inside a hysteresis band (not anomalies; at most
+    /// [`MAX_FINDINGS`]; the service reads them per round).
+    #[serde(default)]
+    pub holds: Vec<Finding>,
+    /// Per host of the round: id, scrape seconds, failed (the service's
+    /// per-target metrics; at most [`MAX_FINDINGS`]).
+    #[serde(default)]
+    pub hosts: Vec<HostStat>,
+    /// Host state updates of the round (when the runner asked for them).
+    #[serde(default)]
+    pub updates: Vec<StateUpdate>,
+    /// Hosts not scraped because their worker needs their checkpoint.
+    #[serde(default)]
+    pub need_state: Vec<u32>,
+}
+
+/// One host's scrape in a round, as the service's metrics need it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HostStat {
+    /// Host id.
+    pub host: u32,
+    /// Seconds the scrape took.
+    pub secs: f64,
+    /// Failed scrape.
+    pub failed: bool,
 }
 
 impl Report {
     /// Fold one host round.
-    pub fn add(&mut self, hr: HostRound) {
+    pub fn add(&mut self, mut hr: HostRound) {
+        if hr.need_state {
+            self.need_state.push(hr.host);
+            return;
+        }
+        if let Some(u) = hr.state.take() {
+            self.updates.push(u);
+        }
         if hr.failed {
             self.scrape_failures += 1;
         } else {
@@ -99,6 +131,15 @@ impl Report {
         }
         self.points += hr.points;
         self.bytes += hr.bytes;
+        if self.hosts.len() < MAX_FINDINGS {
+            self.hosts.push(HostStat {
+                host: hr.host,
+                secs: hr.secs,
+                failed: hr.failed,
+            });
+        }
+        let room = MAX_FINDINGS.saturating_sub(self.holds.len());
+        self.holds.extend(hr.holds.into_iter().take(room));
         for f in hr.findings {
             self.push_finding(f);
         }
@@ -137,6 +178,12 @@ impl Report {
         self.findings.extend(o.findings.into_iter().take(room));
         self.findings_dropped += o.findings_dropped + n.saturating_sub(room) as u64;
         self.fleet_pending.extend(o.fleet_pending);
+        let room = MAX_FINDINGS.saturating_sub(self.holds.len());
+        self.holds.extend(o.holds.into_iter().take(room));
+        let room = MAX_FINDINGS.saturating_sub(self.hosts.len());
+        self.hosts.extend(o.hosts.into_iter().take(room));
+        self.updates.extend(o.updates);
+        self.need_state.extend(o.need_state);
         if !o.fleet_stats.is_empty() {
             self.fleet_stats = o.fleet_stats;
         }

@@ -49,6 +49,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::dur::Dur;
+
 /// Kind of a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,11 +97,11 @@ pub struct Rule {
     /// Exact label matchers.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Upper bound (threshold, rate).
-    #[serde(default)]
+    /// Upper bound (threshold, rate); `fire_above` is the same field.
+    #[serde(default, alias = "fire_above")]
     pub above: Option<f64>,
-    /// Lower bound (threshold, rate).
-    #[serde(default)]
+    /// Lower bound (threshold, rate); `fire_below` is the same field.
+    #[serde(default, alias = "fire_below")]
     pub below: Option<f64>,
     /// Threshold: divide by this metric with the same labels.
     #[serde(default)]
@@ -122,6 +124,36 @@ pub struct Rule {
     /// Fleet outlier: floor for the MAD.
     #[serde(default)]
     pub min_mad: Option<f64>,
+    /// Fleet outlier: floor for the spread as a fraction of |median|
+    /// (default 0.01).
+    #[serde(default)]
+    pub min_mad_ratio: Option<f64>,
+    /// Z-score: floor for the standard deviation as a fraction of |mean|
+    /// (default 0.01).
+    #[serde(default)]
+    pub min_stddev_ratio: Option<f64>,
+    /// Threshold with `above`: once firing, the alert holds while the value
+    /// stays at or above this (hysteresis; must be < `above`).
+    #[serde(default)]
+    pub clear_below: Option<f64>,
+    /// Threshold with `below`: once firing, the alert holds while the value
+    /// stays at or below this (hysteresis; must be > `below`).
+    #[serde(default)]
+    pub clear_above: Option<f64>,
+    /// Alerting: how long the condition must hold before the alert fires
+    /// (pending until then). Default 0: fires at the first round.
+    #[serde(default, rename = "for")]
+    pub for_: Option<Dur>,
+    /// Alerting: how long a firing alert stays firing after its condition
+    /// cleared (a clear shorter than this does not resolve it).
+    #[serde(default)]
+    pub keep_firing_for: Option<Dur>,
+    /// Alerting: labels added to the rule's alerts (e.g. `severity`).
+    #[serde(default)]
+    pub alert_labels: BTreeMap<String, String>,
+    /// Alerting: annotations of the rule's alerts (e.g. `summary`).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Rule {
@@ -140,6 +172,14 @@ impl Rule {
             min_stddev: None,
             min_hosts: None,
             min_mad: None,
+            min_mad_ratio: None,
+            min_stddev_ratio: None,
+            clear_below: None,
+            clear_above: None,
+            for_: None,
+            keep_firing_for: None,
+            alert_labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         }
     }
 
@@ -157,14 +197,34 @@ impl Rule {
             ));
         }
         let allowed: &[&str] = match self.kind {
-            RuleKind::Threshold => &["above", "below", "ratio_to", "labels"],
+            RuleKind::Threshold => &[
+                "above",
+                "below",
+                "ratio_to",
+                "labels",
+                "clear_below",
+                "clear_above",
+            ],
             RuleKind::Rate => &["above", "below", "labels"],
-            RuleKind::Zscore => &["threshold", "window", "min_samples", "min_stddev", "labels"],
+            RuleKind::Zscore => &[
+                "threshold",
+                "window",
+                "min_samples",
+                "min_stddev",
+                "min_stddev_ratio",
+                "labels",
+            ],
             RuleKind::Stale => &["labels"],
             RuleKind::Absent => &[],
-            RuleKind::FleetOutlier => &["threshold", "min_hosts", "min_mad", "labels"],
+            RuleKind::FleetOutlier => &[
+                "threshold",
+                "min_hosts",
+                "min_mad",
+                "min_mad_ratio",
+                "labels",
+            ],
         };
-        let set: [(&str, bool); 10] = [
+        let set: [(&str, bool); 14] = [
             ("above", self.above.is_some()),
             ("below", self.below.is_some()),
             ("ratio_to", self.ratio_to.is_some()),
@@ -175,6 +235,10 @@ impl Rule {
             ("min_hosts", self.min_hosts.is_some()),
             ("min_mad", self.min_mad.is_some()),
             ("labels", !self.labels.is_empty()),
+            ("clear_below", self.clear_below.is_some()),
+            ("clear_above", self.clear_above.is_some()),
+            ("min_mad_ratio", self.min_mad_ratio.is_some()),
+            ("min_stddev_ratio", self.min_stddev_ratio.is_some()),
         ];
         for (field, present) in set {
             if present && !allowed.contains(&field) {
@@ -198,6 +262,38 @@ impl Rule {
         ] {
             if v.is_some_and(|v| v.is_nan()) {
                 return Err(format!("rule {:?}: `{n}` must be a number", self.name));
+            }
+        }
+        if let Some(c) = self.clear_below {
+            match self.above {
+                Some(a) if c < a => {}
+                _ => {
+                    return Err(format!(
+                        "rule {:?}: `clear_below` needs `above` (or `fire_above`) greater than it",
+                        self.name
+                    ));
+                }
+            }
+        }
+        if let Some(c) = self.clear_above {
+            match self.below {
+                Some(b) if c > b => {}
+                _ => {
+                    return Err(format!(
+                        "rule {:?}: `clear_above` needs `below` (or `fire_below`) less than it",
+                        self.name
+                    ));
+                }
+            }
+        }
+        for (n, v) in [
+            ("min_mad", self.min_mad),
+            ("min_mad_ratio", self.min_mad_ratio),
+            ("min_stddev", self.min_stddev),
+            ("min_stddev_ratio", self.min_stddev_ratio),
+        ] {
+            if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                return Err(format!("rule {:?}: `{n}` must be a number >= 0", self.name));
             }
         }
         if self.threshold.is_some_and(|t| t <= 0.0) {
@@ -238,6 +334,16 @@ impl fmt::Display for RulesError {
 
 impl std::error::Error for RulesError {}
 
+impl RulesError {
+    /// A TOML error of `src`, with its line.
+    pub fn toml(src: &str, e: &toml::de::Error) -> Self {
+        RulesError {
+            line: e.span().map(|s| line_of(src, s.start)).unwrap_or(0),
+            reason: e.message().trim().to_string(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -257,16 +363,16 @@ fn line_of(src: &str, offset: usize) -> usize {
 impl Rules {
     /// Parse and validate a rules file.
     pub fn parse(src: &str) -> Result<Rules, RulesError> {
-        let raw: RawFile = toml::from_str(src).map_err(|e| {
-            let line = e.span().map(|s| line_of(src, s.start)).unwrap_or(0);
-            RulesError {
-                line,
-                reason: e.message().trim().to_string(),
-            }
-        })?;
-        let mut rules = Vec::with_capacity(raw.rule.len());
+        let raw: RawFile = toml::from_str(src).map_err(|e| RulesError::toml(src, &e))?;
+        Rules::from_spanned(src, raw.rule)
+    }
+
+    /// Validate rules read with their spans from `src` (a rules file, or
+    /// the `[[rule]]` tables of a service config).
+    pub fn from_spanned(src: &str, spanned: Vec<toml::Spanned<Rule>>) -> Result<Rules, RulesError> {
+        let mut rules = Vec::with_capacity(spanned.len());
         let mut names = std::collections::HashSet::new();
-        for sp in raw.rule {
+        for sp in spanned {
             let line = line_of(src, sp.span().start);
             let r = sp.into_inner();
             r.validate().map_err(|reason| RulesError { line, reason })?;
@@ -282,9 +388,13 @@ impl Rules {
     }
 
     /// Read and parse a rules file.
-    pub fn load(path: &std::path::Path) -> Result<Rules, String> {
-        let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Rules::parse(&src).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &std::path::Path) -> Result<Rules, crate::Error> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::io(format!("reading rules {}", path.display()), e))?;
+        Rules::parse(&src).map_err(|e| crate::Error::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     /// The built-in default rules (the simulated fleet injects anomalies for each).
@@ -390,6 +500,36 @@ kind = "stale"
             Some("ext4")
         );
         assert_eq!(r.rules[2].metric, None);
+    }
+
+    #[test]
+    fn alerting_fields_and_hysteresis_parse() {
+        let src = r#"
+[[rule]]
+name = "hot"
+kind = "threshold"
+metric = "temp"
+fire_above = 90.0
+clear_below = 80.0
+for = "5m"
+keep_firing_for = "30s"
+alert_labels = { severity = "page" }
+annotations = { summary = "too hot" }
+"#;
+        let r = Rules::parse(src).unwrap();
+        let h = &r.rules[0];
+        assert_eq!(h.above, Some(90.0));
+        assert_eq!(h.clear_below, Some(80.0));
+        assert_eq!(h.for_, Some(Dur::from_secs(300.0)));
+        assert_eq!(h.keep_firing_for, Some(Dur::from_secs(30.0)));
+        assert_eq!(h.alert_labels["severity"], "page");
+        assert_eq!(Rules::parse(&r.to_toml()).unwrap(), r);
+        let bad = src.replace("clear_below = 80.0", "clear_below = 95.0");
+        let e = Rules::parse(&bad).unwrap_err();
+        assert!(e.reason.contains("clear_below"), "{e}");
+        let bad = src.replace("\"5m\"", "\"5 parsecs\"");
+        let e = Rules::parse(&bad).unwrap_err();
+        assert!(e.reason.contains("5 parsecs"), "{e}");
     }
 
     #[test]

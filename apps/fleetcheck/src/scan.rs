@@ -132,7 +132,10 @@ pub fn process_page(
 ) -> HostRound {
     match page {
         Ok(p) => crate::state::scrape_page(state, checks, &p.body, p.format, round, now),
-        Err(e) => HostRound::failed(state.host(), round, e.check_name(), e.to_string()),
+        Err(e) => {
+            state.not_updated();
+            HostRound::failed(state.host(), round, e.check_name(), e.to_string())
+        }
     }
 }
 
@@ -145,9 +148,12 @@ pub async fn scrape_host(
     round: u64,
     opts: &ScrapeOptions,
 ) -> HostRound {
+    let start = Instant::now();
     let page = fetch_page(client, spec, round, opts).await;
     let now = opts.clock.now(round);
-    process_page(state, checks, round, now, page)
+    let mut hr = process_page(state, checks, round, now, page);
+    hr.secs = start.elapsed().as_secs_f64();
+    hr
 }
 
 /// Read a targets file ([`parse_targets`]); a file without any target is

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{
     Checks, History, HostView, Observation, PageLookup, Prev, SeriesInfo, SeriesView,
 };
-use crate::expfmt::{Format, Hinted, Item, Parser, RawLabels};
+use crate::expfmt::{Format, Hinted, Item, MetricType, Parser, RawLabels};
 
 /// Kind string of findings about a target that could not be scraped.
 pub const SCRAPE_KIND: &str = "scrape";
@@ -77,6 +77,20 @@ pub struct HostRound {
     pub findings: Vec<Finding>,
     /// Values for fleet-level checks.
     pub fleet_values: Vec<FleetValue>,
+    /// Series inside a rule's hysteresis band (see [`crate::Check::hold`]):
+    /// not anomalies, but they keep a firing alert firing.
+    #[serde(default)]
+    pub holds: Vec<Finding>,
+    /// Seconds the fetch and the checks took.
+    #[serde(default)]
+    pub secs: f64,
+    /// The host's state after this round, when the runner asked for it.
+    #[serde(default)]
+    pub state: Option<StateUpdate>,
+    /// Not scraped: the worker has no state for the host and the parent
+    /// has a checkpoint to give it (see `WorkerState::scrape_checkpointed`).
+    #[serde(default)]
+    pub need_state: bool,
 }
 
 impl HostRound {
@@ -97,6 +111,131 @@ impl HostRound {
             }],
             ..HostRound::default()
         }
+    }
+}
+
+/// The part of a host's state that its checks need from one round to the
+/// next, small enough to cross to the parent every round: only the series
+/// some check watches (with their last value, time, round seen and
+/// histories), not the whole page. A replacement worker rebuilds the
+/// host's state from it ([`HostState::restore`]); the rest of the series
+/// are interned again at its next scrape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostCheckpoint {
+    /// Host id.
+    pub host: u32,
+    /// Round of the last successful scrape.
+    pub prev_round: Option<u64>,
+    /// The watched series.
+    pub series: Vec<SeriesCheckpoint>,
+}
+
+/// One watched series in a [`HostCheckpoint`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesCheckpoint {
+    /// `name{labels}`.
+    pub key: String,
+    /// Length of the name in `key`.
+    pub name_len: u32,
+    /// Family type.
+    pub family_type: MetricType,
+    /// Last value.
+    pub value: f64,
+    /// Its time (seconds).
+    pub time: f64,
+    /// Round last seen (None: never).
+    pub last_seen: Option<u64>,
+    /// Histories of the checks that keep one for it, in check order.
+    pub histories: Vec<Vec<f64>>,
+    /// Capacity of each history.
+    pub caps: Vec<u32>,
+    /// Whether a check needs its values round by round (else only whether
+    /// it was seen).
+    pub values: bool,
+}
+
+/// What changed in a host's watched series in one round, relative to the
+/// parent's copy of `base` series ([`HostCheckpoint::apply`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostDelta {
+    /// Host id.
+    pub host: u32,
+    /// The round scraped.
+    pub round: u64,
+    /// False when the scrape did not change the state (failed, malformed).
+    pub updated: bool,
+    /// Series the parent's copy must have.
+    pub base: u32,
+    /// Series watched since (full records).
+    pub added: Vec<SeriesCheckpoint>,
+    /// Positions (< base) of watched series not seen this round.
+    pub missing: Vec<u32>,
+    /// Positions (< base), values and times of series seen this round whose
+    /// values a check needs.
+    pub values: Vec<(u32, f64, f64)>,
+    /// Positions (< base) and values of the other series seen this round
+    /// whose value changed (their last value is kept, not their time).
+    pub changed: Vec<(u32, f64)>,
+}
+
+/// A host's state as the worker hands it to the parent after a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StateUpdate {
+    /// The whole checkpoint (the parent had none, or a different one).
+    Full(HostCheckpoint),
+    /// The changes since the parent's copy.
+    Delta(HostDelta),
+}
+
+impl StateUpdate {
+    /// Host id.
+    pub fn host(&self) -> u32 {
+        match self {
+            StateUpdate::Full(c) => c.host,
+            StateUpdate::Delta(d) => d.host,
+        }
+    }
+}
+
+impl HostCheckpoint {
+    /// Apply a round's delta to the parent's copy. False (copy unchanged)
+    /// when it does not fit (the copy has another number of series).
+    pub fn apply(&mut self, d: &HostDelta) -> bool {
+        if d.host != self.host || d.base as usize != self.series.len() {
+            return false;
+        }
+        self.series.extend(d.added.iter().cloned());
+        if !d.updated {
+            return true;
+        }
+        self.prev_round = Some(d.round);
+        let base = d.base as usize;
+        let mut missing = d.missing.iter().copied().peekable();
+        for (i, s) in self.series[..base].iter_mut().enumerate() {
+            if missing.peek() == Some(&(i as u32)) {
+                missing.next();
+            } else {
+                s.last_seen = Some(d.round);
+            }
+        }
+        for &(i, v) in &d.changed {
+            if let Some(s) = self.series.get_mut(i as usize) {
+                s.value = v;
+            }
+        }
+        for &(i, v, t) in &d.values {
+            let Some(s) = self.series.get_mut(i as usize) else {
+                continue;
+            };
+            s.value = v;
+            s.time = t;
+            for (h, &cap) in s.histories.iter_mut().zip(&s.caps) {
+                h.push(v);
+                let over = h.len().saturating_sub(cap as usize);
+                h.drain(..over);
+            }
+        }
+        true
     }
 }
 
@@ -169,6 +308,7 @@ struct Table {
     index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     keys: String,
     meta: Vec<Meta>,
+    types: Vec<MetricType>,
     slots: Vec<Slot>,
 }
 
@@ -239,6 +379,19 @@ pub struct HostState {
     scrapes: u64,
     /// Reused buffer for series identities written out of page order.
     scratch: String,
+    /// Series bound to some check, in the order they were first bound.
+    watched: Vec<Watched>,
+    /// Whether the last scrape changed the state.
+    updated: bool,
+}
+
+/// A series bound to some check: its histories and whether a check needs
+/// its values.
+#[derive(Debug, Clone)]
+struct Watched {
+    series: u32,
+    hists: Vec<u32>,
+    values: bool,
 }
 
 impl HostState {
@@ -254,12 +407,20 @@ impl HostState {
             prev_round: None,
             scrapes: 0,
             scratch: String::new(),
+            watched: Vec::new(),
+            updated: false,
         }
     }
 
     /// Host id.
     pub fn host(&self) -> u32 {
         self.host
+    }
+
+    /// Record that this round's scrape did not reach the checks (the
+    /// fetch failed): the state did not change.
+    pub fn not_updated(&mut self) {
+        self.updated = false;
     }
 
     /// Number of interned series.
@@ -278,6 +439,116 @@ impl HostState {
         (self.t.slots[i].last_seen != NEVER).then(|| self.t.slots[i].value)
     }
 
+    /// Number of series in [`HostState::checkpoint`].
+    pub fn checkpoint_len(&self) -> u32 {
+        self.watched.len() as u32
+    }
+
+    /// The watched series' state (see [`HostCheckpoint`]).
+    pub fn checkpoint(&self) -> HostCheckpoint {
+        HostCheckpoint {
+            host: self.host,
+            prev_round: self.prev_round,
+            series: self
+                .watched
+                .iter()
+                .map(|w| self.series_checkpoint(w))
+                .collect(),
+        }
+    }
+
+    fn series_checkpoint(&self, w: &Watched) -> SeriesCheckpoint {
+        let (i, t) = (w.series as usize, &self.t);
+        let sl = &t.slots[i];
+        let hists = w.hists.iter().filter_map(|&h| self.hists.get(h as usize));
+        SeriesCheckpoint {
+            key: t.key(i).to_string(),
+            name_len: t.meta[i].name_len,
+            family_type: t.types.get(i).copied().unwrap_or(MetricType::Untyped),
+            value: sl.value,
+            // Only the checks that use past values need its time.
+            time: if w.values { sl.time } else { 0.0 },
+            last_seen: (sl.last_seen != NEVER).then_some(sl.last_seen),
+            histories: hists.clone().map(|h| h.iter().collect()).collect(),
+            caps: hists.map(|h| h.capacity() as u32).collect(),
+            values: w.values,
+        }
+    }
+
+    /// What the parent needs after this round's scrape, given that its copy
+    /// has `parent_len` series (`None`: no copy): the changes since, or
+    /// the whole checkpoint when the copy cannot be brought up to date.
+    pub fn update_for(&self, parent_len: Option<u32>, round: u64) -> StateUpdate {
+        let Some(base) = parent_len.filter(|&n| n as usize <= self.watched.len()) else {
+            return StateUpdate::Full(self.checkpoint());
+        };
+        let mut d = HostDelta {
+            host: self.host,
+            round,
+            updated: self.updated,
+            base,
+            added: self.watched[base as usize..]
+                .iter()
+                .map(|w| self.series_checkpoint(w))
+                .collect(),
+            ..HostDelta::default()
+        };
+        if self.updated {
+            for (pos, w) in self.watched[..base as usize].iter().enumerate() {
+                let sl = &self.t.slots[w.series as usize];
+                if sl.last_seen != round {
+                    d.missing.push(pos as u32);
+                } else if w.values {
+                    d.values.push((pos as u32, sl.value, sl.time));
+                } else if sl.prev_seen == NEVER || sl.value.to_bits() != sl.prev_value.to_bits() {
+                    d.changed.push((pos as u32, sl.value));
+                }
+            }
+        }
+        StateUpdate::Delta(d)
+    }
+
+    /// A host state rebuilt from a checkpoint, for `checks` (the same
+    /// checks that made it; a series they no longer watch is skipped).
+    pub fn restore(checks: &Checks, cp: &HostCheckpoint) -> Self {
+        let mut st = HostState::new(cp.host);
+        st.prev_round = cp.prev_round;
+        for s in &cp.series {
+            let name = s.key.get(..s.name_len as usize).unwrap_or("");
+            let labels = s
+                .key
+                .get(s.name_len as usize..)
+                .and_then(|l| l.strip_prefix('{'))
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or("");
+            let info = SeriesInfo {
+                name,
+                labels: RawLabels(labels),
+                key: &s.key,
+                family_type: s.family_type,
+            };
+            let h = hash_key(s.key.as_bytes());
+            if st.t.index.contains_key(&h) {
+                continue;
+            }
+            let first_hist = st.hists.len();
+            let idx = st.intern(checks, &info, h) as usize;
+            if st.watched.last().is_none_or(|w| w.series as usize != idx) {
+                continue; // no longer watched (other checks)
+            }
+            for (k, hist) in st.hists[first_hist..].iter_mut().enumerate() {
+                for &v in s.histories.get(k).map(Vec::as_slice).unwrap_or(&[]) {
+                    hist.push(v);
+                }
+            }
+            let sl = &mut st.t.slots[idx];
+            sl.value = s.value;
+            sl.time = s.time;
+            sl.last_seen = s.last_seen.unwrap_or(NEVER);
+        }
+        st
+    }
+
     fn intern(&mut self, checks: &Checks, info: &SeriesInfo<'_>, h: u64) -> u32 {
         let idx = self.t.meta.len() as u32;
         let key_start = self.t.keys.len() as u32;
@@ -289,6 +560,7 @@ impl HostState {
             fam: 0,
             next: NONE,
         });
+        self.t.types.push(info.family_type);
         self.t.slots.push(Slot {
             value: f64::NAN,
             time: 0.0,
@@ -304,17 +576,30 @@ impl HostState {
         if self.bindings.len() < checks.len() {
             self.bindings.resize_with(checks.len(), Vec::new);
         }
+        let mut w = Watched {
+            series: idx,
+            hists: Vec::new(),
+            values: false,
+        };
+        let mut bound = false;
         for (ci, c) in checks.iter().enumerate() {
             if c.watches(info) {
+                bound = true;
+                w.values |= c.uses_prev();
                 let hl = c.history_len();
                 let hist = if hl > 0 {
                     self.hists.push(History::with_capacity(hl));
+                    w.values = true;
+                    w.hists.push((self.hists.len() - 1) as u32);
                     (self.hists.len() - 1) as u32
                 } else {
                     u32::MAX
                 };
                 self.bindings[ci].push(Binding { series: idx, hist });
             }
+        }
+        if bound {
+            self.watched.push(w);
         }
         idx
     }
@@ -459,6 +744,7 @@ pub fn scrape_page(
         pending.push((idx, value, t));
     }
     state.order.truncate(pos);
+    state.updated = false;
     if let Some(e) = err {
         state.pending = pending;
         let mut hr = HostRound::failed(host, round, "malformed", e);
@@ -524,6 +810,16 @@ pub fn scrape_page(
                     value: a.value,
                     message: a.message,
                 });
+            } else if let Some(a) = c.hold(&obs) {
+                out.holds.push(Finding {
+                    host,
+                    round,
+                    check: c.name().to_string(),
+                    kind: c.kind().to_string(),
+                    series: obs.key.to_string(),
+                    value: a.value,
+                    message: a.message,
+                });
             }
             if let Some(v) = c.fleet_value(&obs) {
                 out.fleet_values.push(FleetValue {
@@ -564,6 +860,7 @@ pub fn scrape_page(
         }
     }
     state.prev_round = Some(round);
+    state.updated = true;
     out
 }
 
@@ -571,6 +868,78 @@ pub fn scrape_page(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A host state rebuilt from its checkpoint (as sent over the wire)
+    /// finds exactly what the original finds in the following rounds.
+    #[test]
+    fn restored_state_finds_what_the_original_finds() {
+        use crate::fleet::{Fleet, FleetConfig, STEP_SECS};
+        let rounds = 12;
+        let fleet = Fleet::new(FleetConfig {
+            hosts: 40,
+            series: 150,
+            seed: 3,
+            rounds,
+            bad: Vec::new(),
+        });
+        let checks = Checks::builtin();
+        let mut page = Vec::new();
+        let (mut same, mut total_findings, mut cp_series) = (0, 0, 0);
+        for host in 0..40 {
+            for cut in [1u64, 3, 6] {
+                let mut a = HostState::new(host);
+                let mut b = None::<HostState>;
+                // The parent's copy, kept up to date by the deltas (plain,
+                // and in the compact store the service uses).
+                let mut parent: Option<HostCheckpoint> = None;
+                let mut store = crate::history::HistoryStore::default();
+                for round in 0..rounds {
+                    page.clear();
+                    fleet.render(host, round, &mut page);
+                    if round == 4 && host % 3 == 0 {
+                        page.clear(); // a failed scrape now and then
+                        page.extend_from_slice(b"garbage{ 1\n");
+                    }
+                    let now = round as f64 * STEP_SECS;
+                    let ra = scrape_round(&mut a, &checks, &page, round, now);
+                    let len = parent.as_ref().map(|c| c.series.len() as u32);
+                    let u = a.update_for(len, round);
+                    let wire = postcard::to_stdvec(&u).unwrap();
+                    let u: StateUpdate = postcard::from_bytes(&wire).unwrap();
+                    store.apply(u.clone());
+                    match u {
+                        StateUpdate::Full(c) => parent = Some(c),
+                        StateUpdate::Delta(d) => assert!(parent.as_mut().unwrap().apply(&d)),
+                    }
+                    assert_eq!(
+                        parent.as_ref(),
+                        Some(&a.checkpoint()),
+                        "host {host} round {round}"
+                    );
+                    assert_eq!(
+                        store.checkpoint(host),
+                        parent,
+                        "store: host {host} round {round}"
+                    );
+                    if round == cut {
+                        let cp = parent.clone().unwrap();
+                        cp_series = cp.series.len();
+                        b = Some(HostState::restore(&checks, &cp));
+                    } else if let Some(b) = b.as_mut() {
+                        let rb = scrape_round(b, &checks, &page, round, now);
+                        assert_eq!(
+                            ra.findings, rb.findings,
+                            "host {host} round {round} cut {cut}"
+                        );
+                        same += 1;
+                        total_findings += ra.findings.len();
+                    }
+                }
+            }
+        }
+        assert!(same > 0 && total_findings > 0, "{same} {total_findings}");
+        assert!(cp_series > 0 && cp_series < 150, "{cp_series}");
+    }
 
     #[test]
     fn hash_differs() {

@@ -15,7 +15,7 @@ use crate::checks::Checks;
 use crate::http::{ClientSettings, HttpClient};
 use crate::rules::Rules;
 use crate::scan::{HostSpec, ScrapeOptions, client_of, clients_for, fetch_page, process_page};
-use crate::state::{HostRound, HostState};
+use crate::state::{HostCheckpoint, HostRound, HostState};
 
 /// What a worker needs to build its state (sent once per worker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,11 +80,70 @@ impl WorkerState {
             .and_then(|h| h.get(&host).and_then(HostState::last_round))
     }
 
+    /// Like [`WorkerState::scrape`], with the host's state update in the
+    /// result (relative to the parent's copy of `parent_len` series). When
+    /// this worker has no state for the host and the parent has a copy,
+    /// nothing is fetched: the result says `need_state`, and the parent
+    /// calls [`WorkerState::restore_and_scrape`] with its copy.
+    pub async fn scrape_checkpointed(
+        &self,
+        spec: &HostSpec,
+        round: u64,
+        parent_len: Option<u32>,
+    ) -> HostRound {
+        let known = self
+            .hosts
+            .lock()
+            .map(|h| h.contains_key(&spec.id))
+            .unwrap_or(false);
+        if parent_len.is_some() && !known {
+            return HostRound {
+                host: spec.id,
+                round,
+                need_state: true,
+                ..HostRound::default()
+            };
+        }
+        self.scrape_with_update(spec, round, parent_len).await
+    }
+
+    /// Rebuild the host's state from `cp`, then scrape it with its
+    /// state update in the result.
+    pub async fn restore_and_scrape(
+        &self,
+        spec: &HostSpec,
+        round: u64,
+        cp: &HostCheckpoint,
+    ) -> HostRound {
+        let st = HostState::restore(&self.checks, cp);
+        let len = st.checkpoint_len();
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.insert(spec.id, st);
+        }
+        self.scrape_with_update(spec, round, Some(len)).await
+    }
+
+    async fn scrape_with_update(
+        &self,
+        spec: &HostSpec,
+        round: u64,
+        parent_len: Option<u32>,
+    ) -> HostRound {
+        let mut hr = self.scrape(spec, round).await;
+        hr.state = self
+            .hosts
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&spec.id).map(|st| st.update_for(parent_len, round)));
+        hr
+    }
+
     /// Fetch, parse and check `spec` for `round`. The host lock is never
     /// held across an `.await`; concurrent calls for different hosts are fine
     /// (calls for the same host must not overlap — route by host and run
     /// rounds in order).
     pub async fn scrape(&self, spec: &HostSpec, round: u64) -> HostRound {
+        let start = std::time::Instant::now();
         let page = match client_of(&self.clients, spec) {
             Some(c) => fetch_page(c, spec, round, &self.opts).await,
             None => Err(crate::http::FetchError::Http("no HTTP client".into())),
@@ -103,10 +162,11 @@ impl WorkerState {
                 .remove(&spec.id)
                 .unwrap_or_else(|| HostState::new(spec.id))
         };
-        let hr = process_page(&mut st, &self.checks, round, now, page);
+        let mut hr = process_page(&mut st, &self.checks, round, now, page);
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.insert(spec.id, st);
         }
+        hr.secs = start.elapsed().as_secs_f64();
         hr
     }
 }

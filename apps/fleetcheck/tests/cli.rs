@@ -370,3 +370,62 @@ fn serve_fleet_starts_bad_hosts_on_request() {
     checks.sort();
     assert_eq!(checks, ["http_status", "malformed", "oversize", "timeout"]);
 }
+
+#[test]
+fn scan_subcommand_equals_no_subcommand() {
+    let run = |sub: &[&str]| -> serde_json::Value {
+        let out = bin()
+            .args(sub)
+            .args([
+                "--fleet-hosts",
+                "12",
+                "--fleet-series",
+                "80",
+                "--rounds",
+                "3",
+                "--format",
+                "json",
+                "--no-progress",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{sub:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let a = run(&[]);
+    let b = run(&["scan"]);
+    assert_eq!(a["summary"]["points"], b["summary"]["points"]);
+    assert_eq!(a["by_check"], b["by_check"]);
+    assert_eq!(b["verification"]["passed"], true);
+}
+
+#[test]
+fn ctrl_c_on_scan_reports_and_exits_130() {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    // A target that is down, scanned forever: a round every 100 ms.
+    let mut child = bin()
+        .args(["scan", "--target", &format!("http://{addr}/metrics")])
+        .args(["--rounds", "0", "--interval", "0.1", "--no-progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = err.next().unwrap().unwrap();
+    assert!(first.starts_with("round 1:"), "{first}");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.contains("fleetcheck report"), "{out}");
+}

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
 use crate::report::Report;
-use crate::state::{HostRound, HostState, scrape_round};
+use crate::state::{Finding, HostRound, HostState, scrape_round};
 
 fn rules(src: &str) -> Checks {
     Checks::from_rules(&Rules::parse(src).unwrap())
@@ -308,4 +308,116 @@ fn custom_check_registered_like_builtins() {
         .map(|f| f.series.clone())
         .collect();
     assert_eq!(f, vec!["cnt_b".to_string()]);
+}
+
+#[test]
+fn zscore_relative_floor_ignores_noise_after_a_constant_history() {
+    let c = rules(
+        "[[rule]]\nname = \"z\"\nkind = \"zscore\"\nmetric = \"g\"\nthreshold = 4.0\nmin_samples = 3\n",
+    );
+    // Constant history, then a 0.5% change (noise: the 1% floor holds it),
+    // then a doubling (fires).
+    let mut st = HostState::new(0);
+    let pages: Vec<String> = [1000.0, 1000.0, 1000.0, 1000.0, 1005.0, 2000.0]
+        .iter()
+        .map(|v| format!("g {v}\n"))
+        .collect();
+    assert_eq!(
+        found(&run(&c, &mut st, &pages)),
+        vec![(5, "z".into(), "g".into())]
+    );
+    // A history all at 0: any change is judged with a finite score.
+    let mut st = HostState::new(1);
+    let pages: Vec<String> = [0.0, 0.0, 0.0, 0.0, 1.0]
+        .iter()
+        .map(|v| format!("g {v}\n"))
+        .collect();
+    let r = run(&c, &mut st, &pages);
+    assert_eq!(found(&r), vec![(4, "z".into(), "g".into())]);
+    assert!(
+        !r[4].findings[0].message.contains("inf"),
+        "{:?}",
+        r[4].findings
+    );
+}
+
+#[test]
+fn fleet_outlier_with_zero_mad_uses_the_relative_floor() {
+    let c = rules("[[rule]]\nname = \"o\"\nkind = \"fleet_outlier\"\nmetric = \"mem\"\n");
+    let check = c.get(0).unwrap();
+    // Five real node_exporters: four equal, one 0.0015% off. MAD = 0.
+    let base = 16_000_000_000.0;
+    let vals: Vec<(u32, f64)> = (0..5)
+        .map(|h| (h, if h == 3 { base * 1.000_015 } else { base }))
+        .collect();
+    let ev = check.evaluate_fleet("mem", &vals);
+    assert_eq!(ev.stat.unwrap().mad, 0.0);
+    assert!(ev.outliers.is_empty(), "{:?}", ev.outliers);
+    // A real outlier still is one, with a finite score.
+    let vals: Vec<(u32, f64)> = (0..5)
+        .map(|h| (h, if h == 3 { base * 2.0 } else { base }))
+        .collect();
+    let ev = check.evaluate_fleet("mem", &vals);
+    assert_eq!(ev.outliers.len(), 1);
+    assert!(
+        !ev.outliers[0].1.message.contains("inf"),
+        "{:?}",
+        ev.outliers
+    );
+    // All at 0 but one: finite too.
+    let vals: Vec<(u32, f64)> = (0..6).map(|h| (h, f64::from(u8::from(h == 2)))).collect();
+    let ev = check.evaluate_fleet("mem", &vals);
+    assert_eq!(ev.outliers.len(), 1);
+    assert!(
+        ev.outliers[0].1.message.contains("robust z"),
+        "{:?}",
+        ev.outliers
+    );
+}
+
+#[test]
+fn hysteresis_rule_fires_at_91_holds_at_85_resolves_at_79() {
+    use crate::alert::{AlertEngine, AlertKey, Level, Observed, Policy, RoundContext, Status};
+    let c = rules(
+        "[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nmetric = \"t\"\nfire_above = 90.0\nclear_below = 80.0\n",
+    );
+    let mut st = HostState::new(0);
+    let pages: Vec<String> = [89.0, 91.0, 85.0, 79.0]
+        .iter()
+        .map(|v| format!("t {v}\n"))
+        .collect();
+    let r = run(&c, &mut st, &pages);
+    // Findings (what `scan` reports) only past the firing line; holds in the band.
+    assert_eq!(found(&r), vec![(1, "hot".into(), "t".into())]);
+    let holds: Vec<u64> = r
+        .iter()
+        .flat_map(|h| h.holds.iter().map(|f| f.round))
+        .collect();
+    assert_eq!(holds, vec![0, 2]);
+    // Through the alert lifecycle: fires at 91, still firing at 85, resolved at 79.
+    let mut e = AlertEngine::new(Policy::default());
+    let mut ctx = RoundContext::default();
+    ctx.rules.insert("hot".into(), Default::default());
+    let mut got = Vec::new();
+    for hr in &r {
+        ctx.now = hr.round as f64 * 15.0;
+        let obs = |f: &Finding, level| Observed {
+            key: AlertKey::new(&f.check, "h", &f.series),
+            level,
+            value: f.value,
+            message: f.message.clone(),
+        };
+        let o: Vec<Observed> = hr
+            .findings
+            .iter()
+            .map(|f| obs(f, Level::Fire))
+            .chain(hr.holds.iter().map(|f| obs(f, Level::Hold)))
+            .collect();
+        got.extend(
+            e.evaluate(&ctx, o)
+                .into_iter()
+                .map(|n| (hr.round, n.status)),
+        );
+    }
+    assert_eq!(got, vec![(1, Status::Firing), (3, Status::Resolved)]);
 }

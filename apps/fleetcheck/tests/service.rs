@@ -1,0 +1,255 @@
+//! `fleetcheck run` as a real process: /metrics, health and readiness,
+//! SIGHUP reload (a bad config keeps the old one), SIGTERM exits 0, alert
+//! state kept across a SIGKILL of the service.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PageServer, Proc, TempDir, http_get};
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn config(dir: &TempDir, extra: &str) -> std::path::PathBuf {
+    let p = dir.path("fleetcheck.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "listen = \"127.0.0.1:0\"\ninterval = \"300ms\"\nprocesses = 1\nworker_concurrency = 8\n\
+             fleet_hosts = 10\nfleet_series = 100\n{extra}"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn service_serves_metrics_health_ready_and_reloads_on_sighup() {
+    let dir = TempDir::new("svc");
+    let cfg = config(&dir, "");
+    let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap()]);
+    let addr = p.listen_addr();
+    assert_eq!(http_get(addr, "/-/healthy").0, 200);
+    p.wait_line(MIN, |l| l.contains("round done"));
+    assert_eq!(http_get(addr, "/-/ready").0, 200);
+    let (status, page) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let fams = fleetcheck::expfmt::parse_families(page.as_bytes()).unwrap();
+    let names: Vec<&str> = fams.iter().map(|f| f.name.as_str()).collect();
+    for n in [
+        "fleetcheck_rounds_total",
+        "fleetcheck_round_duration_seconds",
+        "fleetcheck_scrape_duration_seconds",
+        "fleetcheck_scrape_failures_total",
+        "fleetcheck_findings_total",
+        "fleetcheck_alerts",
+        "fleetcheck_pool_workers",
+        "fleetcheck_worker_restarts_total",
+        "fleetcheck_points_per_second",
+        "fleetcheck_config_last_reload_successful",
+    ] {
+        assert!(names.contains(&n), "{n} missing from\n{page}");
+    }
+    assert!(page.contains("fleetcheck_pool_workers 1\n"), "{page}");
+    assert!(page.contains("fleetcheck_targets 10\n"), "{page}");
+    promtool_accepts(&page);
+
+    // A bad config: the old one keeps running, stderr and the metric say so.
+    std::fs::write(&cfg, "interval = \"300ms\"\nbogus_key = 1\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let l = p.wait_line(MIN, |l| l.contains("reload failed"));
+    assert!(l.contains("bogus_key"), "{l}");
+    let (_, page) = http_get(addr, "/metrics");
+    assert!(
+        page.contains("fleetcheck_config_last_reload_successful 0\n"),
+        "{page}"
+    );
+    p.wait_line(MIN, |l| l.contains("round done"));
+
+    // A good one again.
+    config(&dir, "");
+    p.signal(libc::SIGHUP);
+    p.wait_line(MIN, |l| l.contains("configuration reloaded"));
+    let (_, page) = http_get(addr, "/metrics");
+    assert!(
+        page.contains("fleetcheck_config_last_reload_successful 1\n"),
+        "{page}"
+    );
+
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
+}
+
+/// `promtool check metrics` when it is installed (Debian's `prometheus`).
+fn promtool_accepts(page: &str) {
+    use std::io::Write;
+    let Ok(mut c) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: checked with fleetcheck's own parser only");
+        return;
+    };
+    c.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The state file of a service that fires one alert: its `active_at`.
+fn active_at(state: &std::path::Path) -> f64 {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    let alerts = v["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{v}");
+    assert_eq!(alerts[0][1]["state"], "Firing", "{v}");
+    alerts[0][1]["active_at"].as_f64().unwrap()
+}
+
+#[test]
+fn firing_alert_survives_a_sigkill_of_the_service() {
+    let dir = TempDir::new("restart");
+    let page = PageServer::start("# TYPE temp gauge\ntemp 95\n");
+    let state = dir.path("alerts.json");
+    let jsonl = dir.path("alerts.jsonl");
+    let cfg = config(
+        &dir,
+        &format!(
+            "targets = [\"{}\"]\nstate_file = \"{}\"\nalerts_jsonl = \"{}\"\n\
+             [[rule]]\nname = \"hot\"\nkind = \"threshold\"\nmetric = \"temp\"\nabove = 90.0\nfor = \"600ms\"\n",
+            page.url(),
+            state.display(),
+            jsonl.display()
+        ),
+    );
+    let args = ["run", "--config", cfg.to_str().unwrap()];
+    let mut p = Proc::start(&args);
+    p.wait_line(MIN, |l| l.contains("alert firing"));
+    p.wait_line(MIN, |l| l.contains("round done"));
+    let before = active_at(&state);
+    p.signal(libc::SIGKILL);
+    assert_eq!(p.wait_exit(MIN), 128 + libc::SIGKILL);
+    drop(p);
+
+    let mut p = Proc::start(&args);
+    p.wait_line(MIN, |l| l.contains("restored 1 alerts"));
+    for _ in 0..3 {
+        p.wait_line(MIN, |l| l.contains("round done"));
+    }
+    assert_eq!(active_at(&state), before, "startsAt kept");
+    // Now the condition clears: one resolve.
+    page.set("# TYPE temp gauge\ntemp 20\n");
+    p.wait_line(MIN, |l| l.contains("alert resolved"));
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(MIN), 0);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let statuses: Vec<&str> = lines
+        .iter()
+        .map(|l| l["status"].as_str().unwrap())
+        .collect();
+    // One firing before the kill, nothing at the restart, one resolved at the end.
+    assert_eq!(statuses, vec!["firing", "resolved"], "{lines:?}");
+    assert_eq!(lines[0]["startsAt"], lines[1]["startsAt"]);
+    assert_eq!(lines[0]["labels"]["instance"], page.url());
+}
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let mut p = Proc::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--rounds",
+        "2",
+        "--interval",
+        "100ms",
+        "--fleet-hosts",
+        "5",
+        "--fleet-series",
+        "80",
+        "--processes",
+        "1",
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
+    let logs: Vec<serde_json::Value> = p
+        .seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let rounds = logs
+        .iter()
+        .filter(|v| v["fields"]["message"] == "round done")
+        .count();
+    assert_eq!(rounds, 2, "{logs:?}");
+    assert!(
+        logs.iter()
+            .all(|v| v["level"].is_string() && v["timestamp"].is_string())
+    );
+}
+
+#[test]
+fn an_unreachable_target_fires_target_down() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/metrics", l.local_addr().unwrap());
+    drop(l);
+    let mut p = Proc::start(&[
+        "run",
+        "--target",
+        &url,
+        "--rounds",
+        "2",
+        "--interval",
+        "100ms",
+        "--listen",
+        "127.0.0.1:0",
+        "--processes",
+        "1",
+        "--alerts-jsonl",
+        "-",
+    ]);
+    let line = p.wait_line(MIN, |l| l.starts_with("stdout: "));
+    let v: serde_json::Value = serde_json::from_str(&line["stdout: ".len()..]).unwrap();
+    assert_eq!(v["status"], "firing");
+    assert_eq!(v["labels"]["alertname"], "target_down");
+    assert_eq!(v["labels"]["instance"], url.as_str());
+    assert_eq!(p.wait_exit(MIN), 0);
+}
+
+#[test]
+fn a_whole_fleet_tripping_one_rule_gives_one_group_alert() {
+    let dir = TempDir::new("group");
+    let cfg = dir.path("group.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\ninterval = \"200ms\"\nrounds = 2\nprocesses = 1\n\
+         fleet_hosts = 20\nfleet_series = 100\nalerts_jsonl = \"-\"\n\
+         [[rule]]\nname = \"loaded\"\nkind = \"threshold\"\nmetric = \"node_load15\"\nabove = -1.0\n",
+    )
+    .unwrap();
+    let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
+    let alerts: Vec<serde_json::Value> = p
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 20 of 20 targets trip `loaded`: one alert for the group, none per host.
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["labels"]["alertname"], "loaded");
+    assert_eq!(alerts[0]["labels"]["group"], "fleet");
+    assert!(alerts[0]["labels"].get("instance").is_none());
+}
