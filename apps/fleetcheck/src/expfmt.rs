@@ -879,7 +879,7 @@ impl<'a> Parser<'a> {
     #[inline(always)]
     fn next_line(&mut self) -> &'a [u8] {
         let rest = &self.src[self.pos..];
-        let (mut l, adv) = match memchr_nl(rest) {
+        let (mut l, adv) = match memchr::memchr(b'\n', rest) {
             Some(i) => (&rest[..i], i + 1),
             None => (rest, rest.len()),
         };
@@ -1116,26 +1116,6 @@ fn split_word_b(s: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// Position of the first `\n` (word-at-a-time search).
-#[inline]
-fn memchr_nl(s: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const PAT: u64 = LO * b'\n' as u64;
-    let mut i = 0;
-    while i + 8 <= s.len() {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&s[i..i + 8]);
-        let w = u64::from_le_bytes(a) ^ PAT;
-        let z = w.wrapping_sub(LO) & !w & HI;
-        if z != 0 {
-            return Some(i + (z.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    s[i..].iter().position(|&b| b == b'\n').map(|p| i + p)
-}
-
 /// Parse `[ws] value [ws timestamp] [ws]` starting at `p` (which must be at
 /// the end of the line or at a blank, unless it follows a `}`).
 fn parse_value_ts(l: &[u8], mut p: usize, after_brace: bool) -> Result<(f64, Option<i64>), String> {
@@ -1189,13 +1169,10 @@ fn parse_value_ts(l: &[u8], mut p: usize, after_brace: bool) -> Result<(f64, Opt
     Ok((value, timestamp_ms))
 }
 
-/// FNV-1a of a family name and type (identifies the family context).
+/// A hash of a family name and type (identifies the family context).
 fn family_hash(name: &str, kind: MetricType) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (kind as u64);
-    for &b in name.as_bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(kind as u64).hash_one(name)
 }
 
 /// Result of [`Parser::next_hinted`].

@@ -10,6 +10,7 @@
 //! rounds.
 
 use std::collections::HashMap;
+
 use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -239,11 +240,14 @@ impl HostCheckpoint {
     }
 }
 
-/// Identity hasher for already-hashed u64 keys.
+/// The hasher of maps whose keys already are hashes ([`hash_key`]): it
+/// passes the key through. Hashing them again (foldhash) cost 17% of
+/// `scrape_round`'s throughput in `examples/bench_parts` (9.1 vs 11.0 M
+/// points/s, same run).
 #[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+struct PreHashed(u64);
 
-impl Hasher for IdHasher {
+impl Hasher for PreHashed {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -257,29 +261,12 @@ impl Hasher for IdHasher {
     }
 }
 
-/// 64-bit hash of a series key (fast, well mixed).
+/// 64-bit hash of a series key: foldhash, with a fixed seed so that every
+/// process of a run agrees (keys cross between workers and the parent).
 #[inline]
 pub fn hash_key(b: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h: u64 = (b.len() as u64).wrapping_mul(K);
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(c);
-        h = (h.rotate_left(23) ^ u64::from_le_bytes(a)).wrapping_mul(K);
-    }
-    let rem = chunks.remainder();
-    if !rem.is_empty() {
-        let mut a = [0u8; 8];
-        a[..rem.len()].copy_from_slice(rem);
-        h = (h.rotate_left(23) ^ u64::from_le_bytes(a)).wrapping_mul(K);
-    }
-    // fmix64
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x7365_7269_6573).hash_one(b)
 }
 
 const NEVER: u64 = u64::MAX;
@@ -305,7 +292,7 @@ struct Binding {
 
 #[derive(Debug, Default)]
 struct Table {
-    index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    index: HashMap<u64, u32, BuildHasherDefault<PreHashed>>,
     keys: String,
     meta: Vec<Meta>,
     types: Vec<MetricType>,
