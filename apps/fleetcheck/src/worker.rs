@@ -15,7 +15,7 @@ use crate::checks::Checks;
 use crate::http::HttpClient;
 use crate::rules::Rules;
 use crate::scan::{HostSpec, ScrapeOptions, fetch_page, process_page};
-use crate::state::{HostCheckpoint, HostRound, HostState};
+use crate::state::{HostCheckpoint, HostRound, HostState, ParentCopy};
 
 /// What a worker needs to build its state (sent once per worker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,30 +71,32 @@ impl WorkerState {
     }
 
     /// Like [`WorkerState::scrape`], with the host's state update in the
-    /// result (relative to the parent's copy of `parent_len` series). When
-    /// this worker has no state for the host and the parent has a copy,
-    /// nothing is fetched: the result says `need_state`, and the parent
-    /// calls [`WorkerState::restore_and_scrape`] with its copy.
+    /// result, as `parent` asks. When this worker has no state for the host
+    /// and the parent has a copy, nothing is fetched: the result says
+    /// `need_state`, and the parent calls
+    /// [`WorkerState::restore_and_scrape`] with its copy.
     pub async fn scrape_checkpointed(
         &self,
         spec: &HostSpec,
         round: u64,
-        parent_len: Option<u32>,
+        parent: ParentCopy,
     ) -> HostRound {
         let known = self
             .hosts
             .lock()
             .map(|h| h.contains_key(&spec.id))
             .unwrap_or(false);
-        if parent_len.is_some() && !known {
-            return HostRound {
+        match parent {
+            ParentCopy::Has(_) if !known => HostRound {
                 host: spec.id,
                 round,
                 need_state: true,
                 ..HostRound::default()
-            };
+            },
+            ParentCopy::Has(n) => self.scrape_with_update(spec, round, Some(n)).await,
+            ParentCopy::SendFull => self.scrape_with_update(spec, round, None).await,
+            ParentCopy::Later => self.scrape(spec, round).await,
         }
-        self.scrape_with_update(spec, round, parent_len).await
     }
 
     /// Rebuild the host's state from `cp`, then scrape it with its
