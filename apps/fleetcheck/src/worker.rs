@@ -247,4 +247,65 @@ mod tests {
         assert!(v.passed(), "{v:?}");
         assert_eq!(v.precision, 1.0);
     }
+
+    /// What the worker sends back depends on what the parent says it has.
+    #[tokio::test(flavor = "current_thread")]
+    async fn state_update_follows_what_the_parent_has() {
+        use crate::state::StateUpdate;
+        let fleet = Arc::new(Fleet::new(FleetConfig {
+            hosts: 3,
+            series: 80,
+            seed: 5,
+            rounds: 3,
+            bad: Vec::new(),
+        }));
+        let server = FleetServer::start(fleet, 0).await.unwrap();
+        let specs = host_specs(&server.target_urls());
+        let init = WorkerInit {
+            rules: Rules::builtin(),
+            opts: ScrapeOptions {
+                round_query: true,
+                clock: Clock::Logical { step: STEP_SECS },
+                ..Default::default()
+            },
+        };
+        let w = WorkerState::new(&init);
+        // The parent has a copy but this worker has no state: ask for it.
+        let r = w
+            .scrape_checkpointed(&specs[0], 0, ParentCopy::Has(7))
+            .await;
+        assert!(r.need_state && r.points == 0 && r.state.is_none());
+        // Not this round: scraped, no update.
+        let r = w.scrape_checkpointed(&specs[0], 0, ParentCopy::Later).await;
+        assert!(!r.need_state && r.points > 0 && r.state.is_none());
+        // A full checkpoint, then changes relative to it.
+        let r = w
+            .scrape_checkpointed(&specs[0], 1, ParentCopy::SendFull)
+            .await;
+        let Some(StateUpdate::Full(cp)) = r.state else {
+            panic!("{:?}", r.state)
+        };
+        let n = cp.series.len() as u32;
+        let r = w
+            .scrape_checkpointed(&specs[0], 2, ParentCopy::Has(n))
+            .await;
+        let Some(StateUpdate::Delta(d)) = r.state else {
+            panic!("{:?}", r.state)
+        };
+        assert_eq!((d.base, d.round, d.updated), (n, 2, true));
+        let mut copy = cp;
+        assert!(copy.apply(&d));
+        assert_eq!(
+            Some(copy.clone()),
+            w.hosts
+                .lock()
+                .unwrap()
+                .get(&specs[0].id)
+                .map(HostState::checkpoint)
+        );
+        // A worker given the copy rebuilds the host and goes on from it.
+        let w2 = WorkerState::new(&init);
+        let r = w2.restore_and_scrape(&specs[0], 2, &copy).await;
+        assert!(matches!(r.state, Some(StateUpdate::Delta(ref d)) if d.base == n));
+    }
 }
