@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::history::HistoryStore;
 use crate::report::Report;
 use crate::scan::{HostSpec, RoundObserver, ScanConfig};
-use crate::state::{HostCheckpoint, HostRound, SeriesCheckpoint, StateUpdate};
+use crate::state::{HostCheckpoint, HostRound, ParentCopy, SeriesCheckpoint, StateUpdate};
 use crate::worker::{WorkerInit, WorkerState};
 
 /// Check name of the finding recorded for a host whose scrape task failed
@@ -57,13 +57,13 @@ pub async fn scrape(spec: HostSpec, round: u64) -> HostRound {
 }
 
 /// [`scrape`] with the host's checkpoint in the result; when this worker
-/// has no state for the host and the parent has a copy (`parent_len`: its
-/// number of series), it asks for it
+/// has no state for the host and the parent has a copy
+/// ([`ParentCopy::Has`]), it asks for it
 /// instead (`need_state`). See [`PoolScanner::round_checkpointed`].
 #[multiloop::task]
-pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent_len: Option<u32>) -> HostRound {
+pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent: ParentCopy) -> HostRound {
     match multiloop::worker_state::<WorkerState>() {
-        Some(w) => w.scrape_checkpointed(&spec, round, parent_len).await,
+        Some(w) => w.scrape_checkpointed(&spec, round, parent).await,
         None => HostRound::failed(
             spec.id,
             round,
@@ -87,13 +87,18 @@ pub async fn restore_and_scrape(spec: HostSpec, round: u64, cp: HostCheckpoint) 
     }
 }
 
-fn route_checkpointed(args: &(HostSpec, u64, Option<u32>)) -> u64 {
+fn route_checkpointed(args: &(HostSpec, u64, ParentCopy)) -> u64 {
     u64::from(args.0.id)
 }
 
 fn route_restore(args: &(HostSpec, u64, HostCheckpoint)) -> u64 {
     u64::from(args.0.id)
 }
+
+/// Full checkpoints asked for in one round: a new pool's hosts get their
+/// copies over several rounds, which bounds the parent's memory (a full
+/// checkpoint is ≈ 60 KB per host with the built-in rules at 2,000 series).
+pub const FULL_CHECKPOINTS_PER_ROUND: usize = 100;
 
 /// What the round cost in host history.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -345,9 +350,21 @@ impl PoolScanner {
         deadline: Option<std::time::Duration>,
         store: &mut HistoryStore,
     ) -> Result<(Report, CheckpointCost), RoundError> {
-        let inputs = targets
+        let mut full_budget = FULL_CHECKPOINTS_PER_ROUND;
+        let inputs: Vec<(HostSpec, u64, ParentCopy)> = targets
             .iter()
-            .map(|s| (s.clone(), round, store.len_of(s.id)));
+            .map(|s| {
+                let copy = match store.len_of(s.id) {
+                    Some(n) => ParentCopy::Has(n),
+                    None if full_budget > 0 => {
+                        full_budget -= 1;
+                        ParentCopy::SendFull
+                    }
+                    None => ParentCopy::Later,
+                };
+                (s.clone(), round, copy)
+            })
+            .collect();
         let mut call = self
             .pool
             .map_reduce(scrape_checkpointed, inputs, ReportReducer)

@@ -179,6 +179,18 @@ pub struct HostDelta {
     pub changed: Vec<(u32, f64)>,
 }
 
+/// What the parent has of a host's history, as it tells the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentCopy {
+    /// A copy of this many series: send the changes.
+    Has(u32),
+    /// No copy: send a full checkpoint.
+    SendFull,
+    /// No copy, and not this round (full checkpoints are spread over
+    /// rounds to bound the parent's memory): send nothing.
+    Later,
+}
+
 /// A host's state as the worker hands it to the parent after a round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StateUpdate {

@@ -15,7 +15,7 @@ use crate::checks::Checks;
 use crate::http::{ClientSettings, HttpClient};
 use crate::rules::Rules;
 use crate::scan::{HostSpec, ScrapeOptions, client_of, clients_for, fetch_page, process_page};
-use crate::state::{HostCheckpoint, HostRound, HostState};
+use crate::state::{HostCheckpoint, HostRound, HostState, ParentCopy};
 
 /// What a worker needs to build its state (sent once per worker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,30 +81,32 @@ impl WorkerState {
     }
 
     /// Like [`WorkerState::scrape`], with the host's state update in the
-    /// result (relative to the parent's copy of `parent_len` series). When
-    /// this worker has no state for the host and the parent has a copy,
-    /// nothing is fetched: the result says `need_state`, and the parent
-    /// calls [`WorkerState::restore_and_scrape`] with its copy.
+    /// result, as `parent` asks. When this worker has no state for the host
+    /// and the parent has a copy, nothing is fetched: the result says
+    /// `need_state`, and the parent calls
+    /// [`WorkerState::restore_and_scrape`] with its copy.
     pub async fn scrape_checkpointed(
         &self,
         spec: &HostSpec,
         round: u64,
-        parent_len: Option<u32>,
+        parent: ParentCopy,
     ) -> HostRound {
         let known = self
             .hosts
             .lock()
             .map(|h| h.contains_key(&spec.id))
             .unwrap_or(false);
-        if parent_len.is_some() && !known {
-            return HostRound {
+        match parent {
+            ParentCopy::Has(_) if !known => HostRound {
                 host: spec.id,
                 round,
                 need_state: true,
                 ..HostRound::default()
-            };
+            },
+            ParentCopy::Has(n) => self.scrape_with_update(spec, round, Some(n)).await,
+            ParentCopy::SendFull => self.scrape_with_update(spec, round, None).await,
+            ParentCopy::Later => self.scrape(spec, round).await,
         }
-        self.scrape_with_update(spec, round, parent_len).await
     }
 
     /// Rebuild the host's state from `cp`, then scrape it with its
@@ -258,5 +260,67 @@ mod tests {
         let v = verify(&total.findings, &fleet.ground_truth(rounds));
         assert!(v.passed(), "{v:?}");
         assert_eq!(v.precision, 1.0);
+    }
+
+    /// What the worker sends back depends on what the parent says it has.
+    #[tokio::test(flavor = "current_thread")]
+    async fn state_update_follows_what_the_parent_has() {
+        use crate::state::StateUpdate;
+        let fleet = Arc::new(Fleet::new(FleetConfig {
+            hosts: 3,
+            series: 80,
+            seed: 5,
+            rounds: 3,
+            bad: Vec::new(),
+        }));
+        let server = FleetServer::start(fleet, 0).await.unwrap();
+        let specs = host_specs(&server.target_urls());
+        let init = WorkerInit {
+            rules: Rules::builtin(),
+            opts: ScrapeOptions {
+                round_query: true,
+                clock: Clock::Logical { step: STEP_SECS },
+                ..Default::default()
+            },
+            clients: Vec::new(),
+        };
+        let w = WorkerState::new(&init);
+        // The parent has a copy but this worker has no state: ask for it.
+        let r = w
+            .scrape_checkpointed(&specs[0], 0, ParentCopy::Has(7))
+            .await;
+        assert!(r.need_state && r.points == 0 && r.state.is_none());
+        // Not this round: scraped, no update.
+        let r = w.scrape_checkpointed(&specs[0], 0, ParentCopy::Later).await;
+        assert!(!r.need_state && r.points > 0 && r.state.is_none());
+        // A full checkpoint, then changes relative to it.
+        let r = w
+            .scrape_checkpointed(&specs[0], 1, ParentCopy::SendFull)
+            .await;
+        let Some(StateUpdate::Full(cp)) = r.state else {
+            panic!("{:?}", r.state)
+        };
+        let n = cp.series.len() as u32;
+        let r = w
+            .scrape_checkpointed(&specs[0], 2, ParentCopy::Has(n))
+            .await;
+        let Some(StateUpdate::Delta(d)) = r.state else {
+            panic!("{:?}", r.state)
+        };
+        assert_eq!((d.base, d.round, d.updated), (n, 2, true));
+        let mut copy = cp;
+        assert!(copy.apply(&d));
+        assert_eq!(
+            Some(copy.clone()),
+            w.hosts
+                .lock()
+                .unwrap()
+                .get(&specs[0].id)
+                .map(HostState::checkpoint)
+        );
+        // A worker given the copy rebuilds the host and goes on from it.
+        let w2 = WorkerState::new(&init);
+        let r = w2.restore_and_scrape(&specs[0], 2, &copy).await;
+        assert!(matches!(r.state, Some(StateUpdate::Delta(ref d)) if d.base == n));
     }
 }
