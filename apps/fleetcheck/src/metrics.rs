@@ -36,8 +36,10 @@ pub struct Values {
     pub notifications: BTreeMap<String, u64>,
     /// Live worker processes.
     pub pool_workers: u64,
-    /// Workers replaced (seen as a pid gone between rounds).
+    /// Workers started to replace others (deaths and recycling).
     pub worker_restarts: u64,
+    /// Scrapes run again because a worker died under them.
+    pub tasks_retried: u64,
     /// Scrape tasks that failed in the pool (worker died on every attempt,
     /// or the pool-side deadline passed).
     pub tasks_failed: u64,
@@ -140,7 +142,7 @@ impl Metrics {
         let mut o = String::with_capacity(4096 + 160 * v.scrape_secs.len());
         let u = |n: u64| n as f64;
         // (name, type, help, value) of the metrics without labels.
-        let plain: [(&str, &str, &str, f64); 14] = [
+        let plain: [(&str, &str, &str, f64); 15] = [
             (
                 "fleetcheck_rounds_total",
                 "counter",
@@ -164,6 +166,12 @@ impl Metrics {
                 "counter",
                 "Worker processes replaced.",
                 u(v.worker_restarts),
+            ),
+            (
+                "fleetcheck_pool_tasks_retried_total",
+                "counter",
+                "Scrape tasks run again because their worker died under them.",
+                u(v.tasks_retried),
             ),
             (
                 "fleetcheck_pool_tasks_failed_total",
@@ -336,6 +344,7 @@ mod tests {
             "fleetcheck_alerts",
             "fleetcheck_pool_workers",
             "fleetcheck_worker_restarts_total",
+            "fleetcheck_pool_tasks_retried_total",
             "fleetcheck_config_last_reload_successful",
         ] {
             assert!(names.contains(&n), "{n} missing: {names:?}");

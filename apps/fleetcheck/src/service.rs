@@ -135,6 +135,17 @@ fn plan(cfg: &ServiceConfig, fleet_addr: Option<&str>) -> Result<Plan, Error> {
     })
 }
 
+/// What the pool did during one round, from `Pool::stats`.
+#[derive(Debug, Clone, Copy)]
+struct PoolDelta {
+    /// Live workers at the end of the round.
+    workers: u64,
+    /// Workers started to replace others (deaths and recycling).
+    restarts: u64,
+    /// Scrapes run again because a worker died under them.
+    retried: u64,
+}
+
 /// Growing delay between attempts to build the pool.
 #[derive(Debug)]
 struct Backoff {
@@ -219,7 +230,8 @@ struct Service {
     backoff: Backoff,
     round: u64,
     last_resend: Option<f64>,
-    pids: HashSet<u32>,
+    /// The pool's counters at the end of the last round.
+    last_stats: multiloop::PoolStats,
     generator_url: String,
     /// Modification times and sizes of the config and rules files at the
     /// last (re)load.
@@ -278,7 +290,7 @@ impl Service {
                     tracing::info!("worker pool built again");
                 }
                 self.built_once = true;
-                self.pids = s.pool().worker_pids().into_iter().collect();
+                self.last_stats = s.pool().stats();
                 self.scanner = Some(s);
                 true
             }
@@ -339,13 +351,21 @@ impl Service {
         self.backoff.succeeded();
         self.round += 1;
         rep.finish_round(scanner.checks(), round);
-        let pids: HashSet<u32> = scanner.pool().worker_pids().into_iter().collect();
-        let restarts = self.pids.difference(&pids).count() as u64;
-        self.pids = pids;
+        let stats = scanner.pool().stats();
+        let pool = PoolDelta {
+            workers: stats.workers_alive as u64,
+            restarts: stats
+                .workers_spawned
+                .saturating_sub(self.last_stats.workers_spawned),
+            retried: stats
+                .tasks_retried
+                .saturating_sub(self.last_stats.tasks_retried),
+        };
+        self.last_stats = stats;
         let now = wall_now();
         self.alerts(&rep, now).await;
         let secs = start.elapsed().as_secs_f64();
-        self.record(&rep, secs, restarts);
+        self.record(&rep, secs, pool);
         self.metrics.set_ready();
         self.metrics.update(|v| {
             v.checkpoint_bytes = cost.bytes;
@@ -444,12 +464,8 @@ impl Service {
             .await;
     }
 
-    fn record(&self, rep: &Report, secs: f64, restarts: u64) {
+    fn record(&self, rep: &Report, secs: f64, pool: PoolDelta) {
         let counts = self.engine.counts();
-        let workers = self
-            .scanner
-            .as_ref()
-            .map_or(0, |s| s.pool().worker_pids().len()) as u64;
         self.metrics.observe_round(secs);
         self.metrics.update(|v| {
             for h in &rep.hosts {
@@ -469,8 +485,9 @@ impl Service {
             v.alerts_pending = counts.pending as u64;
             v.alerts_firing = counts.firing as u64;
             v.alerts_flapping = counts.flapping as u64;
-            v.pool_workers = workers;
-            v.worker_restarts += restarts;
+            v.pool_workers = pool.workers;
+            v.worker_restarts += pool.restarts;
+            v.tasks_retried += pool.retried;
             v.points += rep.points;
             v.points_per_second = if secs > 0.0 {
                 rep.points as f64 / secs
@@ -624,7 +641,7 @@ impl Service {
             backoff: Backoff::new(),
             round: 0,
             last_resend: None,
-            pids: HashSet::new(),
+            last_stats: multiloop::PoolStats::default(),
             generator_url,
             stamp: Vec::new(),
             cfg,

@@ -77,7 +77,7 @@ mod worker;
 pub use error::{Error, ExitInfo, Result};
 pub use multiloop_macros::task;
 pub use pool::{
-    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder,
+    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder, PoolStats,
     RestartPolicy, StreamInput,
 };
 pub use process::{Process, Worker};
