@@ -28,14 +28,12 @@ use tokio::net::TcpListener;
 
 use crate::report::ExpectedFinding;
 
-/// Seconds between two rounds of the simulated fleet.
-pub const STEP_SECS: f64 = 15.0;
+/// Seconds between two rounds of the simulated fleet (the scanner's
+/// logical clock).
+pub const STEP_SECS: f64 = crate::scan::SIMULATED_STEP_SECS;
 
-/// Header a scanner may send to ask for a round (`fleetcheck` sends it
-/// with every scrape); the page then carries sample timestamps of the
-/// simulated clock, so a scan of the fleet as external targets sees the
-/// same rounds and times as the built-in run.
-pub const ROUND_HEADER: &str = "x-fleetcheck-round";
+/// The request header that asks the simulated fleet for a given round.
+pub const ROUND_HEADER: &str = crate::http::ROUND_HEADER;
 
 /// Misbehaviour of a bad host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::expfmt::{ACCEPT, Format};
 
+/// The request header that asks a target for a given round (the simulated
+/// fleet answers with that round's page; other servers ignore it).
+pub const ROUND_HEADER: &str = "x-fleetcheck-round";
+
 /// Fetch limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchConfig {
@@ -631,7 +635,7 @@ impl HttpClient {
             req = req.header(hyper::header::ACCEPT_ENCODING, "gzip");
         }
         if let Some(r) = cfg.round {
-            req = req.header(crate::fleet::ROUND_HEADER, r);
+            req = req.header(ROUND_HEADER, r);
         }
         if let Some(a) = &self.authorization {
             req = req.header(hyper::header::AUTHORIZATION, a);

@@ -22,6 +22,7 @@
 //! before `main` runs.
 
 pub mod alert;
+#[cfg(feature = "simulator")]
 pub mod bench;
 pub mod checks;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod discovery;
 pub mod dur;
 pub mod error;
 pub mod expfmt;
+#[cfg(feature = "simulator")]
 pub mod fleet;
 pub mod history;
 pub mod http;

@@ -12,6 +12,10 @@ use crate::http::{ClientSettings, FetchConfig, HttpClient, Page};
 use crate::report::Report;
 use crate::state::{HostRound, HostState};
 
+/// Seconds between two rounds of the simulated fleet, the step of the
+/// scanner's logical clock ([`Clock::Logical`]).
+pub const SIMULATED_STEP_SECS: f64 = 15.0;
+
 /// One target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HostSpec {

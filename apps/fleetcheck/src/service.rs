@@ -28,7 +28,8 @@ use crate::alert::{AlertEngine, AlertKey, Level, Observed, RoundContext, RulePar
 use crate::config::{RunArgs, ServiceConfig};
 use crate::dur::Dur;
 use crate::error::Error;
-use crate::fleet::{FleetConfig, STEP_SECS};
+#[cfg(feature = "simulator")]
+use crate::fleet::FleetConfig;
 use crate::history::HistoryStore;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -106,7 +107,9 @@ fn plan(cfg: &ServiceConfig, fleet_addr: Option<&str>) -> Result<Plan, Error> {
         max_bytes: cfg.max_page_bytes,
         round_query: simulated,
         clock: if simulated {
-            Clock::Logical { step: STEP_SECS }
+            Clock::Logical {
+                step: crate::scan::SIMULATED_STEP_SECS,
+            }
         } else {
             Clock::Wall
         },
@@ -578,6 +581,7 @@ impl Service {
 }
 
 /// Start the simulated fleet when the config names no targets.
+#[cfg(feature = "simulator")]
 async fn simulated_fleet(
     cfg: &ServiceConfig,
 ) -> Result<(Option<tokio::process::Child>, Option<String>), Error> {
@@ -598,6 +602,19 @@ async fn simulated_fleet(
         "no targets: watching the simulated fleet at http://{addr}"
     );
     Ok((Some(child), Some(addr)))
+}
+
+/// Built without the simulator: a config must name targets.
+#[cfg(not(feature = "simulator"))]
+async fn simulated_fleet(
+    cfg: &ServiceConfig,
+) -> Result<(Option<tokio::process::Child>, Option<String>), Error> {
+    if cfg.static_targets()?.is_empty() {
+        return Err(Error::Usage(
+            "no targets in the config, and this fleetcheck was built without the simulated fleet (feature `simulator`)".into(),
+        ));
+    }
+    Ok((None, None))
 }
 
 impl Service {
