@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::within;
+use common::{inc, killed_while_waiting, within};
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -18,34 +18,11 @@ use futures_util::StreamExt;
 use multiloop::{Pool, RestartPolicy};
 
 #[multiloop::task]
-async fn inc(x: u64) -> u64 {
-    x + 1
-}
-
-#[multiloop::task]
-async fn nap_ms(ms: u64) -> u64 {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    ms
-}
-
-#[multiloop::task]
 async fn poison_at(x: u64, bad: Vec<u64>) -> u64 {
     if bad.contains(&x) {
         std::process::abort();
     }
     x
-}
-
-/// Kills its worker from another thread while the task awaits: a death
-/// outside any task's poll, which no task explains.
-#[multiloop::task]
-async fn killed_while_waiting() -> u64 {
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(5));
-        std::process::abort();
-    });
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    0
 }
 
 /// Leaks `mib` MiB (touched, so resident), waits, and reports the worker's
@@ -99,27 +76,6 @@ async fn returns_refuses() -> Refuses {
 #[multiloop::task]
 async fn takes_refuses(_x: Refuses) -> u64 {
     0
-}
-
-// ---------------------------------------------------------------- close after recycling (races: no_worker_left.rs)
-
-#[tokio::test]
-async fn close_returns_after_workers_are_recycled_by_count() {
-    for _ in 0..10 {
-        let pool = within(
-            60,
-            "build",
-            Pool::builder().processes(2).max_tasks_per_child(10).build(),
-        )
-        .await
-        .unwrap();
-        let out = within(60, "map", pool.map(inc, 0..200)).await.unwrap();
-        assert_eq!(out, (1..=200).collect::<Vec<u64>>());
-        within(30, "close after recycling", pool.close())
-            .await
-            .unwrap();
-        assert!(pool.worker_pids().is_empty());
-    }
 }
 
 // ---------------------------------------------------------------- close and lazy calls

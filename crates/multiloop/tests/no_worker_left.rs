@@ -7,17 +7,12 @@
 
 mod common;
 
-use common::{pid_gone_within, signal, within};
+use common::{inc, pid_gone_within, signal, within};
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use multiloop::Pool;
-
-#[multiloop::task]
-async fn inc(x: u64) -> u64 {
-    x + 1
-}
 
 /// How the pool is stopped in a race test.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{poll_once, signal, within};
+use common::{inc, killed_while_waiting, nap_ms, poll_once, signal, within};
 
 use std::future::IntoFuture;
 use std::io::Write;
@@ -50,17 +50,6 @@ fn logged() -> String {
 }
 
 #[multiloop::task]
-async fn inc(x: u64) -> u64 {
-    x + 1
-}
-
-#[multiloop::task]
-async fn nap_ms(ms: u64) -> u64 {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    ms
-}
-
-#[multiloop::task]
 async fn abort_now() -> u64 {
     std::process::abort()
 }
@@ -71,17 +60,6 @@ async fn spin_forever() -> u64 {
     while start.elapsed() < Duration::from_secs(60) {
         std::hint::spin_loop();
     }
-    0
-}
-
-/// Kills its worker from another thread while the task awaits.
-#[multiloop::task]
-async fn killed_while_waiting() -> u64 {
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(5));
-        std::process::abort();
-    });
-    tokio::time::sleep(Duration::from_secs(30)).await;
     0
 }
 

@@ -64,3 +64,30 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
+
+// ---------------------------------------------------------------- tasks
+
+/// `x + 1`.
+#[multiloop::task]
+pub(crate) async fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+/// Sleeps `ms` milliseconds, then answers `ms`.
+#[multiloop::task]
+pub(crate) async fn nap_ms(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+/// Kills its worker from another thread while the task awaits: a death
+/// outside any task's poll, which no task explains.
+#[multiloop::task]
+pub(crate) async fn killed_while_waiting() -> u64 {
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(5));
+        std::process::abort();
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    0
+}
