@@ -2,7 +2,10 @@
 //! FILE`) and the same settings as flags. Every flag of [`RunArgs`] has the
 //! config key of the same name (`--scrape-timeout` is `scrape_timeout`) and
 //! every key a flag, except the tables `[[static_configs]]` (targets with
-//! labels) and `[[rule]]` (inline rules; `--rules FILE` is the flag form).
+//! labels, TLS and auth), `[[file_sd_configs]]` (file discovery with TLS
+//! and auth) and `[[rule]]` (inline rules; `--rules FILE` is the flag form).
+//! Each `[[static_configs]]` / `[[file_sd_configs]]` table is a target
+//! group with its own [`ClientSettings`] (see [`ServiceConfig::grouped_targets`]).
 //! Flags override the file. See `fleetcheck.example.toml`.
 
 use std::collections::BTreeMap;
@@ -560,6 +563,29 @@ mod tests {
         assert!(!cfg.rules.is_empty());
         assert!(cfg.rules.iter().any(|r| r.clear_below.is_some()));
         assert!(cfg.load_rules().unwrap().rules.len() >= 2);
+    }
+
+    #[test]
+    fn example_target_group_tables_parse_when_uncommented() {
+        let start = EXAMPLE.find("# Each [[static_configs]]").unwrap();
+        let block = &EXAMPLE[start..];
+        let block = &block[..block.find("\n\n").unwrap()];
+        let src: String = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = ServiceConfig::parse(&src, Path::new("example")).unwrap();
+        assert_eq!(cfg.static_configs.len(), 1);
+        let sc = &cfg.static_configs[0];
+        let tls = sc.tls_config.as_ref().unwrap();
+        assert!(tls.ca_file.is_some() && tls.cert_file.is_some() && tls.key_file.is_some());
+        assert!(sc.bearer_token_file.is_some());
+        assert_eq!(cfg.file_sd_configs.len(), 1);
+        let fc = &cfg.file_sd_configs[0];
+        assert_eq!(fc.basic_auth.as_ref().unwrap().username, "fleetcheck");
+        assert!(fc.tls_config.as_ref().unwrap().ca_file.is_some());
     }
 
     #[test]
