@@ -354,7 +354,7 @@ fn service_scrapes_https_targets_with_a_bearer_token_per_target_group() {
     // Two groups on the same HTTPS server, each with its own token file.
     let good = format!("https://localhost:{port}/good/metrics");
     let bad = format!("https://localhost:{port}/bad/metrics");
-    let group = |url: &str, tok: &std::path::Path| {
+    let static_group = |url: &str, tok: &std::path::Path| {
         format!(
             "[[static_configs]]\ntargets = [\"{url}\"]\nbearer_token_file = \"{}\"\n\
              [static_configs.tls_config]\nca_file = \"{}\"\n",
@@ -362,14 +362,27 @@ fn service_scrapes_https_targets_with_a_bearer_token_per_target_group() {
             ca.display()
         )
     };
+    // The bad group comes from file discovery (`[[file_sd_configs]]`).
+    let sd = dir.path("bad.json");
+    std::fs::write(
+        &sd,
+        format!(
+            r#"[{{"targets": ["localhost:{port}"], "labels": {{"__scheme__": "https", "__metrics_path__": "/bad/metrics"}}}}]"#
+        ),
+    )
+    .unwrap();
     let cfg = config(
         &dir,
         &format!(
             "alerts_jsonl = \"-\"\n\
              [[rule]]\nname = \"hot\"\nkind = \"threshold\"\nmetric = \"temp\"\nabove = 90.0\n\
-             {}{}",
-            group(&good, &good_tok),
-            group(&bad, &bad_tok)
+             {}\
+             [[file_sd_configs]]\nfiles = [\"{}\"]\nbearer_token_file = \"{}\"\n\
+             tls_config = {{ ca_file = \"{}\" }}\n",
+            static_group(&good, &good_tok),
+            sd.display(),
+            bad_tok.display(),
+            ca.display()
         ),
     );
     let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap()]);
