@@ -24,13 +24,14 @@ pub struct ScrapeArgs {
     /// Accept any server certificate (insecure; for test fleets only).
     #[arg(long)]
     pub tls_insecure_skip_verify: bool,
-    /// File holding a bearer token sent to every target.
+    /// File holding a bearer token sent to every target (re-read when it
+    /// changes: a rotated token needs no restart).
     #[arg(long, value_name = "FILE", conflicts_with = "basic_auth_user")]
     pub bearer_token_file: Option<PathBuf>,
     /// User name for HTTP basic auth.
     #[arg(long, value_name = "USER")]
     pub basic_auth_user: Option<String>,
-    /// File holding the basic auth password.
+    /// File holding the basic auth password (re-read when it changes).
     #[arg(long, value_name = "FILE", requires = "basic_auth_user")]
     pub basic_auth_password_file: Option<PathBuf>,
     /// Maximum connections open at once to one target host:port (0 = no
