@@ -348,6 +348,14 @@ impl ServiceConfig {
         };
         cfg.apply(args);
         cfg.check().map_err(Error::Usage)?;
+        // The TLS and auth files of the config's target groups, named with
+        // the config file.
+        if let Some(path) = &args.config {
+            cfg.group_settings().map_err(|reason| Error::Config {
+                path: path.clone(),
+                reason,
+            })?;
+        }
         Ok(cfg)
     }
 
@@ -486,33 +494,45 @@ impl ServiceConfig {
                 push(&t, &none, 0);
             }
         }
-        let settings = |table: String, auth: ScrapeAuth| {
-            let s = auth
-                .client_settings(DEFAULT_MAX_CONNS_PER_HOST, true)
-                .and_then(|s| s.check().map(|()| s))
-                .map_err(|e| Error::Usage(format!("`{table}`: {e}")))?;
-            Ok::<_, Error>(s)
-        };
-        let mut groups = Vec::new();
+        let groups = self.group_settings().map_err(Error::Usage)?;
+        let first_sd = 1 + self.static_configs.len() as u32;
         for (i, sc) in self.static_configs.iter().enumerate() {
-            let g = 1 + groups.len() as u32;
-            groups.push(settings(format!("static_configs[{i}]"), sc.scrape_auth())?);
             for t in &sc.targets {
-                push(t, &sc.labels, g);
+                push(t, &sc.labels, 1 + i as u32);
             }
         }
         for (t, l) in file_sd_targets(&self.file_sd)? {
             push(&t, &l, 0);
         }
         for (i, fc) in self.file_sd_configs.iter().enumerate() {
-            let g = 1 + groups.len() as u32;
-            groups.push(settings(format!("file_sd_configs[{i}]"), fc.scrape_auth())?);
             for (t, l) in file_sd_targets(&fc.files)? {
-                push(&t, &l, g);
+                push(&t, &l, first_sd + i as u32);
             }
         }
         out.clients.extend(groups);
         Ok(out)
+    }
+
+    /// The client settings of the `[[static_configs]]` tables, then of the
+    /// `[[file_sd_configs]]` tables (groups 1, 2, ...), each checked now:
+    /// an error names the table and the file at fault.
+    pub fn group_settings(&self) -> Result<Vec<ClientSettings>, String> {
+        let settings = |table: String, auth: ScrapeAuth| {
+            auth.client_settings(DEFAULT_MAX_CONNS_PER_HOST, true)
+                .and_then(|s| s.check().map(|()| s))
+                .map_err(|e| format!("`{table}`: {e}"))
+        };
+        let statics = self
+            .static_configs
+            .iter()
+            .enumerate()
+            .map(|(i, sc)| settings(format!("static_configs[{i}]"), sc.scrape_auth()));
+        let sds = self
+            .file_sd_configs
+            .iter()
+            .enumerate()
+            .map(|(i, fc)| settings(format!("file_sd_configs[{i}]"), fc.scrape_auth()));
+        statics.chain(sds).collect()
     }
 
     /// The targets with their labels ([`ServiceConfig::grouped_targets`]
@@ -719,6 +739,20 @@ mod tests {
             .to_string();
         assert!(
             e.contains("static_configs[0]") && e.contains("/nonexistent/tok"),
+            "{e}"
+        );
+        // Loaded as `--config FILE`: the config file is named too.
+        let bad_cfg = dir.join("bad.toml");
+        std::fs::write(&bad_cfg, &bad).unwrap();
+        let e = ServiceConfig::from_args(&RunArgs {
+            config: Some(bad_cfg.clone()),
+            ..RunArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!("{}: `static_configs[0]`", bad_cfg.display()))
+                && e.contains("/nonexistent/tok"),
             "{e}"
         );
         // Bearer and basic auth in one group.
