@@ -2,7 +2,10 @@
 //! FILE`) and the same settings as flags. Every flag of [`RunArgs`] has the
 //! config key of the same name (`--scrape-timeout` is `scrape_timeout`) and
 //! every key a flag, except the tables `[[static_configs]]` (targets with
-//! labels) and `[[rule]]` (inline rules; `--rules FILE` is the flag form).
+//! labels, TLS and auth), `[[file_sd_configs]]` (file discovery with TLS
+//! and auth) and `[[rule]]` (inline rules; `--rules FILE` is the flag form).
+//! Each `[[static_configs]]` / `[[file_sd_configs]]` table is a target
+//! group with its own [`ClientSettings`] (see [`ServiceConfig::grouped_targets`]).
 //! Flags override the file. See `fleetcheck.example.toml`.
 
 use std::collections::BTreeMap;
@@ -13,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::Policy;
 use crate::dur::Dur;
 use crate::error::Error;
+use crate::http::{BasicAuth, ClientSettings, DEFAULT_MAX_CONNS_PER_HOST, ScrapeAuth, TlsSettings};
 use crate::rules::{Rule, Rules, RulesError};
 
 /// Log output format.
@@ -39,6 +43,72 @@ pub struct StaticConfig {
     /// alerts.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// TLS of these targets (`[static_configs.tls_config]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<TlsSettings>,
+    /// File holding the bearer token sent to these targets (re-read when
+    /// it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic auth of these targets (`{ username, password_file }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// File discovery files sharing TLS and auth (like Prometheus'
+/// `file_sd_configs`); each entry is one target group of its own.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSdConfig {
+    /// File-SD files (JSON or YAML, see [`crate::discovery`]).
+    pub files: Vec<PathBuf>,
+    /// TLS of these targets (`[file_sd_configs.tls_config]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<TlsSettings>,
+    /// File holding the bearer token sent to these targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic auth of these targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// The TLS and auth keys of a group table.
+fn group_auth(
+    tls_config: &Option<TlsSettings>,
+    bearer_token_file: &Option<PathBuf>,
+    basic_auth: &Option<BasicAuth>,
+) -> ScrapeAuth {
+    ScrapeAuth {
+        tls_config: tls_config.clone(),
+        bearer_token_file: bearer_token_file.clone(),
+        basic_auth: basic_auth.clone(),
+    }
+}
+
+impl StaticConfig {
+    /// Its TLS and auth.
+    pub fn scrape_auth(&self) -> ScrapeAuth {
+        group_auth(&self.tls_config, &self.bearer_token_file, &self.basic_auth)
+    }
+}
+
+impl FileSdConfig {
+    /// Its TLS and auth.
+    pub fn scrape_auth(&self) -> ScrapeAuth {
+        group_auth(&self.tls_config, &self.bearer_token_file, &self.basic_auth)
+    }
+}
+
+/// The service's targets: each with its labels and client group, and the
+/// client settings of each group (group 0: the plain `targets`,
+/// `targets_file` and `file_sd`, default settings).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GroupedTargets {
+    /// URL, labels, group.
+    pub targets: Vec<(String, BTreeMap<String, String>, u32)>,
+    /// Client settings by group.
+    pub clients: Vec<ClientSettings>,
 }
 
 /// The flags of `fleetcheck run` (each one overrides the config key of the
@@ -149,8 +219,10 @@ pub struct ServiceConfig {
     pub targets_file: Option<PathBuf>,
     /// `--file-sd`.
     pub file_sd: Vec<PathBuf>,
-    /// Targets with labels (config only).
+    /// Targets with labels, TLS and auth (config only).
     pub static_configs: Vec<StaticConfig>,
+    /// File discovery with TLS and auth (config only).
+    pub file_sd_configs: Vec<FileSdConfig>,
     /// `--rules`.
     pub rules_file: Option<PathBuf>,
     /// Inline rules (config only; `[[rule]]` as in a rules file).
@@ -209,6 +281,7 @@ impl Default for ServiceConfig {
             targets_file: None,
             file_sd: Vec::new(),
             static_configs: Vec::new(),
+            file_sd_configs: Vec::new(),
             rules_file: None,
             rules: Vec::new(),
             alertmanagers: Vec::new(),
@@ -275,6 +348,14 @@ impl ServiceConfig {
         };
         cfg.apply(args);
         cfg.check().map_err(Error::Usage)?;
+        // The TLS and auth files of the config's target groups, named with
+        // the config file.
+        if let Some(path) = &args.config {
+            cfg.group_settings().map_err(|reason| Error::Config {
+                path: path.clone(),
+                reason,
+            })?;
+        }
         Ok(cfg)
     }
 
@@ -387,52 +468,102 @@ impl ServiceConfig {
         }
     }
 
-    /// Static targets: `targets`, `targets_file`, `static_configs`, then
-    /// file discovery, each URL once (first wins), with its labels.
-    pub fn static_targets(&self) -> Result<Vec<LabelledTarget>, Error> {
-        let mut out: Vec<LabelledTarget> = Vec::new();
+    /// Static targets: `targets`, `targets_file`, `static_configs`,
+    /// `file_sd`, then `file_sd_configs`, each URL once (first
+    /// wins), with its labels and client group; every group's settings are
+    /// checked now (an error names the table and the file at fault).
+    pub fn grouped_targets(&self) -> Result<GroupedTargets, Error> {
+        let mut out = GroupedTargets {
+            targets: Vec::new(),
+            clients: vec![ClientSettings::default()],
+        };
         let mut seen = std::collections::HashSet::new();
-        let mut push = |u: &str, l: &BTreeMap<String, String>| {
+        let mut push = |u: &str, l: &BTreeMap<String, String>, g: u32| {
             if seen.insert(u.to_string()) {
-                out.push((u.to_string(), l.clone()));
+                out.targets.push((u.to_string(), l.clone(), g));
             }
         };
         let none = BTreeMap::new();
         for t in &self.targets {
-            push(t, &none);
+            push(t, &none, 0);
         }
         if let Some(p) = &self.targets_file {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| Error::io(format!("reading targets {}", p.display()), e))?;
             for t in crate::scan::parse_targets(&text) {
-                push(&t, &none);
+                push(&t, &none, 0);
             }
         }
-        for sc in &self.static_configs {
+        let groups = self.group_settings().map_err(Error::Usage)?;
+        let first_sd = 1 + self.static_configs.len() as u32;
+        for (i, sc) in self.static_configs.iter().enumerate() {
             for t in &sc.targets {
-                push(t, &sc.labels);
+                push(t, &sc.labels, 1 + i as u32);
             }
         }
         for (t, l) in file_sd_targets(&self.file_sd)? {
-            push(&t, &l);
+            push(&t, &l, 0);
         }
+        for (i, fc) in self.file_sd_configs.iter().enumerate() {
+            for (t, l) in file_sd_targets(&fc.files)? {
+                push(&t, &l, first_sd + i as u32);
+            }
+        }
+        out.clients.extend(groups);
         Ok(out)
+    }
+
+    /// The client settings of the `[[static_configs]]` tables, then of the
+    /// `[[file_sd_configs]]` tables (groups 1, 2, ...), each checked now:
+    /// an error names the table and the file at fault.
+    pub fn group_settings(&self) -> Result<Vec<ClientSettings>, String> {
+        let settings = |table: String, auth: ScrapeAuth| {
+            auth.client_settings(DEFAULT_MAX_CONNS_PER_HOST, true)
+                .and_then(|s| s.check().map(|()| s))
+                .map_err(|e| format!("`{table}`: {e}"))
+        };
+        let statics = self
+            .static_configs
+            .iter()
+            .enumerate()
+            .map(|(i, sc)| settings(format!("static_configs[{i}]"), sc.scrape_auth()));
+        let sds = self
+            .file_sd_configs
+            .iter()
+            .enumerate()
+            .map(|(i, fc)| settings(format!("file_sd_configs[{i}]"), fc.scrape_auth()));
+        statics.chain(sds).collect()
+    }
+
+    /// The targets with their labels ([`ServiceConfig::grouped_targets`]
+    /// without the groups).
+    pub fn static_targets(&self) -> Result<Vec<LabelledTarget>, Error> {
+        Ok(self
+            .grouped_targets()?
+            .targets
+            .into_iter()
+            .map(|(u, l, _)| (u, l))
+            .collect())
     }
 }
 
-/// File service discovery: the targets listed in `files`. The format and
-/// the watching belong to the file-discovery module (issue 9); until it
-/// lands, each file is read as a targets file (one URL per line).
+/// File service discovery: the targets of Prometheus file-SD files
+/// (`.json`, `.yml`, `.yaml`; see [`crate::discovery`]), with their target
+/// labels. Read when the service (re)loads its config.
 pub fn file_sd_targets(files: &[PathBuf]) -> Result<Vec<LabelledTarget>, Error> {
     let mut out = Vec::new();
     for p in files {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| Error::io(format!("reading file_sd {}", p.display()), e))?;
-        out.extend(
-            crate::scan::parse_targets(&text)
-                .into_iter()
-                .map(|t| (t, BTreeMap::new())),
-        );
+        let groups =
+            crate::discovery::load_file(p).map_err(|e| Error::Usage(format!("file_sd {e}")))?;
+        for g in groups {
+            let labels = crate::discovery::public_labels(&g.labels);
+            for t in &g.targets {
+                let url = crate::discovery::target_url(t, &g.labels).map_err(|reason| {
+                    Error::Usage(format!("file_sd {}: target {t:?}: {reason}", p.display()))
+                })?;
+                out.push((url, labels.clone()));
+            }
+        }
     }
     Ok(out)
 }
@@ -452,6 +583,29 @@ mod tests {
         assert!(!cfg.rules.is_empty());
         assert!(cfg.rules.iter().any(|r| r.clear_below.is_some()));
         assert!(cfg.load_rules().unwrap().rules.len() >= 2);
+    }
+
+    #[test]
+    fn example_target_group_tables_parse_when_uncommented() {
+        let start = EXAMPLE.find("# Each [[static_configs]]").unwrap();
+        let block = &EXAMPLE[start..];
+        let block = &block[..block.find("\n\n").unwrap()];
+        let src: String = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = ServiceConfig::parse(&src, Path::new("example")).unwrap();
+        assert_eq!(cfg.static_configs.len(), 1);
+        let sc = &cfg.static_configs[0];
+        let tls = sc.tls_config.as_ref().unwrap();
+        assert!(tls.ca_file.is_some() && tls.cert_file.is_some() && tls.key_file.is_some());
+        assert!(sc.bearer_token_file.is_some());
+        assert_eq!(cfg.file_sd_configs.len(), 1);
+        let fc = &cfg.file_sd_configs[0];
+        assert_eq!(fc.basic_auth.as_ref().unwrap().username, "fleetcheck");
+        assert!(fc.tls_config.as_ref().unwrap().ca_file.is_some());
     }
 
     #[test]
@@ -478,7 +632,7 @@ mod tests {
                 ]
                 .map(String::from),
             )
-            .filter(|k| k != "static_configs" && k != "rule")
+            .filter(|k| !["static_configs", "file_sd_configs", "rule"].contains(&k.as_str()))
             .collect();
         assert_eq!(flags, keys);
     }
@@ -521,5 +675,109 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn each_target_group_gets_its_own_tls_and_auth() {
+        let dir =
+            std::env::temp_dir().join(format!("fleetcheck-cfg-groups-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = dir.join("token");
+        std::fs::write(&tok, "t\n").unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "p\n").unwrap();
+        let sd = dir.join("sd.json");
+        std::fs::write(
+            &sd,
+            r#"[{"targets": ["10.0.0.9:9100"], "labels": {"__scheme__": "https", "env": "prod"}}]"#,
+        )
+        .unwrap();
+        let src = format!(
+            "targets = [\"http://plain/metrics\"]\n\
+             [[static_configs]]\ntargets = [\"https://a/metrics\"]\nbearer_token_file = \"{}\"\n\
+             [static_configs.tls_config]\ninsecure_skip_verify = true\n\
+             [[file_sd_configs]]\nfiles = [\"{}\"]\nbasic_auth = {{ username = \"u\", password_file = \"{}\" }}\n",
+            tok.display(),
+            sd.display(),
+            pw.display()
+        );
+        let cfg = ServiceConfig::parse(&src, Path::new("g.toml")).unwrap();
+        let g = cfg.grouped_targets().unwrap();
+        let groups: Vec<(&str, u32)> = g.targets.iter().map(|(u, _, g)| (u.as_str(), *g)).collect();
+        assert_eq!(
+            groups,
+            [
+                ("http://plain/metrics", 0),
+                ("https://a/metrics", 1),
+                ("https://10.0.0.9:9100/metrics", 2)
+            ]
+        );
+        assert_eq!(g.targets[2].1.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(g.clients.len(), 3);
+        assert_eq!(g.clients[0], ClientSettings::default());
+        assert!(g.clients[1].tls.insecure_skip_verify);
+        assert_eq!(
+            g.clients[1].auth,
+            crate::http::AuthSettings::Bearer {
+                token_file: tok.clone()
+            }
+        );
+        assert_eq!(
+            g.clients[2].auth,
+            crate::http::AuthSettings::Basic {
+                user: "u".into(),
+                password_file: Some(pw.clone())
+            }
+        );
+
+        // A missing token file: the table and the file are named.
+        let bad = src.replace(&tok.display().to_string(), "/nonexistent/tok");
+        let e = ServiceConfig::parse(&bad, Path::new("g.toml"))
+            .unwrap()
+            .grouped_targets()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("static_configs[0]") && e.contains("/nonexistent/tok"),
+            "{e}"
+        );
+        // Loaded as `--config FILE`: the config file is named too.
+        let bad_cfg = dir.join("bad.toml");
+        std::fs::write(&bad_cfg, &bad).unwrap();
+        let e = ServiceConfig::from_args(&RunArgs {
+            config: Some(bad_cfg.clone()),
+            ..RunArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!("{}: `static_configs[0]`", bad_cfg.display()))
+                && e.contains("/nonexistent/tok"),
+            "{e}"
+        );
+        // Bearer and basic auth in one group.
+        let both = format!(
+            "[[static_configs]]\ntargets = [\"https://a/metrics\"]\nbearer_token_file = \"{}\"\n\
+             basic_auth = {{ username = \"u\" }}\n",
+            tok.display()
+        );
+        let e = ServiceConfig::parse(&both, Path::new("g.toml"))
+            .unwrap()
+            .grouped_targets()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("static_configs[0]") && e.contains("basic auth"),
+            "{e}"
+        );
+        // An unknown TLS key names itself and its line.
+        let e = ServiceConfig::parse(
+            "[[static_configs]]\ntargets = []\n[static_configs.tls_config]\nca = \"x\"\n",
+            Path::new("g.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 4") && e.contains("ca"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -101,6 +101,14 @@ impl fmt::Display for FetchError {
             }
             FetchError::Unreachable(e) => write!(f, "unreachable: {e}"),
             FetchError::Timeout(d) => write!(f, "timed out after {} ms", d.as_millis()),
+            FetchError::Status(401) => write!(
+                f,
+                "HTTP status 401 (unauthorized: check the group's bearer token or basic auth)"
+            ),
+            FetchError::Status(403) => write!(
+                f,
+                "HTTP status 403 (forbidden: the group's credentials are not allowed)"
+            ),
             FetchError::Status(s) => write!(f, "HTTP status {s}"),
             FetchError::Oversize(n) => write!(f, "page larger than the cap of {n} bytes"),
             FetchError::Tls(e) => write!(f, "TLS: {e}"),
@@ -122,8 +130,11 @@ pub struct Page {
     pub wire_bytes: usize,
 }
 
-/// TLS settings of a target group.
+/// TLS settings of a target group (also the service config's
+/// `tls_config` table: `ca_file`, `cert_file`, `key_file`,
+/// `insecure_skip_verify`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TlsSettings {
     /// PEM file of the CA certificates to trust (instead of the system's).
     pub ca_file: Option<PathBuf>,
@@ -153,6 +164,63 @@ pub enum AuthSettings {
         /// File holding the password (a final newline is trimmed).
         password_file: Option<PathBuf>,
     },
+}
+
+/// `basic_auth = { username, password_file }` of a service target group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name.
+    pub username: String,
+    /// File holding the password (re-read when it changes).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// TLS and auth of one target group as given by the user: the `scan`
+/// flags or a service config table. [`ScrapeAuth::client_settings`] is the
+/// one constructor of [`ClientSettings`] from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrapeAuth {
+    /// TLS settings (`None`: defaults, system roots).
+    pub tls_config: Option<TlsSettings>,
+    /// File holding a bearer token.
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic auth.
+    pub basic_auth: Option<BasicAuth>,
+}
+
+impl ScrapeAuth {
+    /// The client settings of these options, with a connection cap and
+    /// gzip. Both a bearer token and basic auth is an error; the files
+    /// are not read here (see [`ClientSettings::check`]).
+    pub fn client_settings(
+        &self,
+        max_conns_per_host: usize,
+        gzip: bool,
+    ) -> Result<ClientSettings, SettingsError> {
+        let auth = match (&self.bearer_token_file, &self.basic_auth) {
+            (Some(_), Some(_)) => {
+                return Err(SettingsError(
+                    "a bearer token file and basic auth cannot both be given".into(),
+                ));
+            }
+            (Some(f), None) => AuthSettings::Bearer {
+                token_file: f.clone(),
+            },
+            (None, Some(b)) => AuthSettings::Basic {
+                user: b.username.clone(),
+                password_file: b.password_file.clone(),
+            },
+            (None, None) => AuthSettings::None,
+        };
+        Ok(ClientSettings {
+            tls: self.tls_config.clone().unwrap_or_default(),
+            auth,
+            max_conns_per_host,
+            gzip,
+        })
+    }
 }
 
 /// How to reach the targets of one group: TLS, auth, connection cap.
@@ -195,13 +263,47 @@ impl fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
+impl ClientSettings {
+    /// Check the settings now: every CA, certificate, key, token and
+    /// password file readable and valid; the error names the file.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        HttpClient::with_settings(self).map(|_| ())
+    }
+}
+
 fn read_secret(path: &Path, what: &str) -> Result<String, SettingsError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|e| SettingsError(format!("{what} {}: {e}", path.display())))
 }
 
+/// Modification time and size of a file (`None`: cannot be read).
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The `Authorization` header as last read, with the secret file's stamp
+/// at that read: the file is read again when its stamp changes, so a
+/// rotated token or password needs no restart (as in Prometheus).
+#[derive(Debug, Default)]
+struct AuthCache {
+    stamp: Stamp,
+    header: Option<String>,
+}
+
 impl AuthSettings {
+    /// The file holding the secret, if any.
+    fn secret_file(&self) -> Option<&Path> {
+        match self {
+            AuthSettings::None => None,
+            AuthSettings::Bearer { token_file } => Some(token_file),
+            AuthSettings::Basic { password_file, .. } => password_file.as_deref(),
+        }
+    }
+
     /// The `Authorization` header value (files read now).
     fn header(&self) -> Result<Option<String>, SettingsError> {
         use base64::Engine as _;
@@ -351,7 +453,7 @@ pub struct HttpClient {
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     tls: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, SettingsError>>,
     settings: ClientSettings,
-    authorization: Option<String>,
+    authorization: Mutex<AuthCache>,
     /// Why the settings could not be used (every fetch reports it).
     broken: Option<SettingsError>,
 }
@@ -363,7 +465,7 @@ impl Default for HttpClient {
             slots: Mutex::default(),
             tls: std::sync::OnceLock::new(),
             settings: ClientSettings::default(),
-            authorization: None,
+            authorization: Mutex::default(),
             broken: None,
         }
     }
@@ -390,7 +492,24 @@ impl HttpClient {
     /// New client for a target group: reads the CA, certificate, key,
     /// token and password files now and says which one is wrong.
     pub fn with_settings(settings: &ClientSettings) -> Result<Self, SettingsError> {
-        let authorization = settings.auth.header()?;
+        HttpClient::build(settings, true)
+    }
+
+    /// A client; the token or password file is read now (`read_auth`) or
+    /// at the first request.
+    fn build(settings: &ClientSettings, read_auth: bool) -> Result<Self, SettingsError> {
+        let authorization = if read_auth {
+            let before = settings.auth.secret_file().and_then(stamp);
+            let header = settings.auth.header()?;
+            // Stamped before the read: a change during the read is seen
+            // at the next request.
+            Mutex::new(AuthCache {
+                stamp: before,
+                header,
+            })
+        } else {
+            Mutex::default()
+        };
         let tls = std::sync::OnceLock::new();
         let need_now = settings.tls != TlsSettings::default();
         if need_now {
@@ -405,11 +524,13 @@ impl HttpClient {
         })
     }
 
-    /// Like [`HttpClient::with_settings`], but never fails: a settings
+    /// Like [`HttpClient::with_settings`], but never fails: a TLS settings
     /// error is reported by every fetch instead (for worker processes,
-    /// whose parent already checked the settings).
+    /// whose parent already checked the settings), and the token or
+    /// password file is read at the first request (a file missing for a
+    /// moment while it is rotated fails scrapes, not the client).
     pub fn for_settings(settings: &ClientSettings) -> Self {
-        HttpClient::with_settings(settings).unwrap_or_else(|e| HttpClient {
+        HttpClient::build(settings, false).unwrap_or_else(|e| HttpClient {
             settings: settings.clone(),
             broken: Some(e),
             ..HttpClient::default()
@@ -419,6 +540,36 @@ impl HttpClient {
     /// The settings of this client.
     pub fn settings(&self) -> &ClientSettings {
         &self.settings
+    }
+
+    /// The `Authorization` header of the next request: the token or
+    /// password file is read again when its modification time or size
+    /// changed since the last read (a rotated secret needs no restart). A
+    /// secret file that cannot be read fails the scrape, naming the file.
+    pub fn authorization(&self) -> Result<Option<String>, FetchError> {
+        let Some(file) = self.settings.auth.secret_file() else {
+            return self
+                .settings
+                .auth
+                .header()
+                .map_err(|e| FetchError::Http(format!("client settings: {e}")));
+        };
+        let now = stamp(file);
+        let mut cache = self
+            .authorization
+            .lock()
+            .map_err(|_| FetchError::Http("auth cache poisoned".into()))?;
+        if now.is_some() && now == cache.stamp {
+            return Ok(cache.header.clone());
+        }
+        let header = self
+            .settings
+            .auth
+            .header()
+            .map_err(|e| FetchError::Http(format!("client settings: {e}")))?;
+        cache.stamp = now;
+        cache.header.clone_from(&header);
+        Ok(header)
     }
 
     fn tls(&self) -> Result<tokio_rustls::TlsConnector, FetchError> {
@@ -637,7 +788,7 @@ impl HttpClient {
         if let Some(r) = cfg.round {
             req = req.header(ROUND_HEADER, r);
         }
-        if let Some(a) = &self.authorization {
+        if let Some(a) = self.authorization()? {
             req = req.header(hyper::header::AUTHORIZATION, a);
         }
         req.body(Empty::<Bytes>::new())
@@ -867,6 +1018,51 @@ mod tests {
             e.0.contains("bearer token file") && e.0.contains("missing"),
             "{e}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rotated_token_file_is_picked_up_without_restart() {
+        let dir = std::env::temp_dir().join(format!("fleetcheck-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = dir.join("token");
+        std::fs::write(&tok, "old\n").unwrap();
+        let settings = ClientSettings {
+            auth: AuthSettings::Bearer {
+                token_file: tok.clone(),
+            },
+            ..ClientSettings::default()
+        };
+        let c = HttpClient::with_settings(&settings).unwrap();
+        assert_eq!(c.authorization().unwrap().as_deref(), Some("Bearer old"));
+        // Rotated by rename, as secret managers do; the same client sees it.
+        let tmp = dir.join("token.new");
+        std::fs::write(&tmp, "rotated-token\n").unwrap();
+        std::fs::rename(&tmp, &tok).unwrap();
+        assert_eq!(
+            c.authorization().unwrap().as_deref(),
+            Some("Bearer rotated-token")
+        );
+        // Gone for a moment: the scrape fails, naming the file ...
+        std::fs::remove_file(&tok).unwrap();
+        let e = c.authorization().unwrap_err().to_string();
+        assert!(
+            e.contains("bearer token file") && e.contains("token"),
+            "{e}"
+        );
+        // ... and back: picked up again.
+        std::fs::write(&tok, "third\n").unwrap();
+        assert_eq!(c.authorization().unwrap().as_deref(), Some("Bearer third"));
+        // A worker's client reads the file at its first request, not before.
+        let w = HttpClient::for_settings(&ClientSettings {
+            auth: AuthSettings::Bearer {
+                token_file: dir.join("later"),
+            },
+            ..ClientSettings::default()
+        });
+        assert!(w.authorization().is_err());
+        std::fs::write(dir.join("later"), "late\n").unwrap();
+        assert_eq!(w.authorization().unwrap().as_deref(), Some("Bearer late"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::http::{
-    AuthSettings, ClientSettings, DEFAULT_MAX_CONNS_PER_HOST, HttpClient, TlsSettings,
-};
+use crate::http::{BasicAuth, ClientSettings, DEFAULT_MAX_CONNS_PER_HOST, ScrapeAuth, TlsSettings};
 
 /// Scrape flags shared by the commands that scrape.
 #[derive(Debug, Clone, Default, Args)]
@@ -26,13 +24,14 @@ pub struct ScrapeArgs {
     /// Accept any server certificate (insecure; for test fleets only).
     #[arg(long)]
     pub tls_insecure_skip_verify: bool,
-    /// File holding a bearer token sent to every target.
+    /// File holding a bearer token sent to every target (re-read when it
+    /// changes: a rotated token needs no restart).
     #[arg(long, value_name = "FILE", conflicts_with = "basic_auth_user")]
     pub bearer_token_file: Option<PathBuf>,
     /// User name for HTTP basic auth.
     #[arg(long, value_name = "USER")]
     pub basic_auth_user: Option<String>,
-    /// File holding the basic auth password.
+    /// File holding the basic auth password (re-read when it changes).
     #[arg(long, value_name = "FILE", requires = "basic_auth_user")]
     pub basic_auth_password_file: Option<PathBuf>,
     /// Maximum connections open at once to one target host:port (0 = no
@@ -50,39 +49,39 @@ pub struct ScrapeArgs {
 }
 
 impl ScrapeArgs {
-    /// The client settings these flags describe.
-    pub fn settings(&self) -> ClientSettings {
-        let auth = match (&self.bearer_token_file, &self.basic_auth_user) {
-            (Some(f), _) => AuthSettings::Bearer {
-                token_file: f.clone(),
-            },
-            (None, Some(u)) => AuthSettings::Basic {
-                user: u.clone(),
-                password_file: self.basic_auth_password_file.clone(),
-            },
-            (None, None) => AuthSettings::None,
-        };
-        ClientSettings {
-            tls: TlsSettings {
+    /// TLS and auth as given by these flags.
+    pub fn scrape_auth(&self) -> ScrapeAuth {
+        ScrapeAuth {
+            tls_config: Some(TlsSettings {
                 ca_file: self.tls_ca_file.clone(),
                 cert_file: self.tls_cert_file.clone(),
                 key_file: self.tls_key_file.clone(),
                 insecure_skip_verify: self.tls_insecure_skip_verify,
-            },
-            auth,
-            max_conns_per_host: self.max_conns_per_host,
-            gzip: !self.no_gzip,
+            }),
+            bearer_token_file: self.bearer_token_file.clone(),
+            basic_auth: self.basic_auth_user.as_ref().map(|u| BasicAuth {
+                username: u.clone(),
+                password_file: self.basic_auth_password_file.clone(),
+            }),
         }
+    }
+
+    /// The client settings these flags describe (clap refuses a bearer
+    /// token with basic auth).
+    pub fn settings(&self) -> Result<ClientSettings, String> {
+        self.scrape_auth()
+            .client_settings(self.max_conns_per_host, !self.no_gzip)
+            .map_err(|e| e.to_string())
     }
 
     /// The client settings, checked now (every file readable and valid);
     /// for the built-in fleet, without the per-host cap.
     pub fn checked_settings(&self, builtin: bool) -> Result<ClientSettings, String> {
-        let mut s = self.settings();
+        let mut s = self.settings()?;
         if builtin {
             s.max_conns_per_host = 0;
         }
-        HttpClient::with_settings(&s).map_err(|e| e.to_string())?;
+        s.check().map_err(|e| e.to_string())?;
         Ok(s)
     }
 }

@@ -69,15 +69,25 @@ struct Plan {
 }
 
 fn plan(cfg: &ServiceConfig, fleet_addr: Option<&str>) -> Result<Plan, Error> {
-    let mut targets = cfg.static_targets()?;
+    let grouped = cfg.grouped_targets()?;
+    let mut clients = grouped.clients;
+    let mut targets = grouped.targets;
     let simulated = targets.is_empty();
     if simulated {
         let addr = fleet_addr.ok_or_else(|| {
             Error::Usage("no targets, and the simulated fleet is not running".into())
         })?;
         targets = (0..cfg.fleet_hosts)
-            .map(|i| (format!("http://{addr}/host/{i}/metrics"), BTreeMap::new()))
+            .map(|i| {
+                (
+                    format!("http://{addr}/host/{i}/metrics"),
+                    BTreeMap::new(),
+                    0,
+                )
+            })
             .collect();
+        // One default client, as before: the simulated fleet needs no TLS.
+        clients = Vec::new();
     }
     let rules = cfg.load_rules()?;
     let mut params: HashMap<String, RuleParams> = rules
@@ -96,12 +106,20 @@ fn plan(cfg: &ServiceConfig, fleet_addr: Option<&str>) -> Result<Plan, Error> {
         })
         .collect();
     params.entry(TARGET_DOWN.into()).or_default();
-    let urls: Vec<String> = targets.iter().map(|t| t.0.clone()).collect();
+    let specs: Vec<HostSpec> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (u, _, g))| HostSpec {
+            id: i as u32,
+            url: u.clone(),
+            group: *g,
+        })
+        .collect();
     let groups = targets
         .iter()
-        .filter_map(|(u, l)| l.get("group").map(|g| (u.clone(), g.clone())))
+        .filter_map(|(u, l, _)| l.get("group").map(|g| (u.clone(), g.clone())))
         .collect();
-    let labels = targets.into_iter().collect();
+    let labels = targets.into_iter().map(|(u, l, _)| (u, l)).collect();
     let opts = ScrapeOptions {
         timeout_ms: (cfg.scrape_timeout.secs() * 1000.0).ceil() as u64,
         max_bytes: cfg.max_page_bytes,
@@ -115,16 +133,17 @@ fn plan(cfg: &ServiceConfig, fleet_addr: Option<&str>) -> Result<Plan, Error> {
         },
     };
     Ok(Plan {
-        targets: crate::scan::host_specs(&urls),
+        targets: specs,
         labels,
         groups,
         params,
         init: WorkerInit {
             rules: rules.clone(),
             opts,
-            // One default client (plain HTTP, system roots for HTTPS); TLS
-            // and auth per target group are `scan` flags for now.
-            clients: Vec::new(),
+            // TLS and auth per target group (`HostSpec::group`): group 0
+            // has the default settings, then one per `[[static_configs]]`
+            // and `[[file_sd_configs]]` table.
+            clients,
         },
         rules,
         settings: PoolSettings {

@@ -253,3 +253,198 @@ fn a_whole_fleet_tripping_one_rule_gives_one_group_alert() {
     assert_eq!(alerts[0]["labels"]["group"], "fleet");
     assert!(alerts[0]["labels"].get("instance").is_none());
 }
+
+/// A CA and a server config for `localhost` signed by it: (CA PEM, config).
+fn localhost_pki() -> (String, std::sync::Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fleetcheck service test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let srv_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let srv_key = KeyPair::generate().unwrap();
+    let srv_cert = srv_params.signed_by(&srv_key, &issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(srv_key.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![srv_cert.der().clone()], key)
+        .unwrap();
+    (ca_cert.pem(), std::sync::Arc::new(server))
+}
+
+/// An HTTPS server (threads, one connection each) that answers `page` to
+/// requests bearing `Authorization: Bearer <token>` and 401 to others.
+fn https_bearer_server(
+    cfg: std::sync::Arc<rustls::ServerConfig>,
+    token: &'static str,
+    page: &'static str,
+) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                loop {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let want = format!("authorization: bearer {token}\r\n").to_ascii_lowercase();
+                    let resp = if req.contains(&want) {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{page}",
+                            page.len()
+                        )
+                    } else {
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
+                    };
+                    if tls
+                        .write_all(resp.as_bytes())
+                        .and_then(|()| tls.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The alert notifications printed so far (`alerts_jsonl = "-"`).
+fn stdout_alerts(p: &Proc) -> Vec<serde_json::Value> {
+    p.seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn service_scrapes_https_targets_with_a_bearer_token_per_target_group() {
+    let dir = TempDir::new("tls");
+    let (ca_pem, server) = localhost_pki();
+    let ca = dir.path("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let port = https_bearer_server(server, "right-token", "# TYPE temp gauge\ntemp 95\n");
+    let good_tok = dir.path("good.token");
+    std::fs::write(&good_tok, "right-token\n").unwrap();
+    let bad_tok = dir.path("bad.token");
+    std::fs::write(&bad_tok, "wrong-token\n").unwrap();
+    // Two groups on the same HTTPS server, each with its own token file.
+    let good = format!("https://localhost:{port}/good/metrics");
+    let bad = format!("https://localhost:{port}/bad/metrics");
+    let static_group = |url: &str, tok: &std::path::Path| {
+        format!(
+            "[[static_configs]]\ntargets = [\"{url}\"]\nbearer_token_file = \"{}\"\n\
+             [static_configs.tls_config]\nca_file = \"{}\"\n",
+            tok.display(),
+            ca.display()
+        )
+    };
+    // The bad group comes from file discovery (`[[file_sd_configs]]`).
+    let sd = dir.path("bad.json");
+    std::fs::write(
+        &sd,
+        format!(
+            r#"[{{"targets": ["localhost:{port}"], "labels": {{"__scheme__": "https", "__metrics_path__": "/bad/metrics"}}}}]"#
+        ),
+    )
+    .unwrap();
+    let cfg = config(
+        &dir,
+        &format!(
+            "alerts_jsonl = \"-\"\n\
+             [[rule]]\nname = \"hot\"\nkind = \"threshold\"\nmetric = \"temp\"\nabove = 90.0\n\
+             {}\
+             [[file_sd_configs]]\nfiles = [\"{}\"]\nbearer_token_file = \"{}\"\n\
+             tls_config = {{ ca_file = \"{}\" }}\n",
+            static_group(&good, &good_tok),
+            sd.display(),
+            bad_tok.display(),
+            ca.display()
+        ),
+    );
+    let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap()]);
+    let addr = p.listen_addr();
+    // The good group's page was read over TLS with its token: its rule
+    // fires; the bad group's scrape fails with 401, said in words.
+    let notified = |name: &'static str| {
+        move |l: &str| l.starts_with("stdout: ") && l.contains(&format!("\"alertname\":\"{name}\""))
+    };
+    p.wait_line(MIN, notified("hot"));
+    p.wait_line(MIN, notified("target_down"));
+    let alerts = stdout_alerts(&p);
+    let hot = alerts
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "hot")
+        .unwrap_or_else(|| panic!("{alerts:?}"));
+    assert_eq!(hot["labels"]["instance"], good.as_str());
+    let down = alerts
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "target_down")
+        .unwrap_or_else(|| panic!("{alerts:?}"));
+    assert_eq!(down["labels"]["instance"], bad.as_str());
+    let why = down["annotations"]["description"].as_str().unwrap();
+    assert!(
+        why.contains("HTTP status 401") && why.contains("bearer token"),
+        "{why}"
+    );
+    assert!(
+        !alerts
+            .iter()
+            .any(|a| a["labels"]["instance"] == good.as_str()
+                && a["labels"]["alertname"] == "target_down"),
+        "{alerts:?}"
+    );
+    // The round's metrics are recorded after its alerts.
+    p.wait_line(MIN, |l| l.contains("round done"));
+    let (_, page) = http_get(addr, "/metrics");
+    assert!(
+        page.contains(&format!(
+            "fleetcheck_scrape_failures_total{{instance=\"{good}\"}} 0\n"
+        )),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!(
+            "fleetcheck_scrape_failures_total{{instance=\"{bad}\"}} 0\n"
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains("fleetcheck_findings_total{rule=\"http_status\"}"),
+        "{page}"
+    );
+
+    // The bad group's token is rotated (write + rename): no restart, the
+    // target comes back and its alert resolves.
+    let tmp = dir.path("bad.token.tmp");
+    std::fs::write(&tmp, "right-token\n").unwrap();
+    std::fs::rename(&tmp, &bad_tok).unwrap();
+    p.wait_line(MIN, |l| {
+        l.contains("alert resolved") && l.contains("target_down")
+    });
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
+}

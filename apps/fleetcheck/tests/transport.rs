@@ -428,6 +428,12 @@ async fn auth_is_per_target_group() {
     let r = scan(vec![bearer.clone(), bearer]).await;
     assert_eq!(r.scrape_failures, 1, "{:?}", r.findings);
     assert_eq!(r.findings[0].host, 0);
-    assert_eq!(r.findings[0].message, "HTTP status 401");
+    assert!(
+        r.findings[0]
+            .message
+            .starts_with("HTTP status 401 (unauthorized"),
+        "{}",
+        r.findings[0].message
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
