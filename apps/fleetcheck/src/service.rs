@@ -262,23 +262,34 @@ struct Service {
 
 impl Service {
     /// Modification times and sizes of the config file and the rules file.
+    /// What the config names on disk: the config and rules files, and the
+    /// target files (`targets_file`, `file_sd`, `file_sd_configs`), which
+    /// are re-read when they change, as Prometheus re-reads file SD.
     fn file_stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
-        [self.args.config.as_ref(), self.cfg.rules_file.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let m = std::fs::metadata(p).ok()?;
-                Some((m.modified().ok()?, m.len()))
-            })
-            .collect()
+        let cfg = &self.cfg;
+        [
+            self.args.config.as_ref(),
+            cfg.rules_file.as_ref(),
+            cfg.targets_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(&cfg.file_sd)
+        .chain(cfg.file_sd_configs.iter().flat_map(|c| &c.files))
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
     }
 
-    /// Reload when the config or rules file changed since the last look.
+    /// Reload when the config, rules or a target file changed since the
+    /// last look.
     async fn reload_if_changed(&mut self) {
         let now = self.file_stamp();
         if now != self.stamp {
             self.stamp = now;
-            tracing::info!("configuration file changed: reloading");
+            tracing::info!("configuration, rules or target file changed: reloading");
             self.reload().await;
             self.stamp = self.file_stamp();
         }

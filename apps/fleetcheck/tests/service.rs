@@ -81,6 +81,39 @@ fn service_serves_metrics_health_ready_and_reloads_on_sighup() {
     assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
 }
 
+#[test]
+fn a_changed_file_sd_file_is_read_again_without_a_signal() {
+    let dir = TempDir::new("svc-filesd");
+    let unreachable = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+            })
+            .collect()
+    };
+    let sd = dir.path("targets.json");
+    let write = |targets: &[String]| {
+        let json = serde_json::json!([{ "targets": targets, "labels": { "team": "db" } }]);
+        std::fs::write(&sd, json.to_string()).unwrap();
+    };
+    write(&unreachable(1));
+    let cfg = config(&dir, &format!("file_sd = [{:?}]\n", sd.to_str().unwrap()));
+    let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap()]);
+    let addr = p.listen_addr();
+    p.wait_line(MIN, |l| l.contains("round done"));
+    let (_, page) = http_get(addr, "/metrics");
+    assert!(page.contains("fleetcheck_targets 1\n"), "{page}");
+    // Rewritten (as a discovery tool would): picked up at the next round.
+    write(&unreachable(3));
+    p.wait_line(MIN, |l| l.contains("target file changed"));
+    p.wait_line(MIN, |l| l.contains("round done"));
+    let (_, page) = http_get(addr, "/metrics");
+    assert!(page.contains("fleetcheck_targets 3\n"), "{page}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(MIN), 0, "{}", p.seen.join("\n"));
+}
+
 /// `promtool check metrics` when it is installed (Debian's `prometheus`).
 fn promtool_accepts(page: &str) {
     use std::io::Write;
