@@ -228,9 +228,7 @@ impl ScanConfig {
         match d.lock() {
             Ok(mut t) => {
                 if let Err(e) = t.refresh() {
-                    eprintln!(
-                        "fleetcheck: file-based discovery: {e} (keeping the last good targets)"
-                    );
+                    tracing::warn!("file-based discovery: {e} (keeping the last good targets)");
                 }
                 t.active().to_vec()
             }
@@ -332,7 +330,7 @@ where
         for h in handles {
             match h.await {
                 Ok(part) => round_rep.merge(part),
-                Err(e) => eprintln!("fleetcheck: scan task failed: {e}"),
+                Err(e) => tracing::error!("scan task failed: {e}"),
             }
         }
         round_rep.finish_round(&checks, round);
