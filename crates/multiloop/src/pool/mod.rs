@@ -128,7 +128,8 @@ pub struct PoolStats {
     /// Worker processes started, replacements included.
     pub workers_spawned: u64,
     /// Workers that exited cleanly when recycled (`max_tasks_per_child`,
-    /// `max_memory_per_child`) or stopped.
+    /// `max_memory_per_child`), or ended because the pool stopped (`close`,
+    /// `terminate`, drop).
     pub workers_retired: u64,
     /// Workers that died inside a task's poll (a crash that task is charged
     /// for: abort, segfault, `exit()`, a hard timeout).
