@@ -880,9 +880,8 @@ impl Core {
         // (terminate, drop, a shutdown timeout, a replacement that started
         // as the pool stopped): not a death. A worker that crashed on its
         // own as the pool stopped still did.
-        let killed_with_pool = !self.phase.takes_workers()
-            && worker.retiring
-            && exit.signal == Some(libc::SIGKILL);
+        let killed_with_pool =
+            !self.phase.takes_workers() && worker.retiring && exit.signal == Some(libc::SIGKILL);
         let retired = killed_with_pool || (was_retiring_clean && exit_is_clean(exit));
         if polled.is_none() && !retired {
             self.deaths.push_back(now);
