@@ -42,17 +42,22 @@ pub async fn init_worker(init: WorkerInit) -> Result<(), String> {
     Ok(())
 }
 
+/// The result of a scrape on a worker whose initializer did not run.
+fn no_state(spec: &HostSpec, round: u64) -> HostRound {
+    HostRound::failed(
+        spec.id,
+        round,
+        POOL_FAILURE_CHECK,
+        "worker has no state (the pool initializer did not run)".into(),
+    )
+}
+
 /// Scrape one host for one round with this worker's state.
 #[multiloop::task]
 pub async fn scrape(spec: HostSpec, round: u64) -> HostRound {
     match multiloop::worker_state::<WorkerState>() {
         Some(w) => w.scrape(&spec, round).await,
-        None => HostRound::failed(
-            spec.id,
-            round,
-            POOL_FAILURE_CHECK,
-            "worker has no state (the pool initializer did not run)".into(),
-        ),
+        None => no_state(&spec, round),
     }
 }
 
@@ -64,12 +69,7 @@ pub async fn scrape(spec: HostSpec, round: u64) -> HostRound {
 pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent: ParentCopy) -> HostRound {
     match multiloop::worker_state::<WorkerState>() {
         Some(w) => w.scrape_checkpointed(&spec, round, parent).await,
-        None => HostRound::failed(
-            spec.id,
-            round,
-            POOL_FAILURE_CHECK,
-            "worker has no state (the pool initializer did not run)".into(),
-        ),
+        None => no_state(&spec, round),
     }
 }
 
@@ -78,12 +78,7 @@ pub async fn scrape_checkpointed(spec: HostSpec, round: u64, parent: ParentCopy)
 pub async fn restore_and_scrape(spec: HostSpec, round: u64, cp: HostCheckpoint) -> HostRound {
     match multiloop::worker_state::<WorkerState>() {
         Some(w) => w.restore_and_scrape(&spec, round, &cp).await,
-        None => HostRound::failed(
-            spec.id,
-            round,
-            POOL_FAILURE_CHECK,
-            "worker has no state (the pool initializer did not run)".into(),
-        ),
+        None => no_state(&spec, round),
     }
 }
 
