@@ -16,7 +16,7 @@ use futures_core::Stream;
 use tokio::sync::mpsc;
 
 use super::Inner;
-use super::scheduler::{ChunkRec, Event, Item};
+use super::scheduler::{ChunkRec, Event};
 use crate::error::{Error, Kind};
 use crate::reduce::{Reduced, Reducer};
 use crate::task::Task;
@@ -156,6 +156,24 @@ impl Chunker {
         self.size = ideal.clamp(1, MAX_CHUNK).min(self.size.saturating_mul(16));
         self.sample_at = Some(Instant::now());
         self.sample_done = self.done;
+    }
+}
+
+/// Where an awaited `map` takes values in input order: the next input
+/// index, the reorder buffer (slot `i` is index `emit + i`), the values.
+pub(crate) struct Direct<'a, T: Task> {
+    emit: &'a mut u64,
+    pending: &'a mut VecDeque<Option<Result<T::Output, Error>>>,
+    values: &'a mut Vec<T::Output>,
+}
+
+impl<T: Task> Direct<'_, T> {
+    fn reborrow(&mut self) -> Direct<'_, T> {
+        Direct {
+            emit: self.emit,
+            pending: self.pending,
+            values: self.values,
+        }
     }
 }
 
@@ -485,22 +503,54 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    /// Takes in one event. With `direct` (an awaited `map`: its next input
+    /// index, its reorder buffer and its values), a value that is the next
+    /// one in input order goes straight into the values instead of through
+    /// `ready`.
+    fn on_event(&mut self, event: Event, mut direct: Option<Direct<'_, T>>) {
         match event {
-            Event::Outcomes { frame, items } => {
-                self.ready.reserve(items.len());
+            Event::Outcomes {
+                frame,
+                items,
+                listed,
+            } => {
                 let mut n = 0;
                 for item in items {
-                    if item.status == Status::Partial {
+                    if item.partial {
                         n += item.index as usize;
                         self.folded += item.index;
                         self.partials
                             .push_back((frame.clone(), item.start, item.end));
                         continue;
                     }
-                    n += 1;
-                    let result = decode::<T>(&frame, &item, self.options.timeout);
-                    self.ready.push_back((item.index, result));
+                    n += item.count as usize;
+                    self.ready.reserve(item.count as usize);
+                    let body = frame
+                        .get(item.start as usize..item.end as usize)
+                        .unwrap_or_default();
+                    let mut reader = wire::Reader::new(body);
+                    for k in 0..item.count {
+                        let result = match wire::next_outcome(&mut reader) {
+                            Ok((status, data)) => {
+                                decode_outcome::<T>(status, data, self.options.timeout)
+                            }
+                            // Every task of the run still gets an outcome.
+                            Err(e) => Err(Error::protocol(format!(
+                                "a worker sent a malformed outcome: {e}"
+                            ))),
+                        };
+                        let index = item.input_index(&listed, k);
+                        match (result, &mut direct) {
+                            (Ok(value), Some(d)) if index == *d.emit => {
+                                d.values.push(value);
+                                *d.emit += 1;
+                                // The reorder buffer stays aligned on the
+                                // next index (its front slot was empty).
+                                d.pending.pop_front();
+                            }
+                            (result, _) => self.ready.push_back((index, result)),
+                        }
+                    }
                 }
                 self.in_flight -= n.min(self.in_flight);
                 self.chunker.completed(n);
@@ -563,17 +613,48 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(event)) => {
-                    self.on_event(event);
+                    self.on_event(event, None);
                     // Drain what else is already there without re-feeding
                     // for every event.
                     while let Ok(event) = self.rx.try_recv() {
-                        self.on_event(event);
+                        self.on_event(event, None);
                     }
                 }
                 // We hold a sender, so the channel never closes.
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// For an awaited `map`: feeds the workers and takes in what has
+    /// arrived, values next in input order going straight into `direct`.
+    /// `Ready(true)`: something arrived (or waits in `ready`);
+    /// `Ready(false)`: the call is over.
+    fn poll_direct(&mut self, cx: &mut Context<'_>, mut direct: Direct<'_, T>) -> Poll<bool> {
+        if !self.exhausted {
+            self.feed(cx);
+        }
+        if !self.ready.is_empty() {
+            return Poll::Ready(true);
+        }
+        if self.in_flight == 0 {
+            return match self.exhausted {
+                true => Poll::Ready(false),
+                false => Poll::Pending,
+            };
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(event)) => {
+                self.on_event(event, Some(direct.reborrow()));
+                while let Ok(event) = self.rx.try_recv() {
+                    self.on_event(event, Some(direct.reborrow()));
+                }
+                Poll::Ready(true)
+            }
+            // We hold a sender, so the channel never closes.
+            Poll::Ready(None) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -605,18 +686,6 @@ fn mix(key: u64) -> u64 {
 /// chunk id, task name, timeout, count.
 fn run_header_bound<T: Task>() -> usize {
     1 + 10 + 5 + T::NAME.len() + 10 + 5
-}
-
-/// Turns one outcome into the caller's typed result.
-fn decode<T: Task>(
-    frame: &Bytes,
-    item: &Item,
-    timeout: Option<Duration>,
-) -> Result<T::Output, Error> {
-    let data = frame
-        .get(item.start as usize..item.end as usize)
-        .unwrap_or_default();
-    decode_outcome::<T>(item.status, data, timeout)
 }
 
 /// Turns an outcome's status and data into the caller's typed result.
@@ -808,11 +877,47 @@ impl<T: Task, S: Input<Item = T::Args>> Future for Collect<T, S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let map = &mut this.map;
         loop {
-            match Pin::new(&mut this.map).poll_next(cx) {
-                Poll::Ready(Some(Ok(v))) => this.values.push(v),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(std::mem::take(&mut this.values))),
+            // What is already here in order, without receiving anything.
+            loop {
+                let next = if let Some(Some(_)) = map.pending.front() {
+                    map.job.held -= 1;
+                    map.pending.pop_front().flatten()
+                } else if map.pending.is_empty()
+                    && map.job.ready.front().is_some_and(|(i, _)| *i == map.emit)
+                {
+                    map.job.ready.pop_front().map(|(_, r)| r)
+                } else {
+                    break;
+                };
+                match next {
+                    Some(Ok(v)) => {
+                        map.emit += 1;
+                        this.values.push(v);
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => break,
+                }
+            }
+            if !map.job.ready.is_empty() {
+                // Out of order: through the stream, which holds it back.
+                match Pin::new(&mut *map).poll_next(cx) {
+                    Poll::Ready(Some(Ok(v))) => this.values.push(v),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(std::mem::take(&mut this.values))),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            let direct = Direct {
+                emit: &mut map.emit,
+                pending: &mut map.pending,
+                values: &mut this.values,
+            };
+            match map.job.poll_direct(cx, direct) {
+                Poll::Ready(true) => {}
+                Poll::Ready(false) => return Poll::Ready(Ok(std::mem::take(&mut this.values))),
                 Poll::Pending => return Poll::Pending,
             }
         }

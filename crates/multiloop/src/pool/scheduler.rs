@@ -19,21 +19,63 @@ use crate::wire::{FrameWriter, Status};
 
 /// What a job (one `map`, `apply`, ...) receives from the pool.
 pub(crate) enum Event {
-    /// Outcomes from one RESULTS frame.
-    Outcomes { frame: Bytes, items: Vec<Item> },
+    /// Outcomes from one RESULTS frame; `listed` holds the input indices
+    /// of items whose tasks are not consecutive inputs.
+    Outcomes {
+        frame: Bytes,
+        items: Vec<Item>,
+        listed: Vec<u64>,
+    },
     /// Tasks that ended without an outcome from a worker.
     Failed { indices: Vec<u64>, failure: Failure },
 }
 
-/// One outcome: where its data lies in the frame.
+/// A run of outcomes of one job: where they lie in the frame.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Item {
-    /// The task's input index; for a [`Status::Partial`], how many tasks
-    /// the partial folds.
+    /// The first task's input index; for a partial, how many tasks it
+    /// folds.
     pub(crate) index: u64,
-    pub(crate) status: Status,
+    /// How many outcomes lie back to back in `start..end`, each as the
+    /// worker wrote it (status, data length, data); a partial's range is
+    /// its data alone.
+    pub(crate) count: u32,
+    /// Where the input indices of the run are listed in the event's
+    /// `listed`; [`Item::CONSECUTIVE`]: they are `index..index + count`.
+    pub(crate) listed: u32,
+    /// A map-reduce chunk's folded results.
+    pub(crate) partial: bool,
     pub(crate) start: u32,
     pub(crate) end: u32,
+}
+
+impl Item {
+    /// The run's tasks are consecutive inputs.
+    pub(crate) const CONSECUTIVE: u32 = u32::MAX;
+
+    /// The input index of the run's `k`-th task.
+    #[inline]
+    pub(crate) fn input_index(&self, listed: &[u64], k: u32) -> u64 {
+        match self.listed {
+            Item::CONSECUTIVE => self.index + u64::from(k),
+            at => listed
+                .get(at as usize + k as usize)
+                .copied()
+                .unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// The bits of tasks `first..first + count` (`count > 0`), as
+/// (word, mask) pairs of a chunk's `done` bitmap.
+fn word_masks(first: u32, count: u32) -> impl Iterator<Item = (usize, u64)> {
+    let (first, last) = (u64::from(first), u64::from(first) + u64::from(count) - 1);
+    (first / 64..=last / 64).map(move |w| {
+        let lo = if w == first / 64 { first % 64 } else { 0 };
+        let hi = if w == last / 64 { last % 64 } else { 63 };
+        let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
+        (w as usize, mask)
+    })
 }
 
 /// Why tasks ended without an outcome; turned into one [`Error`] per task.
@@ -186,6 +228,18 @@ impl ChunkRec {
 
     fn set_done(&mut self, i: u32) {
         self.done[(i / 64) as usize] |= 1 << (i % 64);
+    }
+
+    /// Whether none of tasks `first..first + count` has an outcome yet.
+    fn none_done(&self, first: u32, count: u32) -> bool {
+        word_masks(first, count).all(|(w, mask)| self.done[w] & mask == 0)
+    }
+
+    /// Marks tasks `first..first + count` done.
+    fn set_done_range(&mut self, first: u32, count: u32) {
+        for (w, mask) in word_masks(first, count) {
+            self.done[w] |= mask;
+        }
     }
 
     fn args(&self, i: u32) -> &[u8] {
@@ -652,91 +706,143 @@ impl Core {
         }
     }
 
-    /// Records the outcomes of one RESULTS frame from worker `from`.
+    /// Records the outcomes of one RESULTS frame from worker `from`:
+    /// `groups` are its groups as (chunk, first index, count, and where the
+    /// group's body lies in `frame`). A group that answers tasks of its
+    /// chunk still pending, in order, goes to its job whole, unread (the
+    /// job decodes it); any other is read outcome by outcome. A malformed
+    /// group ends the frame: what came before is delivered, and the error
+    /// returned.
     pub(crate) fn on_results(
         &mut self,
         from: WorkerId,
         frame: &Bytes,
-        outcomes: impl Iterator<Item = (u64, u32, Status, u32, u32)>,
+        groups: impl Iterator<Item = (u64, u32, u32, u32, u32)>,
         actions: &mut Actions,
-    ) {
-        let mut current: Option<(u64, JobSink, Vec<Item>)> = None;
+    ) -> Result<(), crate::wire::WireError> {
+        // The event being built: its job, where it goes, items, listed.
+        let mut current: Option<(u64, JobSink, Vec<Item>, Vec<u64>)> = None;
         let mut finished: Vec<u64> = Vec::new();
         let mut freed = 0usize;
-        // Outcomes come grouped by chunk: look each chunk up once.
-        let mut looked_up: Option<(u64, Option<&mut ChunkRec>)> = None;
-        for (chunk, index, status, start, end) in outcomes {
-            if looked_up.as_ref().is_none_or(|(c, _)| *c != chunk) {
-                let rec = self
-                    .chunks
-                    .get_mut(&chunk)
-                    .filter(|rec| rec.worker == Some(from));
-                looked_up = Some((chunk, rec));
-            }
-            let Some((_, Some(rec))) = looked_up.as_mut() else {
+        let mut bad = None;
+        'groups: for (chunk, first, count, start, end) in groups {
+            let Some(rec) = self
+                .chunks
+                .get_mut(&chunk)
+                .filter(|rec| rec.worker == Some(from))
+            else {
                 continue;
             };
-            let item = if status == Status::Partial {
-                // A reduced chunk's folded results: every task not answered
-                // on its own is in it. The index carries how many.
-                if index != rec.count() || rec.reduce.is_none() || rec.remaining == 0 {
-                    continue;
+            if !matches!(&current, Some((job, ..)) if *job == rec.job) {
+                if let Some((_, sink, items, listed)) = current.take()
+                    && !items.is_empty()
+                {
+                    actions.events.push((
+                        sink,
+                        Event::Outcomes {
+                            frame: frame.clone(),
+                            items,
+                            listed,
+                        },
+                    ));
                 }
-                let folded = rec.remaining;
-                for i in 0..rec.count() {
-                    rec.set_done(i);
-                }
-                rec.remaining = 0;
-                freed += folded as usize;
-                Item {
-                    index: u64::from(folded),
-                    status,
-                    start,
-                    end,
-                }
-            } else {
-                // Only the worker running the chunk now may answer, once per
-                // task: a late answer from an earlier attempt is dropped.
-                if index >= rec.count() || rec.is_done(index) {
-                    continue;
-                }
-                rec.set_done(index);
-                rec.remaining -= 1;
-                freed += 1;
-                Item {
-                    index: rec.job_index(index),
-                    status,
-                    start,
-                    end,
-                }
+                current = Some((rec.job, rec.sink.clone(), Vec::new(), Vec::new()));
+            }
+            let Some((_, _, items, listed)) = current.as_mut() else {
+                continue;
             };
-            match &mut current {
-                Some((job, _, items)) if *job == rec.job => items.push(item),
-                _ => {
-                    if let Some((_, sink, items)) = current.take() {
-                        actions.events.push((
-                            sink,
-                            Event::Outcomes {
-                                frame: frame.clone(),
-                                items,
-                            },
-                        ));
+            let whole = rec.reduce.is_none()
+                && u64::from(first) + u64::from(count) <= u64::from(rec.count())
+                && rec.none_done(first, count);
+            if whole {
+                rec.set_done_range(first, count);
+                rec.remaining -= count;
+                freed += count as usize;
+                let at = match &rec.indices {
+                    None => Item::CONSECUTIVE,
+                    Some(ix) => {
+                        let at = listed.len() as u32;
+                        listed.extend_from_slice(&ix[first as usize..(first + count) as usize]);
+                        at
                     }
-                    let mut items = Vec::with_capacity(rec.remaining as usize + 1);
-                    items.push(item);
-                    current = Some((rec.job, rec.sink.clone(), items));
+                };
+                items.push(Item {
+                    index: rec.job_index(first),
+                    count,
+                    listed: at,
+                    partial: false,
+                    start,
+                    end,
+                });
+            } else {
+                let body = frame.get(start as usize..end as usize).unwrap_or_default();
+                let mut reader = crate::wire::Reader::new(body);
+                for k in 0..count {
+                    let at = start + (body.len() - reader.remaining()) as u32;
+                    let (status, data) = match crate::wire::next_outcome(&mut reader) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            bad = Some(e);
+                            break 'groups;
+                        }
+                    };
+                    let after = start + (body.len() - reader.remaining()) as u32;
+                    let index = first.wrapping_add(k);
+                    if status == Status::Partial {
+                        // A reduced chunk's folded results: every task not
+                        // answered on its own is in it. The index carries
+                        // how many.
+                        if index != rec.count() || rec.reduce.is_none() || rec.remaining == 0 {
+                            continue;
+                        }
+                        let folded = rec.remaining;
+                        for i in 0..rec.count() {
+                            rec.set_done(i);
+                        }
+                        rec.remaining = 0;
+                        freed += folded as usize;
+                        items.push(Item {
+                            index: u64::from(folded),
+                            count: 1,
+                            listed: Item::CONSECUTIVE,
+                            partial: true,
+                            start: after - data.len() as u32,
+                            end: after,
+                        });
+                    } else {
+                        // Only the worker running the chunk now may answer,
+                        // once per task: a late answer from an earlier
+                        // attempt is dropped.
+                        if index >= rec.count() || rec.is_done(index) {
+                            continue;
+                        }
+                        rec.set_done(index);
+                        rec.remaining -= 1;
+                        freed += 1;
+                        items.push(Item {
+                            index: rec.job_index(index),
+                            count: 1,
+                            listed: Item::CONSECUTIVE,
+                            partial: false,
+                            start: at,
+                            end: after,
+                        });
+                    }
                 }
             }
-            if rec.remaining == 0 {
+            if rec.remaining == 0 && finished.last() != Some(&chunk) {
                 finished.push(chunk);
             }
         }
-        if let Some((_, sink, items)) = current.take() {
+        if let Some((_, sink, items, listed)) = current.take()
+            && !items.is_empty()
+        {
             actions.events.push((
                 sink,
                 Event::Outcomes {
                     frame: frame.clone(),
                     items,
+                    listed,
                 },
             ));
         }
@@ -760,6 +866,7 @@ impl Core {
             }
         }
         self.dispatch();
+        bad.map_or(Ok(()), Err)
     }
 
     /// When worker `id` must have answered by: it holds tasks with a

@@ -355,9 +355,10 @@ async fn handshake(
     Ok(true)
 }
 
-/// Hands one RESULTS frame to the scheduler: each outcome as where its data
-/// lies in the frame. A malformed outcome ends the frame: the ones before
-/// it are delivered, and the error is returned.
+/// Hands one RESULTS frame to the scheduler, group by group (see
+/// [`Core::on_results`](super::scheduler::Core::on_results)). A malformed
+/// group ends the frame: the ones before it are delivered, and the error is
+/// returned.
 fn on_results(
     inner: &Arc<Inner>,
     id: WorkerId,
@@ -366,15 +367,15 @@ fn on_results(
 ) -> Result<(), wire::WireError> {
     let base = frame.as_ptr() as usize;
     let mut bad = None;
-    let outcomes = results.iter().map_while(|o| match o {
-        Ok(o) => {
-            let start = (o.data.as_ptr() as usize - base) as u32;
+    let groups = results.groups().map_while(|g| match g {
+        Ok(g) => {
+            let start = (g.body.as_ptr() as usize - base) as u32;
             Some((
-                o.chunk,
-                o.index,
-                o.status,
+                g.chunk,
+                g.first,
+                g.count,
                 start,
-                start + o.data.len() as u32,
+                start + g.body.len() as u32,
             ))
         }
         Err(e) => {
@@ -383,9 +384,12 @@ fn on_results(
         }
     });
     let mut actions = Actions::default();
-    inner.lock().on_results(id, frame, outcomes, &mut actions);
+    let read = inner.lock().on_results(id, frame, groups, &mut actions);
     inner.after(actions);
-    bad.map_or(Ok(()), Err)
+    match bad {
+        Some(e) => Err(e),
+        None => read,
+    }
 }
 
 /// A read that failed: a bad frame is a protocol violation; a reset or a

@@ -16,7 +16,7 @@ mod codec;
 pub(crate) use codec::{Reader, WireError, check_frame, put_bytes, put_varint};
 
 /// Bumped whenever the frame layout or a message changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame accepted by default (64 MiB).
 pub(crate) const DEFAULT_MAX_FRAME: usize = 64 << 20;
@@ -167,60 +167,113 @@ pub(crate) struct Results<'a> {
 }
 
 impl<'a> Results<'a> {
-    pub(crate) fn iter(&self) -> ResultsIter<'a> {
-        ResultsIter {
+    /// The groups of the frame, each read by its header alone: the parent's
+    /// reader hands whole groups on without looking at each outcome.
+    pub(crate) fn groups(&self) -> Groups<'a> {
+        Groups {
             reader: Reader::new(self.body),
-            chunk: 0,
-            next: 0,
-            remaining: 0,
         }
+    }
+
+    /// Every outcome of the frame, one by one; an error (and then the end)
+    /// at the first malformed one.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Result<Outcome<'a>, WireError>> + 'a {
+        let mut groups = self.groups();
+        let mut current: Option<(OutcomeGroup<'a>, Reader<'a>, u32)> = None;
+        std::iter::from_fn(move || {
+            loop {
+                if let Some((g, reader, at)) = &mut current {
+                    if *at < g.count {
+                        let index = g.first.wrapping_add(*at);
+                        *at += 1;
+                        return Some(match next_outcome(reader) {
+                            Ok((status, data)) => Ok(Outcome {
+                                chunk: g.chunk,
+                                index,
+                                status,
+                                data,
+                            }),
+                            Err(e) => {
+                                groups = Groups {
+                                    reader: Reader::new(&[]),
+                                };
+                                current = None;
+                                Err(e)
+                            }
+                        });
+                    }
+                    if !reader.is_empty() {
+                        let left = reader.remaining();
+                        groups = Groups {
+                            reader: Reader::new(&[]),
+                        };
+                        current = None;
+                        return Some(Err(WireError::Trailing(left)));
+                    }
+                }
+                match groups.next()? {
+                    Ok(g) => current = Some((g, Reader::new(g.body), 0)),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        })
     }
 }
 
-/// Iterator over the outcomes of a RESULTS frame; yields an error (and then
-/// stops) on a malformed entry.
-pub(crate) struct ResultsIter<'a> {
-    reader: Reader<'a>,
-    chunk: u64,
-    next: u32,
-    /// Outcomes left in the current group.
-    remaining: u32,
+/// A group of a RESULTS frame: the outcomes of tasks `first..first + count`
+/// of one chunk, back to back in `body` (each: status byte, data length as
+/// a varint, data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OutcomeGroup<'a> {
+    pub(crate) chunk: u64,
+    pub(crate) first: u32,
+    pub(crate) count: u32,
+    pub(crate) body: &'a [u8],
 }
 
-impl<'a> Iterator for ResultsIter<'a> {
-    type Item = Result<Outcome<'a>, WireError>;
+/// Iterator over the groups of a RESULTS frame; yields an error (and then
+/// stops) on a malformed header.
+pub(crate) struct Groups<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Iterator for Groups<'a> {
+    type Item = Result<OutcomeGroup<'a>, WireError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.reader.is_empty() {
             return None;
         }
-        let item = (|| {
-            if self.remaining == 0 {
-                self.chunk = self.reader.varint()?;
-                self.next = self.reader.varint_u32()?;
-                self.remaining = self.reader.u32_le()?;
-                if self.remaining == 0 {
-                    return Err(WireError::BadValue("outcome count", 0));
-                }
+        let group = (|| {
+            let chunk = self.reader.varint()?;
+            let first = self.reader.varint_u32()?;
+            let count = self.reader.u32_le()?;
+            // Each outcome takes at least two bytes (status, length).
+            let len = self.reader.u32_le()? as usize;
+            if count == 0 || (count as usize).saturating_mul(2) > len {
+                return Err(WireError::BadValue("outcome count", u64::from(count)));
             }
-            let status = Status::from_u8(self.reader.u8()?)?;
-            let len = usize::try_from(self.reader.varint()?).map_err(|_| WireError::Truncated)?;
-            let data = self.reader.take(len)?;
-            let index = self.next;
-            self.next = self.next.wrapping_add(1);
-            self.remaining -= 1;
-            Ok(Outcome {
-                chunk: self.chunk,
-                index,
-                status,
-                data,
+            let body = self.reader.take(len)?;
+            Ok(OutcomeGroup {
+                chunk,
+                first,
+                count,
+                body,
             })
         })();
-        if item.is_err() {
+        if group.is_err() {
             self.reader = Reader::new(&[]);
         }
-        Some(item)
+        Some(group)
     }
+}
+
+/// Reads the next outcome of a group's body: its status and data.
+#[inline]
+pub(crate) fn next_outcome<'a>(reader: &mut Reader<'a>) -> Result<(Status, &'a [u8]), WireError> {
+    let status = Status::from_u8(reader.u8()?)?;
+    let len = usize::try_from(reader.varint()?).map_err(|_| WireError::Truncated)?;
+    Ok((status, reader.take(len)?))
 }
 
 impl<'a> Message<'a> {
@@ -338,6 +391,8 @@ struct Group {
     count: u32,
     /// Where the group's `u32` count is, to patch.
     count_at: usize,
+    /// Where its body starts: its `u32` length is the four bytes before.
+    body_at: usize,
 }
 
 /// A position to roll a [`FrameWriter`] back to.
@@ -498,9 +553,10 @@ impl FrameWriter {
     /// patch with [`outcome_end`](FrameWriter::outcome_end).
     ///
     /// The body of a RESULTS frame is a run of groups: chunk id (varint),
-    /// first index (varint), count (`u32`), then per outcome its status
-    /// byte, data length (varint) and data. The next task of the same chunk
-    /// joins the open group for two bytes of header.
+    /// first index (varint), count (`u32`), body length in bytes (`u32`),
+    /// then per outcome its status byte, data length (varint) and data.
+    /// The next task of the same chunk joins the open group for two bytes
+    /// of header; the reader skips a whole group by its length.
     #[inline]
     pub(crate) fn outcome_header(&mut self, chunk: u64, index: u32, status: Status) -> usize {
         match &mut self.group {
@@ -515,11 +571,13 @@ impl FrameWriter {
                 put_varint(&mut self.buf, u64::from(index));
                 let count_at = self.buf.len();
                 self.buf.extend_from_slice(&1u32.to_le_bytes());
+                self.buf.extend_from_slice(&0u32.to_le_bytes());
                 self.group = Some(Group {
                     chunk,
                     next: index.wrapping_add(1),
                     count: 1,
                     count_at,
+                    body_at: count_at + 8,
                 });
             }
         }
@@ -530,20 +588,31 @@ impl FrameWriter {
     }
 
     /// Writes the data length of the outcome whose header ended at `at`
-    /// (one byte when under 128, else the data moves up to make room).
+    /// (one byte when under 128, else the data moves up to make room), and
+    /// the open group's body length.
     #[inline]
     pub(crate) fn outcome_end(&mut self, at: usize) {
         let len = self.buf.len() - at - 1;
-        if len < 0x80 {
+        if len >= 0x80 {
+            let mut varint = Vec::with_capacity(10);
+            put_varint(&mut varint, len as u64);
+            let old = self.buf.len();
+            self.buf.resize(old + varint.len() - 1, 0);
+            self.buf.copy_within(at + 1..old, at + varint.len());
+            self.buf[at..at + varint.len()].copy_from_slice(&varint);
+        } else {
             self.buf[at] = len as u8;
-            return;
         }
-        let mut varint = Vec::with_capacity(10);
-        put_varint(&mut varint, len as u64);
-        let old = self.buf.len();
-        self.buf.resize(old + varint.len() - 1, 0);
-        self.buf.copy_within(at + 1..old, at + varint.len());
-        self.buf[at..at + varint.len()].copy_from_slice(&varint);
+        self.patch_body_len();
+    }
+
+    /// Writes the open group's body length: everything after its header.
+    #[inline]
+    fn patch_body_len(&mut self) {
+        if let Some(g) = &self.group {
+            let len = (self.buf.len() - g.body_at) as u32;
+            self.buf[g.body_at - 4..g.body_at].copy_from_slice(&len.to_le_bytes());
+        }
     }
 
     /// Where the writer is now, to [`rollback`](FrameWriter::rollback) to.
@@ -561,6 +630,7 @@ impl FrameWriter {
         if let Some(g) = &self.group {
             self.buf[g.count_at..g.count_at + 4].copy_from_slice(&g.count.to_le_bytes());
         }
+        self.patch_body_len();
     }
 
     /// Sets the status of the outcome whose header ended at `at` (used when
@@ -605,6 +675,7 @@ mod tests;
 
 /// Serializes `value` with postcard at the end of `buf`. On failure `buf`
 /// is left as it was.
+#[inline]
 pub(crate) fn append_value<V: serde::Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &V,
@@ -664,8 +735,11 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // Varints come here as 1-10 byte slices: byte pushes beat a call
-        // to memcpy for those.
+        // Varints come here as 1-10 byte slices, just written byte by
+        // byte on postcard's stack: byte pushes beat a call to memcpy, and
+        // reading them back a byte at a time avoids the stall of a wider
+        // load over narrower stores (a zip loop the compiler vectorized
+        // doubled this function's cost in W1 of multiloop-bench).
         if data.len() <= 16 {
             for &b in data {
                 self.0.push(b);

@@ -565,7 +565,8 @@ fn results_iterator_stops_after_a_bad_entry() {
     // A group with a bad status byte, then what would be a valid outcome.
     put_varint(w.buf(), 1);
     put_varint(w.buf(), 1);
-    w.buf().extend_from_slice(&1u32.to_le_bytes());
+    w.buf().extend_from_slice(&1u32.to_le_bytes()); // count
+    w.buf().extend_from_slice(&2u32.to_le_bytes()); // body length
     w.buf().push(99);
     w.buf().push(0);
     w.outcome(&Outcome {
@@ -591,6 +592,7 @@ fn outcome_data_longer_than_the_frame_is_refused() {
     put_varint(&mut body, 1); // chunk
     put_varint(&mut body, 0); // first index
     body.extend_from_slice(&1u32.to_le_bytes()); // count
+    body.extend_from_slice(&11u32.to_le_bytes()); // body length
     body.push(Status::Ok as u8);
     put_varint(&mut body, u64::from(u32::MAX)); // data length
     body.extend_from_slice(b"short");

@@ -20,6 +20,7 @@ mod ctx;
 mod panics;
 mod registry;
 mod serve;
+mod slot;
 mod state;
 mod watchdog;
 

@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 
 use super::ctx::{Ctx, InitFn, LocalFuture, StartFn, beacon};
 use super::panics::panic_details;
+use super::slot::Slot;
 use super::watchdog::Watchdog;
 use crate::task::Task;
 use crate::wire::TaskKey;
@@ -102,7 +103,8 @@ pub(crate) fn start<T: Task>(
         )
     })?;
     *input = rest;
-    let mut fut = Box::pin(Tracked {
+    // Most tasks finish on this first poll: their future's place is reused.
+    let mut slot = Slot::new_with(|| Tracked {
         inner: T::default().call(args),
         key,
         watch: timeout.map(|limit| {
@@ -114,18 +116,21 @@ pub(crate) fn start<T: Task>(
         }),
     });
     let mut cx = Context::from_waker(Waker::noop());
-    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| slot.as_pin_mut().poll(&mut cx))) {
         Ok(Poll::Ready(result)) => {
+            slot.recycle();
             ctx.push_result::<T>(key, Ok(result));
             Ok(None)
         }
         Err(panic) => {
+            drop(slot);
             ctx.push_panic(key, panic);
             Ok(None)
         }
         // Polling a future again is always allowed: the spawned task polls
         // it with its real waker, which replaces the no-op one.
         Ok(Poll::Pending) => Ok(Some(Box::pin(async move {
+            let fut = slot.into_box();
             let guarded = AssertUnwindSafe(fut).catch_unwind();
             let outcome = match timeout {
                 None => Ok(guarded.await),

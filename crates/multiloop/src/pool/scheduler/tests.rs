@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::wire::Message;
 
 const WORKERS: usize = 2;
 
@@ -183,7 +184,13 @@ impl Sim {
         for (j, job) in self.jobs.iter_mut().enumerate() {
             while let Ok(event) = job.rx.try_recv() {
                 let indices: Vec<u64> = match event {
-                    Event::Outcomes { items, .. } => items.iter().map(|i| i.index).collect(),
+                    Event::Outcomes { items, listed, .. } => items
+                        .iter()
+                        .flat_map(|i| match i.partial {
+                            true => vec![i.index],
+                            false => (0..i.count).map(|k| i.input_index(&listed, k)).collect(),
+                        })
+                        .collect(),
                     Event::Failed { indices, .. } => indices,
                 };
                 for index in indices {
@@ -219,14 +226,39 @@ impl Sim {
     }
 
     fn answer(&mut self, id: WorkerId, outcomes: Vec<(u64, u32)>) {
+        // A real RESULTS frame, as a worker writes it: consecutive answers
+        // of one chunk share a group.
+        let mut w = FrameWriter::new();
+        let start = w.results_begin();
+        for (chunk, index) in outcomes {
+            let at = w.outcome_header(chunk, index, Status::Ok);
+            w.outcome_end(at);
+        }
+        w.finish(start);
+        let frame = Bytes::from(w.take());
+        let Ok(Message::Results(results)) = Message::decode(&frame[4..]) else {
+            panic!("the test wrote a bad frame");
+        };
+        let base = frame.as_ptr() as usize;
+        let groups: Vec<_> = results
+            .groups()
+            .map(|g| {
+                let g = g.expect("the test wrote a bad group");
+                let start = (g.body.as_ptr() as usize - base) as u32;
+                (
+                    g.chunk,
+                    g.first,
+                    g.count,
+                    start,
+                    start + g.body.len() as u32,
+                )
+            })
+            .collect();
         let mut actions = Actions::default();
-        let frame = Bytes::new();
-        self.core.on_results(
-            id,
-            &frame,
-            outcomes.into_iter().map(|(c, i)| (c, i, Status::Ok, 0, 0)),
-            &mut actions,
-        );
+        let read = self
+            .core
+            .on_results(id, &frame, groups.into_iter(), &mut actions);
+        assert!(read.is_ok(), "a well-formed frame was refused: {read:?}");
         self.after(actions);
     }
 
