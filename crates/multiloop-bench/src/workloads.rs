@@ -179,6 +179,11 @@ fn check_inc(out: &[u64], n: u64, what: &str) -> BoxResult<()> {
 pub(crate) struct W1 {
     pub(crate) pool_tasks_per_s: Vec<f64>,
     pub(crate) threads_tasks_per_s: Vec<f64>,
+    /// CPU time per task of the pool (the parent's thread and the
+    /// workers), in ns: unlike tasks/s, it holds on a loaded machine.
+    pub(crate) pool_cpu_ns: Vec<f64>,
+    /// CPU time per task of the baseline (this whole process), in ns.
+    pub(crate) threads_cpu_ns: Vec<f64>,
 }
 
 pub(crate) fn w1(sizes: &Sizes) -> BoxResult<W1> {
@@ -191,19 +196,34 @@ pub(crate) fn w1(sizes: &Sizes) -> BoxResult<W1> {
     let mut result = W1 {
         pool_tasks_per_s: Vec::new(),
         threads_tasks_per_s: Vec::new(),
+        pool_cpu_ns: Vec::new(),
+        threads_cpu_ns: Vec::new(),
+    };
+    let pool_cpu_s = |pool: &multiloop::Pool| -> BoxResult<f64> {
+        let mut total = cpu_s(&format!("/proc/self/task/{}/stat", std::process::id()))?;
+        for pid in pool.worker_pids() {
+            total += cpu_s(&format!("/proc/{pid}/stat"))?;
+        }
+        Ok(total)
     };
     for _ in 0..sizes.w1_reps {
+        let cpu_before = pool_cpu_s(&pool)?;
         let (dt, out) = run_limited(&rt, "W1 map", sizes.limit, async {
             let t = Instant::now();
             let out = chunked!(pool.map(inc, 0..n), sizes.chunk).await?;
             Ok((t.elapsed(), out))
         })?;
+        let cpu = pool_cpu_s(&pool)? - cpu_before;
         check_inc(&out, n, "W1 pool")?;
         drop(out);
         result.pool_tasks_per_s.push(n as f64 / dt.as_secs_f64());
+        result.pool_cpu_ns.push(cpu * 1e9 / n as f64);
 
+        let cpu_before = cpu_s("/proc/self/stat")?;
         let dt = w1_threads(n, sizes.w1_threads_chunk, sizes.limit)?;
+        let cpu = cpu_s("/proc/self/stat")? - cpu_before;
         result.threads_tasks_per_s.push(n as f64 / dt.as_secs_f64());
+        result.threads_cpu_ns.push(cpu * 1e9 / n as f64);
     }
     run_limited(&rt, "W1 close", sizes.limit, async {
         Ok(pool.close().await?)
@@ -558,6 +578,26 @@ pub(crate) fn stream_child(n: u64, limit: Duration) -> BoxResult<()> {
     });
     println!("{out}");
     Ok(())
+}
+
+/// User plus system CPU seconds from a `/proc/.../stat` file (a process's
+/// or one thread's), counted in the kernel's 100 Hz ticks.
+fn cpu_s(path: &str) -> BoxResult<f64> {
+    let stat = std::fs::read_to_string(path)?;
+    // Fields after the command name, which may hold spaces: utime and
+    // stime are the 14th and 15th fields of the line.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> BoxResult<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| format!("{path}: too few fields"))?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// VmHWM of this process (`None`) or of `pid`, in MiB.

@@ -529,15 +529,31 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                         .get(item.start as usize..item.end as usize)
                         .unwrap_or_default();
                     let mut reader = wire::Reader::new(body);
+                    let mut values = body;
                     for k in 0..item.count {
-                        let result = match wire::next_outcome(&mut reader) {
-                            Ok((status, data)) => {
-                                decode_outcome::<T>(status, data, self.options.timeout)
+                        let result = if item.dense {
+                            match postcard::take_from_bytes::<T::Output>(values) {
+                                Ok((value, rest)) => {
+                                    values = rest;
+                                    Ok(value)
+                                }
+                                Err(e) => {
+                                    // The rest of the run cannot be found
+                                    // past a value that does not decode.
+                                    values = &[];
+                                    Err(Error::serialization("result", type_name::<T::Output>(), e))
+                                }
                             }
-                            // Every task of the run still gets an outcome.
-                            Err(e) => Err(Error::protocol(format!(
-                                "a worker sent a malformed outcome: {e}"
-                            ))),
+                        } else {
+                            match wire::next_outcome(&mut reader) {
+                                Ok((status, data)) => {
+                                    decode_outcome::<T>(status, data, self.options.timeout)
+                                }
+                                // Every task of the run still gets an outcome.
+                                Err(e) => Err(Error::protocol(format!(
+                                    "a worker sent a malformed outcome: {e}"
+                                ))),
+                            }
                         };
                         let index = item.input_index(&listed, k);
                         match (result, &mut direct) {
@@ -547,6 +563,16 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                                 // The reorder buffer stays aligned on the
                                 // next index (its front slot was empty).
                                 d.pending.pop_front();
+                            }
+                            // Ahead of its turn: straight into its slot of
+                            // the reorder buffer.
+                            (result, Some(d)) if index > *d.emit => {
+                                let at = (index - *d.emit) as usize;
+                                if at >= d.pending.len() {
+                                    d.pending.resize_with(at + 1, || None);
+                                }
+                                d.pending[at] = Some(result);
+                                self.held += 1;
                             }
                             (result, _) => self.ready.push_back((index, result)),
                         }

@@ -45,6 +45,8 @@ pub(crate) struct Item {
     pub(crate) listed: u32,
     /// A map-reduce chunk's folded results.
     pub(crate) partial: bool,
+    /// The tasks all succeeded: their values lie back to back, alone.
+    pub(crate) dense: bool,
     pub(crate) start: u32,
     pub(crate) end: u32,
 }
@@ -717,7 +719,7 @@ impl Core {
         &mut self,
         from: WorkerId,
         frame: &Bytes,
-        groups: impl Iterator<Item = (u64, u32, u32, u32, u32)>,
+        groups: impl Iterator<Item = (u64, u32, u32, bool, u32, u32)>,
         actions: &mut Actions,
     ) -> Result<(), crate::wire::WireError> {
         // The event being built: its job, where it goes, items, listed.
@@ -725,7 +727,7 @@ impl Core {
         let mut finished: Vec<u64> = Vec::new();
         let mut freed = 0usize;
         let mut bad = None;
-        'groups: for (chunk, first, count, start, end) in groups {
+        'groups: for (chunk, first, count, dense, start, end) in groups {
             let Some(rec) = self
                 .chunks
                 .get_mut(&chunk)
@@ -751,10 +753,19 @@ impl Core {
             let Some((_, _, items, listed)) = current.as_mut() else {
                 continue;
             };
-            let whole = rec.reduce.is_none()
-                && u64::from(first) + u64::from(count) <= u64::from(rec.count())
+            let fits = u64::from(first) + u64::from(count) <= u64::from(rec.count())
                 && rec.none_done(first, count);
-            if whole {
+            if dense && !fits {
+                // Values alone cannot be told apart here: a worker that
+                // answers a task twice, or one it was not given, with
+                // them broke the protocol.
+                bad = Some(crate::wire::WireError::BadValue(
+                    "answered task",
+                    u64::from(first),
+                ));
+                break 'groups;
+            }
+            if fits && (dense || rec.reduce.is_none()) {
                 rec.set_done_range(first, count);
                 rec.remaining -= count;
                 freed += count as usize;
@@ -771,6 +782,7 @@ impl Core {
                     count,
                     listed: at,
                     partial: false,
+                    dense,
                     start,
                     end,
                 });
@@ -806,6 +818,7 @@ impl Core {
                             count: 1,
                             listed: Item::CONSECUTIVE,
                             partial: true,
+                            dense: false,
                             start: after - data.len() as u32,
                             end: after,
                         });
@@ -824,6 +837,7 @@ impl Core {
                             count: 1,
                             listed: Item::CONSECUTIVE,
                             partial: false,
+                            dense: false,
                             start: at,
                             end: after,
                         });

@@ -374,6 +374,7 @@ fn on_results(
                 g.chunk,
                 g.first,
                 g.count,
+                g.dense,
                 start,
                 start + g.body.len() as u32,
             ))

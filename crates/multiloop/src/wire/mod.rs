@@ -212,6 +212,25 @@ impl<'a> Results<'a> {
                     }
                 }
                 match groups.next()? {
+                    // Without the value's type a dense group splits only
+                    // when it holds one value.
+                    Ok(g) if g.dense && g.count == 1 => {
+                        return Some(Ok(Outcome {
+                            chunk: g.chunk,
+                            index: g.first,
+                            status: Status::Ok,
+                            data: g.body,
+                        }));
+                    }
+                    Ok(g) if g.dense => {
+                        groups = Groups {
+                            reader: Reader::new(&[]),
+                        };
+                        return Some(Err(WireError::BadValue(
+                            "dense group read one by one",
+                            u64::from(g.count),
+                        )));
+                    }
                     Ok(g) => current = Some((g, Reader::new(g.body), 0)),
                     Err(e) => return Some(Err(e)),
                 }
@@ -221,15 +240,20 @@ impl<'a> Results<'a> {
 }
 
 /// A group of a RESULTS frame: the outcomes of tasks `first..first + count`
-/// of one chunk, back to back in `body` (each: status byte, data length as
-/// a varint, data).
+/// of one chunk, back to back in `body`: each a status byte, the data
+/// length as a varint and the data; or, in a `dense` group, where every
+/// task succeeded, the values alone (postcard values delimit themselves).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OutcomeGroup<'a> {
     pub(crate) chunk: u64,
     pub(crate) first: u32,
     pub(crate) count: u32,
+    pub(crate) dense: bool,
     pub(crate) body: &'a [u8],
 }
+
+/// The bit of a group's count that marks it dense.
+const DENSE: u32 = 1 << 31;
 
 /// Iterator over the groups of a RESULTS frame; yields an error (and then
 /// stops) on a malformed header.
@@ -247,10 +271,14 @@ impl<'a> Iterator for Groups<'a> {
         let group = (|| {
             let chunk = self.reader.varint()?;
             let first = self.reader.varint_u32()?;
-            let count = self.reader.u32_le()?;
-            // Each outcome takes at least two bytes (status, length).
+            let (count, dense) = match self.reader.u32_le()? {
+                c if c & DENSE != 0 => (c & !DENSE, true),
+                c => (c, false),
+            };
             let len = self.reader.u32_le()? as usize;
-            if count == 0 || (count as usize).saturating_mul(2) > len {
+            // Each outcome takes at least two bytes (status, length); a
+            // value alone may take none (a `()`).
+            if count == 0 || (!dense && (count as usize).saturating_mul(2) > len) {
                 return Err(WireError::BadValue("outcome count", u64::from(count)));
             }
             let body = self.reader.take(len)?;
@@ -258,6 +286,7 @@ impl<'a> Iterator for Groups<'a> {
                 chunk,
                 first,
                 count,
+                dense,
                 body,
             })
         })();
@@ -393,6 +422,8 @@ struct Group {
     count_at: usize,
     /// Where its body starts: its `u32` length is the four bytes before.
     body_at: usize,
+    /// Values only: every task of the group succeeded.
+    dense: bool,
 }
 
 /// A position to roll a [`FrameWriter`] back to.
@@ -560,31 +591,59 @@ impl FrameWriter {
     #[inline]
     pub(crate) fn outcome_header(&mut self, chunk: u64, index: u32, status: Status) -> usize {
         match &mut self.group {
-            Some(g) if g.chunk == chunk && g.next == index && g.count < u32::MAX => {
+            Some(g) if !g.dense && g.chunk == chunk && g.next == index && g.count < DENSE - 1 => {
                 g.next = index.wrapping_add(1);
                 g.count += 1;
                 let at = g.count_at;
                 self.buf[at..at + 4].copy_from_slice(&g.count.to_le_bytes());
             }
-            _ => {
-                put_varint(&mut self.buf, chunk);
-                put_varint(&mut self.buf, u64::from(index));
-                let count_at = self.buf.len();
-                self.buf.extend_from_slice(&1u32.to_le_bytes());
-                self.buf.extend_from_slice(&0u32.to_le_bytes());
-                self.group = Some(Group {
-                    chunk,
-                    next: index.wrapping_add(1),
-                    count: 1,
-                    count_at,
-                    body_at: count_at + 8,
-                });
-            }
+            _ => self.group_header(chunk, index, false),
         }
         self.buf.push(status as u8);
         let at = self.buf.len();
         self.buf.push(0);
         at
+    }
+
+    /// Starts a new group at task `index` of `chunk` with one outcome.
+    fn group_header(&mut self, chunk: u64, index: u32, dense: bool) {
+        put_varint(&mut self.buf, chunk);
+        put_varint(&mut self.buf, u64::from(index));
+        let count_at = self.buf.len();
+        let count: u32 = if dense { 1 | DENSE } else { 1 };
+        self.buf.extend_from_slice(&count.to_le_bytes());
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        self.group = Some(Group {
+            chunk,
+            next: index.wrapping_add(1),
+            count: 1,
+            count_at,
+            body_at: count_at + 8,
+            dense,
+        });
+    }
+
+    /// Appends the value of a task that succeeded: the caller writes it
+    /// next into [`buf`](FrameWriter::buf), then calls
+    /// [`value_end`](FrameWriter::value_end). Consecutive values of one
+    /// chunk share a dense group, with no header of their own.
+    #[inline]
+    pub(crate) fn value_header(&mut self, chunk: u64, index: u32) {
+        match &mut self.group {
+            Some(g) if g.dense && g.chunk == chunk && g.next == index && g.count < DENSE - 1 => {
+                g.next = index.wrapping_add(1);
+                g.count += 1;
+                let at = g.count_at;
+                self.buf[at..at + 4].copy_from_slice(&(g.count | DENSE).to_le_bytes());
+            }
+            _ => self.group_header(chunk, index, true),
+        }
+    }
+
+    /// Ends the value started with [`value_header`](FrameWriter::value_header).
+    #[inline]
+    pub(crate) fn value_end(&mut self) {
+        self.patch_body_len();
     }
 
     /// Writes the data length of the outcome whose header ended at `at`
@@ -628,7 +687,8 @@ impl FrameWriter {
         self.buf.truncate(mark.len);
         self.group = mark.group;
         if let Some(g) = &self.group {
-            self.buf[g.count_at..g.count_at + 4].copy_from_slice(&g.count.to_le_bytes());
+            let count = if g.dense { g.count | DENSE } else { g.count };
+            self.buf[g.count_at..g.count_at + 4].copy_from_slice(&count.to_le_bytes());
         }
         self.patch_body_len();
     }

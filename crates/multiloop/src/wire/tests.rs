@@ -1027,3 +1027,111 @@ proptest! {
         proposed_fuzz_decode(&bytes);
     }
 }
+
+#[test]
+fn a_group_whose_length_or_count_lies_is_refused() {
+    // The body length runs past the frame.
+    let mut body = Vec::new();
+    put_varint(&mut body, 1); // chunk
+    put_varint(&mut body, 0); // first index
+    body.extend_from_slice(&1u32.to_le_bytes()); // count
+    body.extend_from_slice(&100u32.to_le_bytes()); // body length
+    body.extend_from_slice(&[Status::Ok as u8, 0]);
+    let groups: Vec<_> = Results { body: &body }.groups().collect();
+    assert_eq!(groups, vec![Err(WireError::Truncated)]);
+    // More outcomes than the body could hold (each takes two bytes).
+    let mut body = Vec::new();
+    put_varint(&mut body, 1);
+    put_varint(&mut body, 0);
+    body.extend_from_slice(&5u32.to_le_bytes());
+    body.extend_from_slice(&2u32.to_le_bytes());
+    body.extend_from_slice(&[Status::Ok as u8, 0]);
+    let groups: Vec<_> = Results { body: &body }.groups().collect();
+    assert_eq!(groups, vec![Err(WireError::BadValue("outcome count", 5))]);
+    // A body with fewer outcomes than its count: the outcome reader says so.
+    let mut body = Vec::new();
+    put_varint(&mut body, 1);
+    put_varint(&mut body, 0);
+    body.extend_from_slice(&2u32.to_le_bytes());
+    body.extend_from_slice(&4u32.to_le_bytes());
+    body.extend_from_slice(&[Status::Ok as u8, 2, 7, 7]);
+    let all: Vec<_> = Results { body: &body }.iter().collect();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].is_ok());
+    assert_eq!(all[1], Err(WireError::Truncated));
+}
+
+#[test]
+fn consecutive_outcomes_share_a_group_whose_length_covers_them() {
+    let mut w = FrameWriter::new();
+    let start = w.results_begin();
+    for (index, data) in [(3u32, &b"x"[..]), (4, &[9u8; 200][..]), (5, &b""[..])] {
+        w.outcome(&Outcome {
+            chunk: 7,
+            index,
+            status: Status::Ok,
+            data,
+        });
+    }
+    w.finish(start);
+    let bytes = w.take();
+    let Message::Results(results) = Message::decode(&bytes[4..]).unwrap() else {
+        panic!("not RESULTS")
+    };
+    let groups: Vec<_> = results.groups().collect::<Result<_, _>>().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (groups[0].chunk, groups[0].first, groups[0].count),
+        (7, 3, 3)
+    );
+    // status + 1-byte length + 1, status + 2-byte length + 200, status + length.
+    assert_eq!(groups[0].body.len(), 3 + 203 + 2);
+    let data: Vec<_> = results.iter().map(|o| o.unwrap().data.len()).collect();
+    assert_eq!(data, vec![1, 200, 0]);
+}
+
+#[test]
+fn successes_share_a_dense_group_of_values_alone() {
+    let mut w = FrameWriter::new();
+    let start = w.results_begin();
+    for (index, value) in [(0u32, 5u64), (1, 300), (2, 7)] {
+        w.value_header(9, index);
+        append_value(w.buf(), &value).unwrap();
+        w.value_end();
+    }
+    // A failure does not join the dense group; the next value starts one.
+    let at = w.outcome_header(9, 3, Status::TaskError);
+    w.buf().extend_from_slice(b"e");
+    w.outcome_end(at);
+    let mark = w.mark();
+    w.value_header(9, 4);
+    append_value(w.buf(), &1u64).unwrap();
+    w.value_end();
+    // Rolled back: the group of index 4 disappears entirely.
+    w.rollback(mark);
+    w.value_header(9, 4);
+    append_value(w.buf(), &8u64).unwrap();
+    w.value_end();
+    w.finish(start);
+    let bytes = w.take();
+    let Message::Results(results) = Message::decode(&bytes[4..]).unwrap() else {
+        panic!("not RESULTS")
+    };
+    let groups: Vec<_> = results.groups().collect::<Result<_, _>>().unwrap();
+    let shape: Vec<_> = groups.iter().map(|g| (g.first, g.count, g.dense)).collect();
+    assert_eq!(shape, vec![(0, 3, true), (3, 1, false), (4, 1, true)]);
+    let mut values = groups[0].body;
+    let mut decoded = Vec::new();
+    for _ in 0..3 {
+        let (v, rest) = postcard::take_from_bytes::<u64>(values).unwrap();
+        decoded.push(v);
+        values = rest;
+    }
+    assert_eq!((decoded, values.len()), (vec![5, 300, 7], 0));
+    // One by one, a dense group of several values cannot be split.
+    let all: Vec<_> = results.iter().collect();
+    assert_eq!(
+        all,
+        vec![Err(WireError::BadValue("dense group read one by one", 3))]
+    );
+}

@@ -140,6 +140,49 @@ impl Out {
         }
     }
 
+    /// Appends the value of a task that succeeded, in a dense group (no
+    /// header of its own). A value that cannot be serialized, or is larger
+    /// than a frame, goes through [`push`](Out::push), which makes it an
+    /// encoding error.
+    fn push_value<V: Serialize>(&mut self, key: TaskKey, value: &V) {
+        let start = match self.open {
+            Some(start) => start,
+            None => {
+                let start = self.frames.results_begin();
+                self.open = Some(start);
+                start
+            }
+        };
+        let mark = self.frames.mark();
+        self.frames.value_header(key.chunk, key.index);
+        let at = self.frames.buf().len();
+        let encoded = wire::append_value(self.frames.buf(), value).is_ok();
+        let data_len = self.frames.buf().len() - at;
+        if !encoded || data_len + 40 > self.max_frame {
+            self.frames.rollback(mark);
+            return self.push(key, |buf| encode_into(buf, value, Status::Ok));
+        }
+        if self.frames.body_len(start) + 10 > self.max_frame
+            && self.frames.body_len(start) > data_len + 40
+        {
+            // It fits a frame on its own but not with the outcomes before
+            // it: it starts the next frame.
+            let data = self.frames.buf().split_off(at);
+            self.frames.rollback(mark);
+            self.frames.finish(start);
+            let next = self.frames.results_begin();
+            self.open = Some(next);
+            self.frames.value_header(key.chunk, key.index);
+            self.frames.buf().extend_from_slice(&data);
+        }
+        self.frames.value_end();
+        if let Some(start) = self.open
+            && self.frames.body_len(start) > self.max_frame / 2
+        {
+            self.close();
+        }
+    }
+
     fn close(&mut self) {
         if let Some(start) = self.open.take() {
             self.frames.finish(start);
@@ -263,7 +306,7 @@ impl Ctx {
     ) {
         let mut out = self.out.borrow_mut();
         match result {
-            Ok(Ok(value)) => out.push(key, |buf| encode_into(buf, &value, Status::Ok)),
+            Ok(Ok(value)) => out.push_value(key, &value),
             Ok(Err(error)) => out.push(key, |buf| encode_into(buf, &error, Status::TaskError)),
             Err(timeout) => out.push(key, |buf| {
                 buf.extend_from_slice(timeout.as_bytes());

@@ -193,8 +193,7 @@ async fn handshake(
     if !error.is_empty() {
         return Err(format!("setup failed: {error}"));
     }
-    let watchdog = Watchdog::start(Arc::clone(&channel), Duration::from_micros(setup.grace_us))
-        .map_err(|e| format!("could not start the watchdog thread: {e}"))?;
+    let watchdog = Watchdog::new(Arc::clone(&channel), Duration::from_micros(setup.grace_us));
     Ok(Some(Ctx::install(channel, watchdog, &setup, max_frame)))
 }
 

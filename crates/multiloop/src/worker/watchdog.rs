@@ -11,8 +11,7 @@
 //! retries the worker's other tasks elsewhere without charging them an
 //! attempt.
 
-use std::io;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::channel::Channel;
@@ -32,27 +31,38 @@ struct Watch {
 /// The handle the event loop uses to tell the watchdog what it polls.
 #[derive(Clone)]
 pub(crate) struct Watchdog {
-    state: Arc<(Mutex<Watch>, Condvar)>,
-    pub(crate) grace: Duration,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: (Mutex<Watch>, Condvar),
+    grace: Duration,
+    channel: Arc<Channel>,
+    /// The thread starts with the first task that has a deadline: a worker
+    /// that never runs one (most pools) does not pay for it at startup.
+    started: Once,
 }
 
 impl Watchdog {
-    /// Starts the watchdog thread.
-    pub(crate) fn start(channel: Arc<Channel>, grace: Duration) -> io::Result<Watchdog> {
-        let state = Arc::new((Mutex::new(Watch::default()), Condvar::new()));
-        let thread_state = Arc::clone(&state);
-        std::thread::Builder::new()
-            .name("multiloop-watchdog".into())
-            .spawn(move || watch(&thread_state, &channel))?;
-        Ok(Watchdog { state, grace })
+    /// The watchdog of this worker; its thread starts when first needed.
+    pub(crate) fn new(channel: Arc<Channel>, grace: Duration) -> Watchdog {
+        Watchdog {
+            shared: Arc::new(Shared {
+                state: (Mutex::new(Watch::default()), Condvar::new()),
+                grace,
+                channel,
+                started: Once::new(),
+            }),
+        }
     }
 
     /// The loop is about to poll task `key`, whose deadline is `deadline`.
     #[inline]
     pub(crate) fn enter(&self, key: TaskKey, deadline: Instant, limit: Duration) {
-        let (lock, cvar) = &*self.state;
+        self.shared.started.call_once(|| self.start());
+        let (lock, cvar) = &self.shared.state;
         let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        w.current = Some((key, deadline + self.grace, limit));
+        w.current = Some((key, deadline + self.shared.grace, limit));
         w.generation += 1;
         cvar.notify_one();
     }
@@ -60,11 +70,27 @@ impl Watchdog {
     /// The poll announced by `enter` returned.
     #[inline]
     pub(crate) fn leave(&self) {
-        let (lock, _) = &*self.state;
+        let (lock, _) = &self.shared.state;
         let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
         w.current = None;
         w.generation += 1;
         // No wake-up: the watchdog finds the change when its wait ends.
+    }
+
+    #[cold]
+    fn start(&self) {
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("multiloop-watchdog".into())
+            .spawn(move || watch(&shared.state, &shared.channel));
+        if let Err(e) = spawned {
+            // Without it a task stuck past its deadline could hold the
+            // worker forever: end the worker now (the parent retries its
+            // tasks) rather than run without the guarantee.
+            eprintln!("multiloop worker: could not start the watchdog thread: {e}");
+            // SAFETY: `_exit` has no preconditions.
+            unsafe { libc::_exit(super::serve::EXIT_SETUP) };
+        }
     }
 }
 

@@ -228,11 +228,19 @@ impl Sim {
     fn answer(&mut self, id: WorkerId, outcomes: Vec<(u64, u32)>) {
         // A real RESULTS frame, as a worker writes it: consecutive answers
         // of one chunk share a group.
+        // Values alone (dense groups, as a worker sends successes) or
+        // full outcomes, alternately, so that both paths are checked.
+        let dense = outcomes.len().is_multiple_of(2);
         let mut w = FrameWriter::new();
         let start = w.results_begin();
         for (chunk, index) in outcomes {
-            let at = w.outcome_header(chunk, index, Status::Ok);
-            w.outcome_end(at);
+            if dense {
+                w.value_header(chunk, index);
+                w.value_end();
+            } else {
+                let at = w.outcome_header(chunk, index, Status::Ok);
+                w.outcome_end(at);
+            }
         }
         w.finish(start);
         let frame = Bytes::from(w.take());
@@ -249,6 +257,7 @@ impl Sim {
                     g.chunk,
                     g.first,
                     g.count,
+                    g.dense,
                     start,
                     start + g.body.len() as u32,
                 )
