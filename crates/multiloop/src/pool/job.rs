@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_core::Stream;
-use tokio::sync::mpsc;
 
 use super::Inner;
+use super::events::{JobEvents, JobSink};
 use super::scheduler::{ChunkRec, Event};
 use crate::error::{Error, Kind};
 use crate::reduce::{Reduced, Reducer};
@@ -185,8 +185,8 @@ pub(crate) struct Job<T: Task, S> {
     exhausted: bool,
     /// Set when the pool refused the call before it started.
     refused: Option<super::scheduler::Failure>,
-    tx: mpsc::UnboundedSender<Event>,
-    rx: mpsc::UnboundedReceiver<Event>,
+    tx: JobSink,
+    rx: JobEvents,
     next_index: u64,
     in_flight: usize,
     window_base: usize,
@@ -215,7 +215,7 @@ pub(crate) struct Job<T: Task, S> {
 
 impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     pub(crate) fn new(pool: Arc<Inner>, source: S) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = super::events::channel();
         let (id, refused) = {
             let mut core = pool.lock();
             let refused = core.accepting().err();
@@ -638,16 +638,14 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 };
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(event)) => {
+                Poll::Ready(event) => {
                     self.on_event(event, None);
                     // Drain what else is already there without re-feeding
                     // for every event.
-                    while let Ok(event) = self.rx.try_recv() {
+                    while let Some(event) = self.rx.try_recv() {
                         self.on_event(event, None);
                     }
                 }
-                // We hold a sender, so the channel never closes.
-                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -671,15 +669,13 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             };
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(event)) => {
+            Poll::Ready(event) => {
                 self.on_event(event, Some(direct.reborrow()));
-                while let Ok(event) = self.rx.try_recv() {
+                while let Some(event) = self.rx.try_recv() {
                     self.on_event(event, Some(direct.reborrow()));
                 }
                 Poll::Ready(true)
             }
-            // We hold a sender, so the channel never closes.
-            Poll::Ready(None) => Poll::Ready(false),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -6,6 +6,7 @@
 //!
 //! Starting a worker process is `crate::spawn`, shared with `Process`.
 
+mod events;
 mod job;
 mod scheduler;
 mod supervisor;

@@ -3,15 +3,16 @@
 //!
 //! Everything here runs under one mutex, held for short, non-async
 //! critical sections: submitting a chunk, handling a frame of outcomes, a
-//! worker's death. No I/O happens under the lock; frames for workers are
-//! appended to their outboxes and their writer tasks are woken.
+//! worker's death. Frames for workers are appended to their outboxes; a
+//! small one is sent at once with a non-blocking send (never a wait), the
+//! rest by the workers' writer tasks, which are woken.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::error::{Error, ExitInfo, Kind};
 use crate::ids::{IdMap, IdSet};
@@ -143,8 +144,7 @@ impl Failure {
     }
 }
 
-/// Where a job's events go.
-pub(crate) type JobSink = mpsc::UnboundedSender<Event>;
+pub(crate) use super::events::JobSink;
 
 /// A chunk of tasks of one job, from submission to its last outcome.
 pub(crate) struct ChunkRec {
@@ -294,16 +294,47 @@ pub(crate) struct WorkerId {
 }
 
 /// Frames waiting to be written to one worker.
+///
+/// The worker's writer task writes them. A small frame queued while no
+/// write is under way is sent at once instead, by whoever queued it, with
+/// one non-blocking send: a round trip (an `apply`) then skips a wake-up
+/// of the writer task. What that send could not take waits for the writer
+/// task, which keeps the order: nothing is sent at once while it writes.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    pub(crate) buf: Mutex<FrameWriter>,
+    pub(crate) buf: Mutex<Pending>,
     pub(crate) notify: Notify,
+    /// The worker's socket, once its writer task runs.
+    pub(crate) socket: std::sync::OnceLock<Arc<tokio::net::unix::OwnedWriteHalf>>,
+}
+
+/// The frames not yet written, and whether the writer task is writing.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub(crate) frames: FrameWriter,
+    pub(crate) writing: bool,
 }
 
 impl Outbox {
+    /// Frames up to this size are sent at once (a larger batch of tasks
+    /// goes to the writer task, keeping the core's lock short).
+    const SEND_AT_ONCE: usize = 4096;
+
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut FrameWriter) -> R) -> R {
-        let r = f(&mut self.buf.lock().unwrap_or_else(PoisonError::into_inner));
-        self.notify.notify_one();
+        let mut pending = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = f(&mut pending.frames);
+        if !pending.writing
+            && pending.frames.len() <= Self::SEND_AT_ONCE
+            && let Some(socket) = self.socket.get()
+            && let Ok(sent) = socket.try_write(pending.frames.as_bytes())
+        {
+            pending.frames.consume(sent);
+        }
+        let left = !pending.frames.is_empty();
+        drop(pending);
+        if left {
+            self.notify.notify_one();
+        }
         r
     }
 }

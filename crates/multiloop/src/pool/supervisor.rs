@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -138,6 +137,8 @@ async fn supervise(
     let tail = Arc::new(Mutex::new(StderrTail::default()));
     let stderr_task = stderr.map(|s| tokio::spawn(spawn::forward_stderr(s, Arc::clone(&tail))));
     let (rd, wr) = stream.into_split();
+    let wr = Arc::new(wr);
+    let _ = outbox.socket.set(Arc::clone(&wr));
     let writer = tokio::spawn(write_loop(wr, Arc::clone(&outbox)));
     let max_frame = match inner.upgrade() {
         Some(i) => i.config.max_frame,
@@ -199,20 +200,31 @@ fn tail_suffix(tail: &str) -> String {
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>) {
+/// Writes what the outbox holds, in order; while it writes, nothing else
+/// is sent to this worker (see [`Outbox`]).
+async fn write_loop(wr: Arc<OwnedWriteHalf>, outbox: Arc<Outbox>) {
     let mut spare = Vec::new();
     loop {
         {
-            let mut buf = outbox.buf.lock().unwrap_or_else(PoisonError::into_inner);
-            buf.swap(&mut spare);
+            let mut pending = outbox.buf.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.frames.swap(&mut spare);
+            pending.writing = !spare.is_empty();
         }
         if spare.is_empty() {
             outbox.notify.notified().await;
             continue;
         }
-        if wr.write_all(&spare).await.is_err() {
-            // The reader sees the same broken channel and reports it.
-            return;
+        let mut at = 0;
+        while at < spare.len() {
+            if wr.writable().await.is_err() {
+                return;
+            }
+            match wr.try_write(&spare[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The reader sees the same broken channel and reports it.
+                Err(_) => return,
+            }
         }
         spare.clear();
     }

@@ -441,12 +441,10 @@ impl FrameWriter {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
@@ -458,6 +456,22 @@ impl FrameWriter {
 
     /// Swaps the buffer with `other` (which should be empty), keeping both
     /// allocations alive for reuse.
+    /// The frames written so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drops the first `n` bytes (sent), between whole frames of a writer
+    /// with no RESULTS frame open.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.group = None;
+        if n >= self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..n);
+        }
+    }
+
     pub(crate) fn swap(&mut self, other: &mut Vec<u8>) {
         std::mem::swap(&mut self.buf, other);
     }

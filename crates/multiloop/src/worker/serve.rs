@@ -3,6 +3,7 @@
 //! and writes outcomes.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,30 +25,53 @@ pub(crate) const EXIT_ORPHANED: i32 = 70;
 /// Exit code of a worker that could not start or broke the protocol.
 pub(crate) const EXIT_SETUP: i32 = 71;
 
-/// Exits the worker as soon as the parent is gone, even while a task spins
-/// in a CPU loop: a thread blocks on the lifeline pipe, whose write end only
-/// the parent holds, and reads end-of-file when the parent exits or dies.
-fn watch_lifeline(lifeline: OwnedFd) {
-    let spawned = std::thread::Builder::new()
-        .name("multiloop-lifeline".into())
-        .spawn(move || {
-            let mut file = std::fs::File::from(lifeline);
-            let mut byte = [0u8; 1];
-            loop {
-                match std::io::Read::read(&mut file, &mut byte) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            // SAFETY: `_exit` ends the process at once without running atexit
-            // handlers, which is what an orphaned worker wants; it is
-            // async-signal-safe and has no preconditions.
-            unsafe { libc::_exit(EXIT_ORPHANED) };
-        });
-    if spawned.is_err() {
-        eprintln!("multiloop worker: could not start the lifeline thread");
-        std::process::exit(EXIT_SETUP);
+/// Ends the worker as soon as the parent is gone, even while a task spins
+/// in a CPU loop, without a thread of its own: the kernel signals the
+/// reader of a pipe whose last writer closed it, and only the parent holds
+/// the lifeline's write end, so its death (or exit) closes it. The worker
+/// asks for that signal to be SIGKILL (`F_SETSIG`), on a description of
+/// the pipe of its own (`F_SETOWN` is per description, and every worker of
+/// a pool inherits the same one). A thread blocked on the pipe did the same
+/// job before, but every worker then paid for a thread at its start, and at
+/// its exit waited for that thread to be scheduled to die (W5 of
+/// `multiloop-bench`).
+fn arm_lifeline(lifeline: OwnedFd) -> Result<(), String> {
+    // Linux's `F_SETSIG` (asm-generic/fcntl.h), which the libc crate does
+    // not export for glibc targets.
+    const F_SETSIG: libc::c_int = 10;
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", lifeline.as_raw_fd());
+    // Non-blocking: opening a pipe to read would otherwise wait for a
+    // writer, and the parent may be gone already.
+    let own = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("could not open the lifeline ({path}): {e}"))?;
+    drop(lifeline);
+    let fd = own.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    let armed = unsafe {
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
+            && libc::fcntl(fd, F_SETSIG, libc::SIGKILL) == 0
+            && libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_ASYNC) == 0
+    };
+    if !armed {
+        return Err(format!(
+            "could not arm the lifeline: {}",
+            std::io::Error::last_os_error()
+        ));
     }
+    // The parent may have gone before the signal was armed: the pipe then
+    // reads end-of-file at once (nobody writes to it otherwise).
+    let mut byte = [0u8; 1];
+    if let Ok(0) = std::io::Read::read(&mut &own, &mut byte) {
+        // SAFETY: `_exit` has no preconditions; nothing is set up yet.
+        unsafe { libc::_exit(EXIT_ORPHANED) };
+    }
+    // Kept open for the life of the process: closing it would disarm it.
+    std::mem::forget(own);
+    Ok(())
 }
 
 /// Runs the worker until the parent says stop or goes away; never returns.
@@ -58,7 +82,10 @@ pub(crate) fn serve(marker: Marker) -> ! {
     // SAFETY: setting a signal's disposition to SIG_IGN has no
     // preconditions; no other thread exists yet.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    watch_lifeline(marker.lifeline);
+    if let Err(e) = arm_lifeline(marker.lifeline) {
+        eprintln!("multiloop worker: {e}");
+        std::process::exit(EXIT_SETUP);
+    }
     match crate::beacon::Beacon::map(marker.beacon) {
         Ok(b) => {
             let _ = BEACON.set(b);

@@ -80,9 +80,18 @@ impl Watchdog {
     #[cold]
     fn start(&self) {
         let shared = Arc::clone(&self.shared);
+        let (running_tx, running) = std::sync::mpsc::sync_channel::<()>(1);
         let spawned = std::thread::Builder::new()
             .name("multiloop-watchdog".into())
-            .spawn(move || watch(&shared.state, &shared.channel));
+            .spawn(move || {
+                let _ = running_tx.send(());
+                watch(&shared.state, &shared.channel)
+            });
+        // Running before the first poll it guards, as if it had been
+        // there from the start (once per worker).
+        if spawned.is_ok() {
+            let _ = running.recv();
+        }
         if let Err(e) = spawned {
             // Without it a task stuck past its deadline could hold the
             // worker forever: end the worker now (the parent retries its

@@ -70,7 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// What each job's caller has received.
 struct Job {
-    rx: mpsc::UnboundedReceiver<Event>,
+    rx: super::super::events::JobEvents,
     tasks: u32,
     /// Outcomes per task index (values and failures alike).
     outcomes: BTreeMap<u64, u32>,
@@ -182,7 +182,7 @@ impl Sim {
     /// Reads every job's events and checks exactly-once delivery.
     fn drain(&mut self) {
         for (j, job) in self.jobs.iter_mut().enumerate() {
-            while let Ok(event) = job.rx.try_recv() {
+            while let Some(event) = job.rx.try_recv() {
                 let indices: Vec<u64> = match event {
                     Event::Outcomes { items, listed, .. } => items
                         .iter()
@@ -301,7 +301,7 @@ impl Sim {
                 route,
                 attempts,
             } => {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = super::super::events::channel();
                 let job = self.core.new_job();
                 self.jobs.push(Job {
                     rx,
