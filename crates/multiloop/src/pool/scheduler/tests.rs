@@ -589,3 +589,89 @@ fn a_death_in_a_tasks_poll_never_counts_towards_a_storm() {
     assert_eq!(sim.core.phase, Phase::Open);
     sim.finish();
 }
+
+/// Hands worker `slot` a RESULTS frame written by `write`; what
+/// `on_results` answered.
+fn raw_answer(
+    sim: &mut Sim,
+    slot: usize,
+    write: impl FnOnce(&mut FrameWriter),
+) -> Result<(), crate::wire::WireError> {
+    let id = sim.live(slot).expect("the worker is alive");
+    let mut w = FrameWriter::new();
+    let start = w.results_begin();
+    write(&mut w);
+    w.finish(start);
+    let frame = Bytes::from(w.take());
+    let Ok(Message::Results(results)) = Message::decode(&frame[4..]) else {
+        panic!("the test wrote a bad frame");
+    };
+    let base = frame.as_ptr() as usize;
+    let groups: Vec<_> = results
+        .groups()
+        .map(|g| {
+            let g = g.expect("the test wrote a bad group");
+            let start = (g.body.as_ptr() as usize - base) as u32;
+            (
+                g.chunk,
+                g.first,
+                g.count,
+                g.dense,
+                start,
+                start + g.body.len() as u32,
+            )
+        })
+        .collect();
+    let mut actions = Actions::default();
+    let read = sim
+        .core
+        .on_results(id, &frame, groups.into_iter(), &mut actions);
+    sim.after(actions);
+    read
+}
+
+#[test]
+fn a_group_that_answers_some_tasks_again_delivers_only_the_new_ones() {
+    let mut sim = Sim::new();
+    sim.step(&Op::Ready { slot: 0 });
+    sim.step(&Op::Submit {
+        tasks: 8,
+        chunk: 8,
+        route: None,
+        attempts: 1,
+    });
+    let pending = sim.pending_of(0);
+    assert_eq!(pending.len(), 8);
+    let chunk = pending[0].0;
+    sim.answer(sim.live(0).unwrap(), (0..4).map(|i| (chunk, i)).collect());
+    // Tasks 2..6 with full outcomes: 2 and 3 are answered already, so the
+    // group is read outcome by outcome and only 4 and 5 are delivered (the
+    // simulator's drain asserts each task's outcome arrives once).
+    let read = raw_answer(&mut sim, 0, |w| {
+        for index in 2..6 {
+            let at = w.outcome_header(chunk, index, Status::Ok);
+            w.outcome_end(at);
+        }
+    });
+    assert!(read.is_ok(), "{read:?}");
+    assert_eq!(sim.jobs[0].outcomes.len(), 6);
+    // A dense group cannot be split: answering task 5 again with one is a
+    // broken protocol, and nothing of it is delivered.
+    let read = raw_answer(&mut sim, 0, |w| {
+        for index in 5..8 {
+            w.value_header(chunk, index);
+            w.value_end();
+        }
+    });
+    assert_eq!(
+        read,
+        Err(crate::wire::WireError::BadValue("answered task", 5))
+    );
+    assert_eq!(sim.jobs[0].outcomes.len(), 6);
+    // Its tasks 6 and 7 are still pending: the worker's death hands them
+    // to the next one.
+    assert_eq!(sim.pending_of(0), vec![(chunk, 6), (chunk, 7)]);
+    sim.die(0, None, Cause::Violated);
+    sim.finish();
+    assert_eq!(sim.jobs[0].outcomes.len(), 8);
+}
