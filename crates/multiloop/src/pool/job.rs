@@ -524,7 +524,9 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                         continue;
                     }
                     n += item.count as usize;
-                    self.ready.reserve(item.count as usize);
+                    if direct.is_none() {
+                        self.ready.reserve(item.count as usize);
+                    }
                     let body = frame
                         .get(item.start as usize..item.end as usize)
                         .unwrap_or_default();
