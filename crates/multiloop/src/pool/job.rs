@@ -16,7 +16,7 @@ use futures_core::Stream;
 
 use super::Inner;
 use super::events::{JobEvents, JobSink};
-use super::scheduler::{ChunkRec, Event};
+use super::scheduler::{ChunkRec, Event, Item};
 use crate::error::{Error, Kind};
 use crate::reduce::{Reduced, Reducer};
 use crate::task::Task;
@@ -524,8 +524,17 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                         continue;
                     }
                     n += item.count as usize;
-                    if direct.is_none() {
-                        self.ready.reserve(item.count as usize);
+                    match &mut direct {
+                        None => self.ready.reserve(item.count as usize),
+                        // A run ahead of its turn: room for all of it in
+                        // the reorder buffer at once.
+                        Some(d) if item.listed == Item::CONSECUTIVE && item.index > *d.emit => {
+                            let end = (item.index - *d.emit) as usize + item.count as usize;
+                            if end > d.pending.len() {
+                                d.pending.resize_with(end, || None);
+                            }
+                        }
+                        Some(_) => {}
                     }
                     let body = frame
                         .get(item.start as usize..item.end as usize)
