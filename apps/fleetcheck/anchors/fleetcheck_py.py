@@ -253,7 +253,8 @@ def parse_page_lines(body, capture, now):
 
 
 class Series:
-    """A watched series of one host."""
+    """A series of one host that a rate or zscore rule watches (the other
+    kinds read only the current page)."""
 
     __slots__ = ("value", "time", "last_seen", "prev_value", "prev_time",
                  "prev_seen", "hists")
@@ -302,13 +303,16 @@ class Worker:
         self.session = None
 
     def bind(self, key, name):
+        """(canonical key, rules watching the series, whether one of them
+        keeps state: only rate and zscore read past values)."""
         b = self.bind_cache.get(key)
         if b is None:
             skey = key.decode("utf-8", "replace")
             sname = name.decode("utf-8", "replace")
             labels = parse_labels(skey[len(sname) + 1:-1]) if len(skey) > len(sname) else {}
             rules = tuple(r for r in self.rules if r.matches(name, labels))
-            b = (canonical(sname, labels), rules)
+            stateful = any(r.kind in ("rate", "zscore") for r in rules)
+            b = (canonical(sname, labels), rules, stateful)
             self.bind_cache[key] = b
         return b
 
@@ -326,18 +330,22 @@ class Worker:
         findings = part.findings
         stale_now = {r.idx: set() for r in self.stale}
         absent_seen = set()
+        cache = self.bind_cache
         for key, (name, v, t) in page.items():
-            ckey, rules = self.bind(key, name)
+            ckey, rules, stateful = cache.get(key) or self.bind(key, name)
             if not rules:
                 continue  # only read as a ratio's denominator
-            s = series.get(key)
-            if s is None:
-                s = series[key] = Series(rules)
-            s.prev_value, s.prev_time, s.prev_seen = s.value, s.time, s.last_seen
-            s.value, s.time, s.last_seen = v, t, rnd
+            if stateful:
+                s = series.get(key)
+                if s is None:
+                    s = series[key] = Series(rules)
+                s.prev_value, s.prev_time, s.prev_seen = s.value, s.time, s.last_seen
+                s.value, s.time, s.last_seen = v, t, rnd
             for r in rules:
                 k = r.kind
-                if k == "threshold":
+                if k == "stale":
+                    stale_now[r.idx].add(key)
+                elif k == "threshold":
                     x = v
                     if r.ratio_to is not None:
                         den = page.get(r.ratio_to + key[len(name):])
@@ -375,8 +383,6 @@ class Worker:
                             if dev != 0.0 and dev / (sd if sd > 0.0 else ZERO_SPREAD) > r.threshold:
                                 findings.append((host, rnd, r.name, ckey))
                     h.append(v)
-                elif k == "stale":
-                    stale_now[r.idx].add(key)
                 elif k == "absent":
                     absent_seen.add(r.idx)
                 elif k == "fleet_outlier":
@@ -423,7 +429,20 @@ WORKER = None
 def init_worker(cfg):
     """aiomultiprocess initializer: runs once in each worker process."""
     global WORKER
+    die_with_parent()
     WORKER = Worker(cfg)
+
+
+def die_with_parent():
+    """Linux: a worker whose parent was killed (say by the benchmark's
+    timeout) is killed too, instead of waiting for tasks forever."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 async def scan_shard(shard, rnd, hosts):
