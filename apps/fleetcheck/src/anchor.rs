@@ -363,26 +363,16 @@ pub async fn run_python(
     Ok((report, run))
 }
 
-/// fleetcheck (pool) and the Python anchor, one after the other, on the
-/// fleet of `cfg` (its process `fleet_pid`, whose CPU is counted apart).
-/// Prints the comparison on stdout; Err when the Python version cannot run
-/// or the two found different anomalies.
-pub async fn compare(
-    python: &Path,
-    anchor: &AnchorSettings,
+/// fleetcheck on the pool, as `fleetcheck scan` runs it: the run and its
+/// anomalies.
+async fn run_fleetcheck(
     cfg: &ScanConfig,
     rules: &Rules,
     settings: PoolSettings,
     fleet_pid: Option<u32>,
     truth: &[ExpectedFinding],
-) -> Result<(), Error> {
+) -> Result<(BenchRun, BTreeSet<ExpectedFinding>), Error> {
     let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
-    eprintln!(
-        "anchors: fleetcheck (pool of {} x {}) then Python ({} processes x {}) on the same fleet",
-        settings.processes, settings.concurrency, settings.processes, settings.concurrency
-    );
-
-    // 1. fleetcheck on the pool, as `fleetcheck scan` runs it.
     let (self0, children0, fleet0) = (
         bench::rusage_cpu_secs(false),
         bench::rusage_cpu_secs(true),
@@ -395,10 +385,9 @@ pub async fn compare(
         clients: cfg.clients.clone(),
     };
     let report = crate::pool::scan_pool(cfg, init, settings, Arc::new(Mutex::new(()))).await?;
-    let wall = start.elapsed().as_secs_f64();
-    let fc = BenchRun {
+    let run = BenchRun {
         mode: "fleetcheck".into(),
-        wall_secs: wall,
+        wall_secs: start.elapsed().as_secs_f64(),
         points: report.points,
         cpu_parent: bench::rusage_cpu_secs(false) - self0,
         cpu_workers: bench::rusage_cpu_secs(true) - children0,
@@ -408,43 +397,115 @@ pub async fn compare(
         anomalies: report.anomalies,
         ..Default::default()
     };
-    let fc_anomalies = fleetcheck_anomalies(&report.findings);
-    drop(report);
+    Ok((run, fleetcheck_anomalies(&report.findings)))
+}
+
+/// fleetcheck (pool) and the Python anchor, one after the other, `pairs`
+/// times (at least once), on the fleet of `cfg` (its process `fleet_pid`,
+/// whose CPU is counted apart). Prints each pair and, for more than one,
+/// the medians on stdout; Err when the Python version cannot run or the
+/// two found different anomalies.
+#[allow(clippy::too_many_arguments)]
+pub async fn compare(
+    python: &Path,
+    anchor: &AnchorSettings,
+    cfg: &ScanConfig,
+    rules: &Rules,
+    settings: PoolSettings,
+    fleet_pid: Option<u32>,
+    truth: &[ExpectedFinding],
+    pairs: usize,
+) -> Result<(), Error> {
+    let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
+    let pairs = pairs.max(1);
     eprintln!(
-        "anchors: fleetcheck done in {wall:.2} s; Python next (about {:.0} s at 0.5 M points/s)",
-        fc.points as f64 / 0.5e6
+        "anchors: fleetcheck (pool of {} x {}) then Python ({} processes x {}) on the same fleet, {pairs} time(s)",
+        settings.processes, settings.concurrency, settings.processes, settings.concurrency
     );
+    let mut done: Vec<(BenchRun, BenchRun)> = Vec::new();
+    let mut failure = None;
+    for pair in 1..=pairs {
+        let (fc, fc_anomalies) = run_fleetcheck(cfg, rules, settings, fleet_pid, truth).await?;
+        eprintln!(
+            "anchors: pair {pair}: fleetcheck done in {:.2} s; Python next (about {:.0} s at 0.5 M points/s)",
+            fc.wall_secs,
+            fc.points as f64 / 0.5e6
+        );
+        // The Python version, same fleet. Bounded: a run 10x slower than
+        // 0.1 M points/s is broken, not slow.
+        let timeout = Duration::from_secs(120 + fc.points / 100_000);
+        let fleet0 = fleet_cpu();
+        let (py_report, mut py) = run_python(python, anchor, cfg, rules, settings, timeout).await?;
+        py.cpu_fleet = fleet_cpu() - fleet0;
+        let py_anomalies = py_report.anomalies();
+        py.verified = crate::report::verify(&to_findings(&py_anomalies), truth).passed()
+            && py_report.scrape_failures == 0;
+        let diff = AnomalyDiff::new(&fc_anomalies, &py_anomalies);
+        print_out(&render(&fc, &py, &py_report, &diff));
+        if !diff.same() {
+            failure.get_or_insert(format!(
+                "anchors: fleetcheck and the Python version found different anomalies ({} only by fleetcheck, {} only by Python)",
+                diff.only_fleetcheck.len(),
+                diff.only_python.len()
+            ));
+        } else if !(fc.verified && py.verified) {
+            failure.get_or_insert(
+                "anchors: verification against the injected anomalies failed".to_string(),
+            );
+        }
+        done.push((fc, py));
+    }
+    if done.len() > 1 {
+        print_out(&render_medians(&done));
+    }
+    match failure {
+        Some(f) => Err(Error::Verification(f)),
+        None => Ok(()),
+    }
+}
 
-    // 2. The Python version, same fleet. Bounded: a run 10x slower than
-    //    0.1 M points/s is broken, not slow.
-    let timeout = Duration::from_secs(120 + fc.points / 100_000);
-    let fleet0 = fleet_cpu();
-    let (py_report, mut py) = run_python(python, anchor, cfg, rules, settings, timeout).await?;
-    py.cpu_fleet = fleet_cpu() - fleet0;
-    let py_anomalies = py_report.anomalies();
-    py.verified = crate::report::verify(&to_findings(&py_anomalies), truth).passed()
-        && py_report.scrape_failures == 0;
-    let diff = AnomalyDiff::new(&fc_anomalies, &py_anomalies);
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut so = std::io::stdout().lock();
+    let _ = so.write_all(text.as_bytes());
+    let _ = so.flush();
+}
 
-    {
-        use std::io::Write as _;
-        let mut so = std::io::stdout().lock();
-        let _ = so.write_all(render(&fc, &py, &py_report, &diff).as_bytes());
-        let _ = so.flush();
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-    if !diff.same() {
-        return Err(Error::Verification(format!(
-            "anchors: fleetcheck and the Python version found different anomalies ({} only by fleetcheck, {} only by Python)",
-            diff.only_fleetcheck.len(),
-            diff.only_python.len()
-        )));
-    }
-    if !(fc.verified && py.verified) {
-        return Err(Error::Verification(
-            "anchors: verification against the injected anomalies failed".into(),
-        ));
-    }
-    Ok(())
+}
+
+/// Medians over the pairs (each ratio taken within its pair, so that the
+/// load of the moment cancels out as far as it can).
+pub fn render_medians(pairs: &[(BenchRun, BenchRun)]) -> String {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let speed: Vec<f64> = pairs
+        .iter()
+        .map(|(f, p)| ratio(f.points_per_sec(), p.points_per_sec()))
+        .collect();
+    let cpu: Vec<f64> = pairs
+        .iter()
+        .map(|(f, p)| ratio(cpu_ns_per_point(p), cpu_ns_per_point(f)))
+        .collect();
+    let (lo, hi) = speed.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
+        (lo.min(x), hi.max(x))
+    });
+    format!(
+        "medians over {} pairs: fleetcheck {:.3}M points/s, {:.0} CPU ns/point; python {:.3}M points/s, {:.0} CPU ns/point; \
+         ratio fleetcheck / python (points/s) {:.2}x (range {lo:.2}-{hi:.2}); CPU per point python / fleetcheck {:.2}x\n",
+        pairs.len(),
+        median(pairs.iter().map(|p| p.0.points_per_sec()).collect()) / 1e6,
+        median(pairs.iter().map(|p| cpu_ns_per_point(&p.0)).collect()),
+        median(pairs.iter().map(|p| p.1.points_per_sec()).collect()) / 1e6,
+        median(pairs.iter().map(|p| cpu_ns_per_point(&p.1)).collect()),
+        median(speed),
+        median(cpu),
+    )
 }
 
 fn to_findings(set: &BTreeSet<ExpectedFinding>) -> Vec<Finding> {
@@ -643,5 +704,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("the same"), "{text}");
+        let slow = BenchRun {
+            wall_secs: 4.0,
+            ..py.clone()
+        };
+        let m = render_medians(&[(fc.clone(), py.clone()), (fc.clone(), slow), (fc, py)]);
+        assert!(m.starts_with("medians over 3 pairs"), "{m}");
+        assert!(m.contains("(points/s) 4.00x (range 4.00-8.00)"), "{m}");
     }
 }

@@ -115,6 +115,10 @@ struct ScanArgs {
     /// `anchors/requirements.txt` (default: the virtual environment).
     #[arg(long, value_name = "PATH")]
     anchor_python: Option<PathBuf>,
+    /// `--anchors`: fleetcheck and the Python version this many times, one
+    /// after the other (medians printed after the pairs).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    anchor_pairs: usize,
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -408,7 +412,14 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
             let mut code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth).await;
             if let Some((a, python)) = &anchor {
                 let r = fleetcheck::anchor::compare(
-                    python, a, &cfg, &rules, settings, fleet_pid, &truth,
+                    python,
+                    a,
+                    &cfg,
+                    &rules,
+                    settings,
+                    fleet_pid,
+                    &truth,
+                    cli.anchor_pairs,
                 )
                 .await;
                 code = code.and_then(|c| r.map(|()| c));
