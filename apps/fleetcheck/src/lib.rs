@@ -23,6 +23,8 @@
 
 pub mod alert;
 #[cfg(feature = "simulator")]
+pub mod anchor;
+#[cfg(feature = "simulator")]
 pub mod bench;
 pub mod checks;
 pub mod config;

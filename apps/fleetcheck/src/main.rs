@@ -104,6 +104,21 @@ struct ScanArgs {
     /// 100M points (1000 hosts x 2000 series x 50 rounds).
     #[arg(long)]
     bench: bool,
+    /// Benchmark: also scan the same fleet with the Python version
+    /// (`apps/fleetcheck/anchors/fleetcheck_py.py`: aiomultiprocess, aiohttp,
+    /// uvloop) right after fleetcheck, check that both find the same
+    /// anomalies and print points/s and CPU per point of each. The packages
+    /// are installed into `target/venv-fleetcheck-anchor` when missing.
+    #[arg(long)]
+    anchors: bool,
+    /// Python interpreter for `--anchors` that already has the packages of
+    /// `anchors/requirements.txt` (default: the virtual environment).
+    #[arg(long, value_name = "PATH")]
+    anchor_python: Option<PathBuf>,
+    /// `--anchors`: fleetcheck and the Python version this many times, one
+    /// after the other (medians printed after the pairs).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    anchor_pairs: usize,
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -332,6 +347,22 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
             "--bench runs on the built-in fleet: no --target/--targets".into(),
         ));
     }
+    if cli.anchors && !cli.bench {
+        return Err(Error::Usage(
+            "--anchors goes with `bench` (or --bench)".into(),
+        ));
+    }
+    // Before any scan: a missing Python or package stops here, named.
+    let anchor = if cli.anchors {
+        let a = fleetcheck::anchor::AnchorSettings {
+            python: cli.anchor_python.clone(),
+            ..Default::default()
+        };
+        let python = fleetcheck::anchor::provision(&a)?;
+        Some((a, python))
+    } else {
+        None
+    };
     let settings = PoolSettings {
         processes: if cli.processes == 0 {
             default_processes()
@@ -378,7 +409,21 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         if cli.bench {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
-            let code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth).await;
+            let mut code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth).await;
+            if let Some((a, python)) = &anchor {
+                let r = fleetcheck::anchor::compare(
+                    python,
+                    a,
+                    &cfg,
+                    &rules,
+                    settings,
+                    fleet_pid,
+                    &truth,
+                    cli.anchor_pairs,
+                )
+                .await;
+                code = code.and_then(|c| r.map(|()| c));
+            }
             if let Some(mut c) = child {
                 let _ = c.kill().await;
             }
