@@ -59,6 +59,9 @@ pub(crate) enum Failure {
     HardTimeout {
         after: Duration,
     },
+    /// The cluster's broker could not be reached or refused the work.
+    #[cfg(feature = "cluster")]
+    Cluster(String),
 }
 
 impl Failure {
@@ -95,6 +98,11 @@ impl Failure {
             Failure::Setup(reason) => Error::new(Kind::Initializer {
                 reason: reason.clone(),
             }),
+            #[cfg(feature = "cluster")]
+            Failure::Cluster(reason) => Error::io(
+                "the cluster failed the task",
+                std::io::Error::other(reason.clone()),
+            ),
         }
     }
 }
@@ -1087,6 +1095,55 @@ impl Core {
         actions
             .events
             .push((sink.clone(), Event::Failed { indices, failure }));
+    }
+
+    /// Ends tasks `which` (all when `None`) of chunk `chunk`, run by
+    /// `from`, with the failure `failure` makes from the chunk's task name:
+    /// a cluster host reported they ended without an outcome, or no host
+    /// finished them. Tasks already answered are left alone.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn fail_tasks(
+        &mut self,
+        from: WorkerId,
+        chunk: u64,
+        which: Option<&[u32]>,
+        failure: impl FnOnce(&'static str) -> Failure,
+        actions: &mut Actions,
+    ) {
+        let Some(rec) = self
+            .chunks
+            .get_mut(&chunk)
+            .filter(|r| r.worker == Some(from))
+        else {
+            return;
+        };
+        let which: Vec<u32> = match which {
+            Some(w) => w.to_vec(),
+            None => (0..rec.count()).collect(),
+        };
+        let mut indices = Vec::with_capacity(which.len());
+        for i in which {
+            if i < rec.count() && !rec.is_done(i) {
+                rec.set_done(i);
+                rec.remaining -= 1;
+                indices.push(rec.job_index(i));
+            }
+        }
+        if indices.is_empty() {
+            return;
+        }
+        let (sink, failure, finished) = (rec.sink.clone(), failure(rec.task), rec.remaining == 0);
+        if finished {
+            self.chunks.remove(&chunk);
+        }
+        if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
+            w.assigned = w.assigned.saturating_sub(indices.len());
+            if finished {
+                w.chunks.remove(&chunk);
+            }
+        }
+        self.fail(&sink, indices, failure, actions);
+        self.dispatch();
     }
 
     /// Puts a retried chunk at the front of the queue.
