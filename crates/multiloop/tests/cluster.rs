@@ -183,6 +183,29 @@ impl Drop for Host {
     }
 }
 
+/// Which of `pids` exits first: one poll on their pidfds, woken by the
+/// exit (30 s at most).
+fn first_to_exit(pids: &[u32]) -> usize {
+    let mut fds: Vec<libc::pollfd> = pids
+        .iter()
+        .map(|&pid| libc::pollfd {
+            // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+            fd: unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a live array of `fds.len()` pollfd structures.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 30_000) };
+    assert!(n > 0, "no host exited within 30 s");
+    let first = fds.iter().position(|p| p.revents != 0).unwrap();
+    for p in &fds {
+        // SAFETY: closing the descriptors opened above.
+        unsafe { libc::close(p.fd) };
+    }
+    first
+}
+
 fn config(nats: &Nats, pool: &str) -> ClusterConfig {
     ClusterConfig::new(nats.url(), pool).ack_wait(Duration::from_secs(1))
 }
@@ -280,7 +303,7 @@ async fn a_map_completes_across_a_nats_server_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_kills_its_host_fails_alone_after_its_deliveries() {
     let nats = Nats::start();
-    let _hosts: Vec<Host> = (0..3).map(|_| Host::start(&nats, "poison")).collect();
+    let mut hosts: Vec<Host> = (0..3).map(|_| Host::start(&nats, "poison")).collect();
     let pool = Pool::builder()
         .cluster(config(&nats, "poison").max_deliveries(2))
         .processes(1)
@@ -288,13 +311,34 @@ async fn a_task_that_kills_its_host_fails_alone_after_its_deliveries() {
         .build()
         .await
         .unwrap();
-    let poison = pool.apply(kill_my_host, ());
-    let others = pool.map(inc, 0..500);
-    let (poison, others) = within(60, "the calls", async { tokio::join!(poison, others) }).await;
+    let poison = tokio::spawn({
+        let pool = std::sync::Arc::new(pool);
+        let p = std::sync::Arc::clone(&pool);
+        async move { (p.apply(kill_my_host, ()).await, pool) }
+    });
+    // Other work while the poison is between its two deliveries (after
+    // the first host died, within ack_wait) runs on the hosts left.
+    let first_death = tokio::task::spawn_blocking(move || {
+        let dead = first_to_exit(&hosts.iter().map(|h| h.child.id()).collect::<Vec<_>>());
+        let _ = hosts[dead].child.wait();
+        hosts
+    });
+    let hosts = within(30, "the first host's death", first_death)
+        .await
+        .unwrap();
+    let (poison, pool) = within(60, "the poison", poison).await.unwrap();
     let err = poison.unwrap_err();
     assert!(err.is_crash(), "{err}");
-    assert!(err.to_string().contains("delivered"), "{err}");
-    assert_eq!(others.unwrap(), (1..=500).collect::<Vec<u64>>());
+    assert!(
+        err.to_string().contains("delivered to hosts 2 times"),
+        "{err}"
+    );
+    // The pool still works, on the host that is left.
+    let out: Vec<u64> = within(60, "a map after the poison", pool.map(inc, 0..500))
+        .await
+        .unwrap();
+    assert_eq!(out, (1..=500).collect::<Vec<u64>>());
+    drop(hosts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,11 +361,16 @@ async fn dropping_a_stream_cancels_its_tasks_on_the_hosts() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let path = fifo.to_str().unwrap().to_owned();
     let mut stream = pool.map_unordered(start_then_sleep, (0..40).map(|_| path.clone()));
-    // Open the read end (this blocks until a task opens the write end),
-    // then wait for three tasks to say they started: the host is full.
+    // Opened for reading and writing, so it never reads an end of file
+    // between two tasks; then wait for three tasks to say they started:
+    // the host is full.
     let reader_path = fifo.clone();
     let started = tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(reader_path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(reader_path)
+            .unwrap();
         let mut got = [0u8; 3];
         f.read_exact(&mut got).unwrap();
         f

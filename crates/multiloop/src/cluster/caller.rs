@@ -207,16 +207,31 @@ impl Caller {
         pool.runtime.spawn(async move {
             match caller.publish_confirmed(chunk, Bytes::from(body)).await {
                 Ok(seq) => {
-                    let running = inner
-                        .upgrade()
-                        .is_some_and(|i| i.lock().chunks.contains_key(&chunk));
-                    if running {
+                    // Checked and recorded under the lock `cancel` takes
+                    // after the chunk left the scheduler: a chunk
+                    // cancelled meanwhile is either found there or seen
+                    // gone here.
+                    let recorded = {
                         let mut p = caller.published();
-                        p.by_chunk.insert(chunk, seq);
-                        p.by_seq.insert(seq, chunk);
-                    } else {
-                        // Cancelled (or answered) while being published.
+                        let running = inner
+                            .upgrade()
+                            .is_some_and(|i| i.lock().chunks.contains_key(&chunk));
+                        if running {
+                            p.by_chunk.insert(chunk, seq);
+                            p.by_seq.insert(seq, chunk);
+                        }
+                        running
+                    };
+                    if !recorded {
+                        // Cancelled (or answered) while being published: a
+                        // host may have taken it already.
                         let _ = caller.conn.work.delete_message(seq).await;
+                        let body = envelope::encode(&Cancel {
+                            caller: &caller.id,
+                            chunks: vec![chunk],
+                        });
+                        let subject = caller.conn.names.cancel_subject.clone();
+                        let _ = caller.conn.client.publish(subject, body.into()).await;
                     }
                 }
                 Err(reason) => {
@@ -282,12 +297,14 @@ impl Caller {
                 caller: &caller.id,
                 chunks,
             });
+            // Queued chunks go first: hosts whose running chunks stop pull
+            // again at once, and must not find the rest of this call.
+            // A chunk already taken fails to delete: the broadcast stops it.
+            let work = &caller.conn.work;
+            futures_util::future::join_all(seqs.into_iter().map(|seq| work.delete_message(seq)))
+                .await;
             let subject = caller.conn.names.cancel_subject.clone();
             let _ = caller.conn.client.publish(subject, body.into()).await;
-            for seq in seqs {
-                // Already taken (and acknowledged, or about to be): fine.
-                let _ = caller.conn.work.delete_message(seq).await;
-            }
         });
     }
 
