@@ -18,8 +18,12 @@ use crate::pool::{ChunkRec, Event};
 use crate::wire::Status;
 use crate::{Pool, PoolBuilder};
 
-/// How long one pull request waits for work before the next.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long one pull request waits for work before the next. Short: the
+/// server may deliver to a pull request of a host that just died (until
+/// the request expires), which costs that delivery an `ack_wait`; with
+/// `ack_wait` at least 1 s and progress acks every third of it, a dead
+/// host's requests have expired before its chunks are redelivered.
+const PULL_EXPIRES: Duration = Duration::from_millis(500);
 
 /// Serves pool `cluster` as a host: runs the chunks it pulls on a local
 /// pool built from `local` (its processes, concurrency, timeouts, attempts
@@ -77,7 +81,6 @@ pub(crate) async fn serve_with(
             .batch()
             .max_messages(free)
             .expires(PULL_EXPIRES)
-            .heartbeat(PULL_EXPIRES / 4)
             .messages()
             .await;
         let mut messages = match batch {
@@ -89,7 +92,13 @@ pub(crate) async fn serve_with(
                 continue;
             }
         };
-        while let Some(message) = messages.next().await {
+        // The request ends at its expiry; a stream that stays silent well
+        // past it (its end lost in a server restart) is abandoned, so a
+        // stalled pull never stops the host. (Idle heartbeats are not
+        // used: with them, async-nats 0.51 ended short requests late,
+        // delaying the redelivery of a dead host's chunks by seconds.)
+        while let Ok(Some(message)) = tokio::time::timeout(PULL_EXPIRES * 4, messages.next()).await
+        {
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {

@@ -133,7 +133,8 @@ impl ClusterConfig {
     /// How long a host may go silent before its chunks go to another host
     /// (default 5 s). Hosts acknowledge progress three times per period
     /// while a chunk runs, so this bounds the time to detect a lost host,
-    /// not the length of a task. Set by the caller for the whole pool.
+    /// not the length of a task. Set by the caller for the whole pool; at
+    /// least 1 s.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait;
         self
@@ -172,8 +173,8 @@ impl ClusterConfig {
                 self.pool
             )));
         }
-        if self.ack_wait < Duration::from_millis(100) {
-            return Err(Error::usage("cluster ack_wait must be at least 100 ms"));
+        if self.ack_wait < Duration::from_secs(1) {
+            return Err(Error::usage("cluster ack_wait must be at least 1 s"));
         }
         if self.max_deliveries == 0 {
             return Err(Error::usage("cluster max_deliveries must be at least 1"));
@@ -485,7 +486,7 @@ fn host_from_env(value: &std::ffi::OsStr) -> Result<(), Error> {
     if let Some(n) = number(ENV_HOST_CONCURRENCY)? {
         local = local.concurrency(n);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("could not build the host's runtime", e))?;
