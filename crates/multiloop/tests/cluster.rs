@@ -48,6 +48,14 @@ async fn start_then_sleep(path: String) -> u64 {
     0
 }
 
+/// The pid of the host running it (its worker's parent).
+#[multiloop::task]
+async fn which_host(key: u64) -> u32 {
+    let _ = key;
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() as u32 }
+}
+
 /// The nats-server binary: `MULTILOOP_NATS_SERVER`, else `nats-server` on
 /// `PATH`.
 fn server_binary() -> PathBuf {
@@ -393,4 +401,41 @@ async fn dropping_a_stream_cancels_its_tasks_on_the_hosts() {
     );
     drop(fifo_file);
     let _ = std::fs::remove_file(&fifo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_work_keeps_each_key_on_one_host_and_moves_it_once_when_that_host_dies() {
+    let nats = Nats::start();
+    let pool = Pool::builder()
+        .cluster(config(&nats, "route"))
+        .processes(4)
+        .concurrency(64)
+        .build()
+        .await
+        .unwrap();
+    let mut hosts: Vec<Host> = (0..3).map(|_| Host::start(&nats, "route")).collect();
+    let round = || async {
+        let out: Vec<u32> = within(
+            60,
+            "a routed round",
+            pool.map(which_host, 0..64).route_by(|k| *k),
+        )
+        .await
+        .unwrap();
+        out
+    };
+    let first = round().await;
+    assert_eq!(round().await, first, "each key stays on its host");
+    let victim = first[0];
+    let i = hosts.iter().position(|h| h.child.id() == victim).unwrap();
+    hosts[i].kill();
+    let moved = round().await;
+    for (k, (&before, &after)) in first.iter().zip(&moved).enumerate() {
+        if before == victim {
+            assert_ne!(after, victim, "key {k} left the dead host");
+        } else {
+            assert_eq!(after, before, "key {k} stayed where it was");
+        }
+    }
+    assert_eq!(round().await, moved, "and moved once");
 }

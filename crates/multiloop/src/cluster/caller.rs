@@ -69,6 +69,9 @@ impl Caller {
         }
         let conn = super::connect(&cluster).await?;
         super::work_consumer(&conn, &cluster, true).await?;
+        for slot in 0..config.processes {
+            super::partition_consumer(&conn, &cluster, slot).await?;
+        }
         let Some(room) = conn
             .max_payload
             .checked_sub(ENVELOPE_ROOM)
@@ -183,11 +186,11 @@ impl Caller {
     /// confirmation (retrying through an outage) and records its sequence.
     fn publish(self: &Arc<Self>, inner: &Weak<Inner>, lane: WorkerId, run: crate::wire::Run<'_>) {
         let Some(pool) = inner.upgrade() else { return };
-        let Some((offsets, max_attempts)) = pool
+        let Some((offsets, max_attempts, affinity)) = pool
             .lock()
             .chunks
             .get(&run.chunk)
-            .map(|r| (r.offsets.clone(), r.max_attempts))
+            .map(|r| (r.offsets.clone(), r.max_attempts, r.affinity))
         else {
             return; // cancelled since
         };
@@ -205,7 +208,14 @@ impl Caller {
         let caller = Arc::clone(self);
         let inner = inner.clone();
         pool.runtime.spawn(async move {
-            match caller.publish_confirmed(chunk, Bytes::from(body)).await {
+            let subject = match affinity {
+                Some(slot) => caller.conn.names.partition_subject(&slot.to_string()),
+                None => caller.conn.names.work_subject.clone(),
+            };
+            match caller
+                .publish_confirmed(subject, chunk, Bytes::from(body))
+                .await
+            {
                 Ok(seq) => {
                     // Checked and recorded under the lock `cancel` takes
                     // after the chunk left the scheduler: a chunk
@@ -248,14 +258,18 @@ impl Caller {
         });
     }
 
-    async fn publish_confirmed(&self, chunk: u64, body: Bytes) -> Result<u64, String> {
+    async fn publish_confirmed(
+        &self,
+        subject: String,
+        chunk: u64,
+        body: Bytes,
+    ) -> Result<u64, String> {
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             format!("{}.{chunk}", self.id).as_str(),
         );
-        let subject = self.conn.names.work_subject.clone();
         let mut backoff = Duration::from_millis(50);
         loop {
             let attempt = async {

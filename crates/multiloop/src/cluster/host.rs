@@ -68,6 +68,7 @@ pub(crate) async fn serve_with(
         .await
         .map_err(|e| super::nats_error("could not subscribe to cancellations", &cluster, e))?;
     tokio::spawn(cancel_loop(Arc::clone(&host), cancels));
+    tokio::spawn(partitions(Arc::clone(&host), cluster.clone()));
     let room = Arc::new(Semaphore::new(slots));
     tracing::info!(pool = cluster.pool, slots, "cluster host ready");
     ready();
@@ -400,6 +401,87 @@ fn lost_size(l: &Lost<'_>) -> usize {
         Lost::Crash { stderr_tail, .. } => stderr_tail.len() + 32,
         Lost::Setup(reason) => reason.len() + 16,
         _ => 32,
+    }
+}
+
+/// Pulls every partition (routed lanes' chunks): those that exist now,
+/// and each one a caller makes later (from the server's consumer-created
+/// advisories). Each partition is pulled as a member of one priority
+/// group; the server delivers a partition to one pinned host at a time.
+async fn partitions(host: Arc<Host>, cluster: ClusterConfig) {
+    let stream = &host.conn.names.work_stream;
+    let created = host
+        .conn
+        .client
+        .subscribe(format!("$JS.EVENT.ADVISORY.CONSUMER.CREATED.{stream}.*"))
+        .await;
+    let mut created = match created {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster host: cannot follow new partitions; routed work will not run here");
+            return;
+        }
+    };
+    let mut pulled = std::collections::HashSet::new();
+    let mut names = host.conn.work.consumer_names();
+    let mut found = Vec::new();
+    while let Some(Ok(name)) = names.next().await {
+        found.push(name);
+    }
+    loop {
+        for name in found.drain(..) {
+            if name.starts_with(super::PARTITION_PREFIX) && pulled.insert(name.clone()) {
+                tokio::spawn(pull_partition(Arc::clone(&host), cluster.clone(), name));
+            }
+        }
+        let Some(advisory) = created.next().await else {
+            return;
+        };
+        if let Some(name) = advisory.subject.as_str().rsplit('.').next() {
+            found.push(name.to_owned());
+        }
+    }
+}
+
+/// Pulls one partition for as long as the host lives.
+async fn pull_partition(host: Arc<Host>, cluster: ClusterConfig, name: String) {
+    loop {
+        let consumer = host
+            .conn
+            .work
+            .get_consumer::<jetstream::consumer::pull::Config>(&name)
+            .await;
+        let messages = match consumer {
+            Ok(c) => {
+                c.stream()
+                    .group(super::PARTITION_GROUP)
+                    .max_messages_per_batch(4)
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, partition = name, pool = cluster.pool, "cluster host: partition gone");
+                return;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster host: partition pull failed");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(message) => {
+                    let host = Arc::clone(&host);
+                    tokio::spawn(async move { host.run(message).await });
+                }
+                Err(e) => tracing::debug!(error = %e, "cluster host: partition pull hiccup"),
+            }
+        }
     }
 }
 

@@ -209,6 +209,11 @@ impl Names {
         }
     }
 
+    /// Routed chunks of lane `slot` (`*`: all of them).
+    pub(crate) fn partition_subject(&self, slot: &str) -> String {
+        format!("ml.{}.part.{slot}", self.pool)
+    }
+
     pub(crate) fn results_subject(&self, caller: &str) -> String {
         format!("ml.{}.res.{caller}", self.pool)
     }
@@ -259,7 +264,7 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<Connection, Error>
         config,
         jetstream::stream::Config {
             name: names.work_stream.clone(),
-            subjects: vec![names.work_subject.clone()],
+            subjects: vec![names.work_subject.clone(), names.partition_subject("*")],
             retention: jetstream::stream::RetentionPolicy::WorkQueue,
             storage: jetstream::stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
@@ -287,7 +292,7 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<Connection, Error>
         jetstream::stream::Config {
             name: names.advisory_stream.clone(),
             subjects: vec![format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{WORK_CONSUMER}",
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
                 names.work_stream
             )],
             storage: jetstream::stream::StorageType::File,
@@ -432,6 +437,94 @@ pub(crate) async fn work_consumer(
         )));
     }
     Ok((consumer, got.ack_wait))
+}
+
+/// The consumer of routed lane `slot`'s partition.
+pub(crate) fn partition_consumer_name(slot: usize) -> String {
+    format!("{PARTITION_PREFIX}{slot}")
+}
+
+/// Partition consumers' names start with this.
+pub(crate) const PARTITION_PREFIX: &str = "part-";
+
+/// The priority group hosts pull partitions in.
+pub(crate) const PARTITION_GROUP: &str = "hosts";
+
+/// Makes (or updates) the partition consumer of routed lane `slot`: a
+/// pinned-client consumer, so one host at a time receives a partition's
+/// chunks, and the server moves the pin to another host when that one
+/// stops pulling for `ack_wait`. The echoed configuration is checked: a
+/// server that does not know pinned consumers would drop the policy.
+pub(crate) async fn partition_consumer(
+    conn: &Connection,
+    config: &ClusterConfig,
+    slot: usize,
+) -> Result<(), Error> {
+    use jetstream::consumer::PriorityPolicy;
+    let want = jetstream::consumer::pull::Config {
+        durable_name: Some(partition_consumer_name(slot)),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: i64::from(config.max_deliveries),
+        max_ack_pending: 256,
+        filter_subject: conn.names.partition_subject(&slot.to_string()),
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![PARTITION_GROUP.into()],
+        priority_timeout: config.ack_wait,
+        ..Default::default()
+    };
+    let mut consumer = match conn
+        .work
+        .get_consumer::<jetstream::consumer::pull::Config>(&partition_consumer_name(slot))
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => conn
+            .work
+            .create_consumer(want.clone())
+            .await
+            .map_err(|e| nats_error("could not create a partition consumer", config, e))?,
+    };
+    let mut got = consumer
+        .info()
+        .await
+        .map_err(|e| nats_error("could not read a partition consumer", config, e))?
+        .config
+        .clone();
+    if got.ack_wait != want.ack_wait
+        || got.max_deliver != want.max_deliver
+        || got.priority_timeout != want.priority_timeout
+    {
+        consumer = conn
+            .work
+            .update_consumer(want.clone())
+            .await
+            .map_err(|e| nats_error("could not update a partition consumer", config, e))?;
+        got = consumer
+            .info()
+            .await
+            .map_err(|e| nats_error("could not read a partition consumer", config, e))?
+            .config
+            .clone();
+    }
+    if got.priority_policy != PriorityPolicy::PinnedClient
+        || got.priority_groups != want.priority_groups
+        || got.ack_wait != want.ack_wait
+    {
+        return Err(Error::protocol(format!(
+            "nats-server at {} kept partition consumer {} as {:?} in groups {:?} with ack_wait \
+             {:?}, not a pinned-client consumer in {:?} with {:?} (a server before 2.11 drops \
+             the policy)",
+            config.url,
+            partition_consumer_name(slot),
+            got.priority_policy,
+            got.priority_groups,
+            got.ack_wait,
+            want.priority_groups,
+            want.ack_wait
+        )));
+    }
+    Ok(())
 }
 
 /// Runs before `main` in every program that links multiloop with the
