@@ -40,7 +40,9 @@
 //! durable consumer with explicit acks, only as many chunks as their local
 //! pool has room for, send progress acks while a chunk runs, publish its
 //! outcomes to the caller's subject of a results stream, and only then
-//! acknowledge the chunk.
+//! acknowledge the chunk. A host that dies leaves its chunks unacknowledged:
+//! the server delivers them to another host `ack_wait` after the last
+//! progress ack.
 //!
 //! # Guarantees
 //!
@@ -66,9 +68,16 @@
 //! - Dropping a call's future or stream cancels its tasks on every host,
 //!   and removes its chunks no host has taken yet.
 //!
-//! Not (yet) carried over from the local pool: `route_by` keeps a key on
-//! one lane, but lanes share the hosts, so a key is not kept on one host;
-//! initializers and `max_tasks_per_child` belong to the hosts' own pools;
+//! - `route_by` keeps each key on one host: a routed lane publishes to its
+//!   own partition, which hosts pull through a pinned-client consumer
+//!   (a priority group of nats-server 2.11), so the server delivers it to
+//!   one host at a time and moves it to another when that host stops
+//!   pulling for `ack_wait`. The new host starts with empty per-key state,
+//!   and a redelivered chunk may arrive after a later one: routed tasks
+//!   that carry state should check a round number and drop stale work.
+//!
+//! Not carried over from the local pool: initializers and
+//! `max_tasks_per_child` belong to the hosts' own pools;
 //! [`Pool::stats`](crate::Pool::stats) counts tasks, not hosts.
 //!
 //! # Server
