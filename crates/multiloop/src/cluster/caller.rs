@@ -361,7 +361,9 @@ impl Caller {
     }
 
     /// No host finished the chunk at stream sequence `seq` within its
-    /// deliveries: its tasks fail.
+    /// deliveries: a chunk of several tasks runs again one task per chunk
+    /// (so only a task that kills its hosts fails); a chunk of one task
+    /// fails.
     fn on_exhausted(&self, inner: &Arc<Inner>, seq: u64, deliveries: u64) {
         let Some(chunk) = self.published().by_seq.get(&seq).copied() else {
             return; // another caller's chunk
@@ -370,15 +372,17 @@ impl Caller {
         let mut actions = Actions::default();
         {
             let mut core = inner.lock();
-            if let Some(owner) = core.chunks.get(&chunk).and_then(|r| r.worker) {
+            if let Some(owner) = core.chunks.get(&chunk).and_then(|r| r.worker)
+                && !core.isolate_exhausted(owner, chunk)
+            {
                 let failure = |task| Failure::Crash {
                     task,
                     exit: ExitInfo::default(),
                     attempts: deliveries.min(u64::from(u32::MAX)) as u32,
                     stderr_tail: format!(
-                        "[multiloop cluster] the chunk was delivered to hosts {deliveries} times \
-                         and none finished it (each died, lost its link or stopped acknowledging \
-                         within ack_wait {:?})",
+                        "[multiloop cluster] no host finished the task: it was delivered \
+                         {deliveries} time(s), and each host died, lost its link or stopped \
+                         acknowledging within ack_wait {:?}",
                         self.config.ack_wait
                     ),
                 };

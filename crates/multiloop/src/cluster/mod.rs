@@ -59,7 +59,11 @@
 //!   [`max_deliveries`](ClusterConfig::max_deliveries) times without a host
 //!   finishing it ends its tasks with a crash error
 //!   ([`Error::is_crash`](crate::Error::is_crash)), from the server's
-//!   max-deliveries advisory, which the caller reads from a stream; a
+//!   max-deliveries advisory, which the caller reads from a stream. A
+//!   chunk of several tasks runs again first, one task per chunk, so that
+//!   only the task that kills its hosts fails (the others that shared its
+//!   hosts cost a delivery each, and a one-task chunk that shared every
+//!   one of its hosts' deaths with it fails too). A
 //!   publish the server does not confirm within
 //!   [`publish_timeout`](ClusterConfig::publish_timeout) (retried over a
 //!   server restart) fails its tasks.

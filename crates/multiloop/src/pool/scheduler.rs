@@ -1140,10 +1140,53 @@ impl Core {
             w.assigned = w.assigned.saturating_sub(indices.len());
             if finished {
                 w.chunks.remove(&chunk);
+                if w.chunks.is_empty() {
+                    w.isolating = false;
+                }
             }
         }
         self.fail(&sink, indices, failure, actions);
         self.dispatch();
+    }
+
+    /// A chunk of several tasks that no cluster host finished within its
+    /// deliveries (hosts died under it): its unanswered tasks go back to
+    /// the front of the queue one per chunk, as locally after a crash
+    /// nobody could be blamed for, so that only a task that kills its
+    /// hosts fails. `false` (nothing done) for a chunk of one task.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn isolate_exhausted(&mut self, from: WorkerId, chunk: u64) -> bool {
+        let Some(rec) = self.chunks.get(&chunk).filter(|r| r.worker == Some(from)) else {
+            return true;
+        };
+        if rec.count() <= 1 {
+            return false;
+        }
+        let pending = rec.pending();
+        // Isolated: a lane with one of these publishes nothing else until
+        // it is answered, so the task runs without the caller's other work.
+        let singles: Vec<ChunkRec> = pending
+            .iter()
+            .map(|&i| {
+                let mut single = rec.subset(&[i], rec.attempt);
+                single.isolated = true;
+                single
+            })
+            .collect();
+        self.chunks.remove(&chunk);
+        if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
+            w.assigned = w.assigned.saturating_sub(pending.len());
+            w.chunks.remove(&chunk);
+            if w.chunks.is_empty() {
+                w.isolating = false;
+            }
+        }
+        self.counters.retried += singles.len() as u64;
+        for single in singles.into_iter().rev() {
+            self.requeue(single);
+        }
+        self.dispatch();
+        true
     }
 
     /// Puts a retried chunk at the front of the queue.
