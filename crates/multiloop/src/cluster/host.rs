@@ -239,8 +239,11 @@ impl Host {
         };
         let mut events = Vec::new();
         let mut accounted = 0u64;
-        let mut progress = tokio::time::interval(self.ack_wait / 3);
-        progress.tick().await;
+        // The first tick one period from now: an interval's immediate
+        // first tick still waits for the timer wheel's next millisecond,
+        // which was most of a trivial chunk's time on the host.
+        let period = self.ack_wait / 3;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         while accounted < count {
             tokio::select! {
                 event = rx.recv() => match event {
