@@ -27,7 +27,9 @@ const PULL_EXPIRES: Duration = Duration::from_millis(500);
 
 /// Serves pool `cluster` as a host: runs the chunks it pulls on a local
 /// pool built from `local` (its processes, concurrency, timeouts, attempts
-/// and initializer), until the connection fails for good.
+/// and initializer). Returns only if setting up fails (the local pool, the
+/// connection, the streams); after that it serves until the process ends,
+/// riding out server restarts.
 ///
 /// A program can call this instead of setting
 /// [`ENV_HOST`](super::ENV_HOST); either way it runs the tasks linked into
@@ -174,7 +176,8 @@ impl Host {
         };
         let subject = self.conn.names.results_subject(work.caller);
         let count = work.offsets.len().saturating_sub(1) as u32;
-        let parts = match outcomes(&work, count, &events, self.conn.max_payload - 1024) {
+        let limit = self.conn.max_payload.saturating_sub(1024).max(1024);
+        let parts = match outcomes(&work, count, &events, limit) {
             Ok(parts) => parts,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster host: could not gather a chunk's outcomes");
