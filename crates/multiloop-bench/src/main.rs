@@ -3,6 +3,7 @@
 //! and optionally next to the aiomultiprocess anchors. See README.md.
 
 mod anchors;
+mod cluster;
 mod workloads;
 
 use std::path::PathBuf;
@@ -54,7 +55,7 @@ struct Args {
 }
 
 /// The workloads, in the order they run.
-const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W3b", "W4", "W5", "W6"];
+const WORKLOADS: [&str; 8] = ["W1", "W2", "W3", "W3b", "W4", "W5", "W6", "C1"];
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--exit-at-once") {
@@ -360,6 +361,65 @@ fn run_one(id: &str, sizes: &Sizes, report: &mut Report) -> BoxResult<()> {
                 baseline: format!("{:.1} MiB (largest worker)", r.worker_rss_mib),
                 ratio: String::new(),
                 target: (String::new(), true),
+            });
+        }
+        "C1" => {
+            let Some(server) = cluster::server_binary() else {
+                eprintln!(
+                    "C1: skipped: no nats-server (set MULTILOOP_NATS_SERVER or put it on PATH; \
+                     .ci/run installs one)"
+                );
+                return Ok(());
+            };
+            // The cluster's figures next to the local pool's, in one run.
+            let n = sizes.w1_n.min(2_000_000);
+            let applies = if sizes.w1_n <= 100_000 { 200 } else { 2000 };
+            let r = cluster::c1(server, n, applies, sizes.limit)?;
+            let (cp50, lp50) = (
+                percentile(&r.cluster_apply_us, 0.5),
+                percentile(&r.local_apply_us, 0.5),
+            );
+            report.key("cluster_trivial_tasks_per_s", r.cluster_tasks_per_s);
+            report.key("cluster_local_trivial_tasks_per_s", r.local_tasks_per_s);
+            report.key("cluster_apply_rtt_us_p50", cp50);
+            report.key("cluster_local_apply_rtt_us_p50", lp50);
+            report.key("cluster_failover_s", r.failover_s);
+            report.row(Row {
+                id: "C1",
+                figure: format!(
+                    "cluster map(inc) over {}, 2 hosts x 1 worker, chunks of {}",
+                    count(r.n),
+                    cluster::CLUSTER_CHUNK
+                ),
+                multiloop: rate(r.cluster_tasks_per_s),
+                baseline: format!("{} (local pool of 2)", rate(r.local_tasks_per_s)),
+                ratio: format!("{:.3}", r.cluster_tasks_per_s / r.local_tasks_per_s),
+                target: (">= 3M/s".into(), r.cluster_tasks_per_s >= 3e6),
+            });
+            report.row(Row {
+                id: "C1",
+                figure: format!(
+                    "  {} sequential cluster apply(inc), p50",
+                    r.cluster_apply_us.len()
+                ),
+                multiloop: format!("{cp50:.0} µs"),
+                baseline: format!("{lp50:.1} µs (local apply)"),
+                ratio: format!("{:.1}", cp50 / lp50),
+                target: ("<= 1 ms".into(), cp50 <= 1000.0),
+            });
+            report.row(Row {
+                id: "C1",
+                figure: format!(
+                    "  host SIGKILLed -> its task running on another (ack_wait {:?})",
+                    cluster::ACK_WAIT
+                ),
+                multiloop: format!("{:.2} s", r.failover_s),
+                baseline: format!("{:.2} s (ack_wait)", cluster::ACK_WAIT.as_secs_f64()),
+                ratio: format!("{:.2}", r.failover_s / cluster::ACK_WAIT.as_secs_f64()),
+                target: (
+                    "~ ack_wait".into(),
+                    r.failover_s <= cluster::ACK_WAIT.as_secs_f64() * 1.5,
+                ),
             });
         }
         other => return Err(format!("unknown workload {other}").into()),

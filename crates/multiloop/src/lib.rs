@@ -62,6 +62,8 @@ compile_error!("multiloop runs on Linux only: it uses pidfds, memfd, prctl and /
 
 mod assertions;
 mod beacon;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod connection;
 mod error;
 mod ids;
@@ -135,6 +137,8 @@ macro_rules! worker_runtime_hook {
 #[ctor::ctor(unsafe, priority = late)]
 fn enter_worker_before_main() {
     worker::enter_if_worker();
+    #[cfg(feature = "cluster")]
+    cluster::enter_if_host();
 }
 
 /// The crate README's examples, compiled and run as doctests.

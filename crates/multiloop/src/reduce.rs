@@ -111,6 +111,14 @@ pub(crate) fn reducer_name<R: Reducer>() -> &'static str {
     type_name::<R>()
 }
 
+impl ReducerEntry {
+    /// The registry key, with the registry's lifetime.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn name(&self) -> &'static str {
+        (self.name)()
+    }
+}
+
 pub(crate) fn lookup(name: &str) -> Option<&'static ReducerEntry> {
     static BY_NAME: OnceLock<HashMap<&'static str, &'static ReducerEntry>> = OnceLock::new();
     BY_NAME
@@ -125,6 +133,10 @@ pub(crate) trait Fold {
     fn fold_bytes(&mut self, item: &[u8]) -> Result<(), String>;
     /// Appends the serialized accumulator to `out`.
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String>;
+    /// Merges a serialized accumulator (another partial of the same chunk,
+    /// on a cluster host whose local pool split the chunk).
+    #[cfg(feature = "cluster")]
+    fn merge_bytes(&mut self, acc: &[u8]) -> Result<(), String>;
 }
 
 pub(crate) fn make(entry: &ReducerEntry, config: &[u8]) -> Result<Box<dyn Fold>, String> {
@@ -158,6 +170,19 @@ impl<R: Reducer> Fold for Folder<R> {
         if let Some(acc) = &mut self.acc {
             self.reducer.fold(acc, item);
         }
+        Ok(())
+    }
+
+    #[cfg(feature = "cluster")]
+    fn merge_bytes(&mut self, acc: &[u8]) -> Result<(), String> {
+        let other: R::Acc = postcard::from_bytes(acc).map_err(|e| {
+            format!(
+                "could not deserialize an accumulator as `{}`: {e}",
+                type_name::<R::Acc>()
+            )
+        })?;
+        let acc = self.acc.get_or_insert_with(|| self.reducer.identity());
+        self.reducer.merge(acc, other);
         Ok(())
     }
 

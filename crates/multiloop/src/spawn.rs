@@ -58,6 +58,10 @@ impl Lifeline {
 pub(crate) struct ProcessHandle {
     pid: u32,
     pidfd: Option<OwnedFd>,
+    /// A cluster lane stands in a worker's slot with no process: killing
+    /// it wakes this, and the lane ends.
+    #[cfg(feature = "cluster")]
+    lane: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl ProcessHandle {
@@ -71,7 +75,22 @@ impl ProcessHandle {
             // that nobody else owns.
             unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) }
         });
-        ProcessHandle { pid, pidfd }
+        ProcessHandle {
+            pid,
+            pidfd,
+            #[cfg(feature = "cluster")]
+            lane: None,
+        }
+    }
+
+    /// The handle of a cluster lane: `kill` wakes `stop`.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn lane(stop: Arc<tokio::sync::Notify>) -> Self {
+        ProcessHandle {
+            pid: 0,
+            pidfd: None,
+            lane: Some(stop),
+        }
     }
 
     /// A handle to no process, for the scheduler's unit tests.
@@ -80,12 +99,18 @@ impl ProcessHandle {
         ProcessHandle {
             pid: 0,
             pidfd: None,
+            #[cfg(feature = "cluster")]
+            lane: None,
         }
     }
 
     /// Sends SIGKILL. A process already gone (even reaped) is left alone.
     pub(crate) fn kill(&self) {
         if self.pid == 0 {
+            #[cfg(feature = "cluster")]
+            if let Some(stop) = &self.lane {
+                stop.notify_one();
+            }
             // Never `kill(0, ..)`: that would be our own process group.
             return;
         }

@@ -16,7 +16,6 @@ use std::task::{Context, Poll, Waker};
 use super::scheduler::Event;
 
 /// The scheduler's end: where a call's events go.
-#[derive(Clone)]
 pub(crate) struct JobSink {
     shared: Arc<Mutex<Shared>>,
 }
@@ -32,11 +31,16 @@ struct Shared {
     waker: Option<Waker>,
     /// The call is gone: events for it are dropped.
     closed: bool,
+    /// Sinks alive: with none left and nothing queued, the queue has ended.
+    senders: usize,
 }
 
 /// A new queue for one call.
 pub(crate) fn channel() -> (JobSink, JobEvents) {
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(Shared {
+        senders: 1,
+        ..Shared::default()
+    }));
     (
         JobSink {
             shared: Arc::clone(&shared),
@@ -64,13 +68,43 @@ impl JobSink {
     }
 }
 
+impl Clone for JobSink {
+    fn clone(&self) -> Self {
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .senders += 1;
+        JobSink {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for JobSink {
+    fn drop(&mut self) {
+        let waker = {
+            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.senders -= 1;
+            match shared.senders {
+                0 => shared.waker.take(),
+                _ => None,
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
 impl JobEvents {
-    /// The next event, or `Pending` (woken when one comes). The call holds
-    /// a sink itself, so the queue never ends.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+    /// The next event, `Pending` (woken when one comes), or `None` once no
+    /// sink is left and nothing is queued. A call holds a sink itself, so
+    /// its queue never ends.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         match shared.queue.pop_front() {
-            Some(event) => Poll::Ready(event),
+            Some(event) => Poll::Ready(Some(event)),
+            None if shared.senders == 0 => Poll::Ready(None),
             None => {
                 match &mut shared.waker {
                     Some(waker) => waker.clone_from(cx.waker()),
@@ -79,6 +113,13 @@ impl JobEvents {
                 Poll::Pending
             }
         }
+    }
+
+    /// The next event, or `None` once no sink is left and nothing is
+    /// queued.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) async fn recv(&mut self) -> Option<Event> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The next event if one is there.

@@ -649,7 +649,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 };
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(event) => {
+                Poll::Ready(Some(event)) => {
                     self.on_event(event, None);
                     // Drain what else is already there without re-feeding
                     // for every event.
@@ -657,6 +657,8 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                         self.on_event(event, None);
                     }
                 }
+                // We hold a sink, so the queue never ends.
+                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -680,13 +682,15 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             };
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(event) => {
+            Poll::Ready(Some(event)) => {
                 self.on_event(event, Some(direct.reborrow()));
                 while let Some(event) = self.rx.try_recv() {
                     self.on_event(event, Some(direct.reborrow()));
                 }
                 Poll::Ready(true)
             }
+            // We hold a sink, so the queue never ends.
+            Poll::Ready(None) => Poll::Ready(false),
             Poll::Pending => Poll::Pending,
         }
     }

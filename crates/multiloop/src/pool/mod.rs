@@ -18,8 +18,15 @@ use futures_core::Stream;
 use tokio::sync::Notify;
 
 pub(crate) use self::job::decode_outcome;
+#[cfg(feature = "cluster")]
+pub(crate) use self::events::channel as job_events;
 pub use self::job::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, StreamInput};
 pub use self::scheduler::RestartPolicy;
+#[cfg(feature = "cluster")]
+pub(crate) use self::scheduler::{
+    Actions as ClusterActions, Cause, ChunkRec, Event, Failure as ClusterFailure, Outbox, WorkerId,
+    WorkerSlot, group_ranges,
+};
 use self::scheduler::{Actions, Core, Failure, Limits, Phase};
 use crate::error::Error;
 use crate::reduce::Reducer;
@@ -45,6 +52,9 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) capture_stderr: bool,
     pub(crate) worker_executable: Option<std::path::PathBuf>,
+    /// Run the tasks on cluster hosts instead of local workers.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// The state shared by the pool handle, its calls and its supervisors.
@@ -57,6 +67,9 @@ pub(crate) struct Inner {
     pub(crate) worker_exited: Notify,
     /// Woken whenever work finished or failed (for `close`).
     progress: Notify,
+    /// The cluster connection, when the pool's workers are cluster lanes.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Caller>>,
 }
 
 impl Inner {
@@ -227,6 +240,8 @@ impl Default for PoolBuilder {
                 shutdown_timeout: Duration::from_secs(10),
                 capture_stderr: true,
                 worker_executable: None,
+                #[cfg(feature = "cluster")]
+                cluster: None,
             },
             initializer_error: None,
         }
@@ -347,6 +362,17 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs the pool's tasks on the hosts of a cluster instead of local
+    /// worker processes; every call is the same. See [`crate::cluster`]:
+    /// there, [`processes`](PoolBuilder::processes) is the number of
+    /// lanes to the cluster and [`concurrency`](PoolBuilder::concurrency)
+    /// the tasks in flight per lane.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, cluster: crate::cluster::ClusterConfig) -> Self {
+        self.config.cluster = Some(cluster);
+        self
+    }
+
     /// How long a new worker may take to answer the handshake (default 20 s).
     pub fn startup_timeout(mut self, limit: Duration) -> Self {
         self.config.startup_timeout = limit;
@@ -424,6 +450,13 @@ impl PoolBuilder {
             restart_window: c.restart_window,
             restart_policy: c.restart_policy,
         };
+        #[cfg(feature = "cluster")]
+        let cluster = match self.config.cluster.clone() {
+            Some(cluster) => {
+                Some(crate::cluster::Caller::connect(cluster, &mut self.config).await?)
+            }
+            None => None,
+        };
         let inner = Arc::new(Inner {
             config: self.config,
             core: Mutex::new(Core::new(limits)),
@@ -431,8 +464,15 @@ impl PoolBuilder {
             runtime,
             worker_exited: Notify::new(),
             progress: Notify::new(),
+            #[cfg(feature = "cluster")]
+            cluster: std::sync::OnceLock::new(),
         });
         let pool = Pool { inner };
+        #[cfg(feature = "cluster")]
+        if let Some(caller) = cluster {
+            caller.start(&pool.inner);
+            return Ok(pool);
+        }
         let mut waits = Vec::with_capacity(pool.inner.config.processes);
         for slot in 0..pool.inner.config.processes {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -461,6 +501,12 @@ impl PoolBuilder {
 }
 
 impl Pool {
+    /// The shared state, for a cluster host running chunks on this pool.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// A builder with the defaults: one process per core, 16 tasks at once
     /// per process, 3 attempts per task, adaptive chunks.
     pub fn builder() -> PoolBuilder {
@@ -654,7 +700,7 @@ impl Pool {
             .lock()
             .workers
             .iter()
-            .filter(|w| w.alive)
+            .filter(|w| w.alive && w.pid != 0)
             .map(|w| w.pid)
             .collect()
     }

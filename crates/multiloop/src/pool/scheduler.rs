@@ -69,6 +69,36 @@ impl Item {
     }
 }
 
+/// Where a group of outcomes lies: chunk, first index, count, dense, and
+/// its body's range in the frame (what [`Core::on_results`] takes).
+pub(crate) type GroupRange = (u64, u32, u32, bool, u32, u32);
+
+/// The groups of a whole RESULTS frame (prefix included), for a frame
+/// built in this process (a cluster caller's, the tests').
+#[cfg(any(test, feature = "cluster"))]
+pub(crate) fn group_ranges(frame: &Bytes) -> Result<Vec<GroupRange>, crate::wire::WireError> {
+    let body = frame.get(4..).unwrap_or_default();
+    let crate::wire::Message::Results(results) = crate::wire::Message::decode(body)? else {
+        return Err(crate::wire::WireError::BadValue("message tag", 0));
+    };
+    let base = frame.as_ptr() as usize;
+    results
+        .groups()
+        .map(|g| {
+            let g = g?;
+            let start = (g.body.as_ptr() as usize - base) as u32;
+            Ok((
+                g.chunk,
+                g.first,
+                g.count,
+                g.dense,
+                start,
+                start + g.body.len() as u32,
+            ))
+        })
+        .collect()
+}
+
 /// The bits of tasks `first..first + count` (`count > 0`), as
 /// (word, mask) pairs of a chunk's `done` bitmap.
 fn word_masks(first: u32, count: u32) -> impl Iterator<Item = (usize, u64)> {
@@ -104,6 +134,9 @@ pub(crate) enum Failure {
     HardTimeout {
         after: Duration,
     },
+    /// The cluster's broker could not be reached or refused the work.
+    #[cfg(feature = "cluster")]
+    Cluster(String),
 }
 
 impl Failure {
@@ -140,6 +173,11 @@ impl Failure {
             Failure::Setup(reason) => Error::new(Kind::Initializer {
                 reason: reason.clone(),
             }),
+            #[cfg(feature = "cluster")]
+            Failure::Cluster(reason) => Error::io(
+                "the cluster failed the task",
+                std::io::Error::other(reason.clone()),
+            ),
         }
     }
 }
@@ -750,7 +788,7 @@ impl Core {
         &mut self,
         from: WorkerId,
         frame: &Bytes,
-        groups: impl Iterator<Item = (u64, u32, u32, bool, u32, u32)>,
+        groups: impl Iterator<Item = GroupRange>,
         actions: &mut Actions,
     ) -> Result<(), crate::wire::WireError> {
         // The event being built: its job, where it goes, items, listed.
@@ -1239,6 +1277,98 @@ impl Core {
         actions
             .events
             .push((sink.clone(), Event::Failed { indices, failure }));
+    }
+
+    /// Ends tasks `which` (all when `None`) of chunk `chunk`, run by
+    /// `from`, with the failure `failure` makes from the chunk's task name:
+    /// a cluster host reported they ended without an outcome, or no host
+    /// finished them. Tasks already answered are left alone.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn fail_tasks(
+        &mut self,
+        from: WorkerId,
+        chunk: u64,
+        which: Option<&[u32]>,
+        failure: impl FnOnce(&'static str) -> Failure,
+        actions: &mut Actions,
+    ) {
+        let Some(rec) = self
+            .chunks
+            .get_mut(&chunk)
+            .filter(|r| r.worker == Some(from))
+        else {
+            return;
+        };
+        let which: Vec<u32> = match which {
+            Some(w) => w.to_vec(),
+            None => (0..rec.count()).collect(),
+        };
+        let mut indices = Vec::with_capacity(which.len());
+        for i in which {
+            if i < rec.count() && !rec.is_done(i) {
+                rec.set_done(i);
+                rec.remaining -= 1;
+                indices.push(rec.job_index(i));
+            }
+        }
+        if indices.is_empty() {
+            return;
+        }
+        let (sink, failure, finished) = (rec.sink.clone(), failure(rec.task), rec.remaining == 0);
+        if finished {
+            self.chunks.remove(&chunk);
+        }
+        if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
+            w.assigned = w.assigned.saturating_sub(indices.len());
+            if finished {
+                w.chunks.remove(&chunk);
+                if w.chunks.is_empty() {
+                    w.isolating = false;
+                }
+            }
+        }
+        self.fail(&sink, indices, failure, actions);
+        self.dispatch();
+    }
+
+    /// A chunk of several tasks that no cluster host finished within its
+    /// deliveries (hosts died under it): its unanswered tasks go back to
+    /// the front of the queue one per chunk, as locally after a crash
+    /// nobody could be blamed for, so that only a task that kills its
+    /// hosts fails. `false` (nothing done) for a chunk of one task.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn isolate_exhausted(&mut self, from: WorkerId, chunk: u64) -> bool {
+        let Some(rec) = self.chunks.get(&chunk).filter(|r| r.worker == Some(from)) else {
+            return true;
+        };
+        if rec.count() <= 1 {
+            return false;
+        }
+        let pending = rec.pending();
+        // Isolated: a lane with one of these publishes nothing else until
+        // it is answered, so the task runs without the caller's other work.
+        let singles: Vec<ChunkRec> = pending
+            .iter()
+            .map(|&i| {
+                let mut single = rec.subset(&[i], rec.attempt);
+                single.isolated = true;
+                single
+            })
+            .collect();
+        self.chunks.remove(&chunk);
+        if let Some(w) = self.workers.get_mut(from.slot).filter(|w| w.id == from) {
+            w.assigned = w.assigned.saturating_sub(pending.len());
+            w.chunks.remove(&chunk);
+            if w.chunks.is_empty() {
+                w.isolating = false;
+            }
+        }
+        self.counters.retried += singles.len() as u64;
+        for single in singles.into_iter().rev() {
+            self.requeue(single);
+        }
+        self.dispatch();
+        true
     }
 
     /// Puts a retried chunk at the front of the queue.

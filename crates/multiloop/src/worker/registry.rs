@@ -29,7 +29,14 @@ pub struct TaskEntry {
     pub(crate) name: &'static str,
     pub(crate) start: StartFn,
     pub(crate) init: InitFn,
+    /// Splits the body of a dense group of this task's results into its
+    /// values (a cluster host forwards them one by one).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) split_values: SplitFn,
 }
+
+/// Splits the body of a dense group of `count` results into the values.
+pub(crate) type SplitFn = for<'a> fn(&'a [u8], u32) -> Result<Vec<&'a [u8]>, String>;
 
 impl TaskEntry {
     /// The entry for task type `T`.
@@ -39,6 +46,7 @@ impl TaskEntry {
             name: T::NAME,
             start: start::<T>,
             init: init_task::<T>,
+            split_values: split_values::<T>,
         }
     }
 }
@@ -196,6 +204,23 @@ impl Drop for Leave<'_> {
             w.leave();
         }
     }
+}
+
+/// The [`SplitFn`] of task `T`: each value's extent, found by decoding it.
+fn split_values<T: Task>(mut body: &[u8], count: u32) -> Result<Vec<&[u8]>, String> {
+    let mut values = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (_, rest) = postcard::take_from_bytes::<T::Output>(body).map_err(|e| {
+            format!(
+                "could not read a result of `{}` as `{}`: {e}",
+                T::NAME,
+                type_name::<T::Output>()
+            )
+        })?;
+        values.push(&body[..body.len() - rest.len()]);
+        body = rest;
+    }
+    Ok(values)
 }
 
 /// The [`InitFn`] of task `T`.

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::wire::Message;
 
 const WORKERS: usize = 2;
 
@@ -244,25 +243,7 @@ impl Sim {
         }
         w.finish(start);
         let frame = Bytes::from(w.take());
-        let Ok(Message::Results(results)) = Message::decode(&frame[4..]) else {
-            panic!("the test wrote a bad frame");
-        };
-        let base = frame.as_ptr() as usize;
-        let groups: Vec<_> = results
-            .groups()
-            .map(|g| {
-                let g = g.expect("the test wrote a bad group");
-                let start = (g.body.as_ptr() as usize - base) as u32;
-                (
-                    g.chunk,
-                    g.first,
-                    g.count,
-                    g.dense,
-                    start,
-                    start + g.body.len() as u32,
-                )
-            })
-            .collect();
+        let groups = group_ranges(&frame).expect("the test wrote a bad frame");
         let mut actions = Actions::default();
         let read = self
             .core
@@ -603,25 +584,7 @@ fn raw_answer(
     write(&mut w);
     w.finish(start);
     let frame = Bytes::from(w.take());
-    let Ok(Message::Results(results)) = Message::decode(&frame[4..]) else {
-        panic!("the test wrote a bad frame");
-    };
-    let base = frame.as_ptr() as usize;
-    let groups: Vec<_> = results
-        .groups()
-        .map(|g| {
-            let g = g.expect("the test wrote a bad group");
-            let start = (g.body.as_ptr() as usize - base) as u32;
-            (
-                g.chunk,
-                g.first,
-                g.count,
-                g.dense,
-                start,
-                start + g.body.len() as u32,
-            )
-        })
-        .collect();
+    let groups = group_ranges(&frame).expect("the test wrote a bad frame");
     let mut actions = Actions::default();
     let read = sim
         .core
