@@ -448,8 +448,9 @@ impl<'a> Parser<'a> {
             line: 0,
             family: "",
             family_type,
-            typed: NameSet::default(),
-            helped: NameSet::default(),
+            // Room for a node_exporter page's families without growing.
+            typed: NameSet::with_capacity_and_hasher(64, Default::default()),
+            helped: NameSet::with_capacity_and_hasher(64, Default::default()),
             failed: false,
             fam_hash: family_hash("", family_type),
             format,

@@ -21,7 +21,10 @@ use fleetcheck::bench::{self, BenchRun, RoundMem};
 use fleetcheck::checks::Checks;
 use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
 use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
-use fleetcheck::pool::{DEFAULT_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes};
+use fleetcheck::pool::{
+    DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CONCURRENCY,
+    LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes,
+};
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
 use fleetcheck::scan::{
@@ -92,12 +95,14 @@ struct ScanArgs {
     /// Worker processes of the pool (0 = number of cores).
     #[arg(long, default_value_t = 0)]
     processes: usize,
-    /// Concurrent scrapes of the in-process baseline (in total).
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Concurrent scrapes per worker process of the pool.
-    #[arg(long, default_value_t = DEFAULT_WORKER_CONCURRENCY)]
-    worker_concurrency: usize,
+    /// Concurrent scrapes of the in-process baseline (in total; default
+    /// 64, or 16 on the built-in fleet).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Concurrent scrapes per worker process of the pool (default 64, or 8
+    /// on the built-in fleet).
+    #[arg(long)]
+    worker_concurrency: Option<usize>,
     /// Benchmark: scan the built-in fleet on the pool and then in-process
     /// (same fleet, same run) and print wall time, points/s, CPU time and
     /// peak RSS per round side by side. Without `--points`: the headline
@@ -338,7 +343,11 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         } else {
             cli.processes
         },
-        concurrency: cli.worker_concurrency,
+        concurrency: cli.worker_concurrency.unwrap_or(if builtin {
+            LOOPBACK_WORKER_CONCURRENCY
+        } else {
+            DEFAULT_WORKER_CONCURRENCY
+        }),
     };
     let rt = runtime()?;
     rt.block_on(async move {
@@ -365,7 +374,11 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
             targets: host_specs(&urls),
             rounds: cli.rounds,
             interval: Duration::from_secs_f64(cli.interval.max(0.0)),
-            concurrency: cli.concurrency,
+            concurrency: cli.concurrency.unwrap_or(if builtin {
+                LOOPBACK_CONCURRENCY
+            } else {
+                DEFAULT_CONCURRENCY
+            }),
             opts: ScrapeOptions {
                 timeout_ms: cli.timeout_ms,
                 max_bytes: cli.max_page_bytes,
