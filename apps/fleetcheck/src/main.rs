@@ -391,7 +391,8 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         if cli.bench {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
-            let code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth).await;
+            let json = matches!(cli.format, Format::Json);
+            let code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth, json).await;
             if let Some(mut c) = child {
                 let _ = c.kill().await;
             }
@@ -510,6 +511,7 @@ async fn run_bench(
     settings: PoolSettings,
     fleet_pid: Option<u32>,
     truth: &[ExpectedFinding],
+    json: bool,
 ) -> Result<u8, Error> {
     let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
     let hosts = cfg.targets.len();
@@ -615,14 +617,18 @@ async fn run_bench(
     };
     let runs = [pool_run, base_run];
     let mut so = std::io::stdout().lock();
-    let _ = write!(so, "{}", bench::render(&runs));
-    let _ = writeln!(
-        so,
-        "anomalies found: pool {}, in-process {}, injected {}",
-        runs[0].anomalies,
-        runs[1].anomalies,
-        truth.len()
-    );
+    if json {
+        let _ = writeln!(so, "{}", bench::render_json(&runs, truth.len()));
+    } else {
+        let _ = write!(so, "{}", bench::render(&runs));
+        let _ = writeln!(
+            so,
+            "anomalies found: pool {}, in-process {}, injected {}",
+            runs[0].anomalies,
+            runs[1].anomalies,
+            truth.len()
+        );
+    }
     let _ = so.flush();
     if runs.iter().all(|r| r.verified) {
         Ok(0)
