@@ -22,7 +22,7 @@ use fleetcheck::checks::Checks;
 use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
 use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
 use fleetcheck::pool::{
-    DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CONCURRENCY,
+    DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CHUNK, LOOPBACK_CONCURRENCY,
     LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes,
 };
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
@@ -431,7 +431,13 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
                         opts: cfg.opts,
                         clients: cfg.clients.clone(),
                     };
-                    fleetcheck::pool::scan_pool(&cfg, init, settings, obs.clone()).await
+                    let mut scanner = PoolScanner::start(init, settings).await?;
+                    if builtin {
+                        scanner = scanner.with_chunk_size(LOOPBACK_CHUNK);
+                    }
+                    let report = scanner.scan(&cfg, obs.clone()).await?;
+                    scanner.close().await?;
+                    Ok(report)
                 }
             }
         };
@@ -534,7 +540,9 @@ async fn run_bench(
         opts: cfg.opts,
         clients: cfg.clients.clone(),
     };
-    let scanner = PoolScanner::start(init, settings).await?;
+    let scanner = PoolScanner::start(init, settings)
+        .await?
+        .with_chunk_size(LOOPBACK_CHUNK);
     let mut total = Report::default();
     let mut mem = Vec::new();
     let mut reset_ok = true;
