@@ -241,6 +241,47 @@ pub fn render(runs: &[BenchRun]) -> String {
     s
 }
 
+/// The runs as one JSON object (`--bench --format json`): per run its
+/// figures (CPU of fleetcheck and of the fleet process apart), and the
+/// ratio pool / baseline in points/s when there are two runs.
+pub fn render_json(runs: &[BenchRun], injected: usize) -> String {
+    let run = |r: &BenchRun| {
+        let cpu = r.cpu_fleetcheck();
+        serde_json::json!({
+            "mode": r.mode,
+            "wall_secs": r.wall_secs,
+            "points": r.points,
+            "points_per_sec": r.points_per_sec(),
+            "cpu_fleetcheck_secs": cpu,
+            "cpu_parent_secs": r.cpu_parent,
+            "cpu_workers_secs": r.cpu_workers,
+            "cpu_fleet_secs": r.cpu_fleet,
+            "cpu_ns_per_point": if r.points > 0 { cpu * 1e9 / r.points as f64 } else { 0.0 },
+            "max_round_peak_rss_mib": mib(r.max_round_peak()),
+            "anomalies": r.anomalies,
+            "verified": r.verified,
+        })
+    };
+    let ratio = match runs {
+        [a, b, ..] if b.points_per_sec() > 0.0 => {
+            serde_json::json!(a.points_per_sec() / b.points_per_sec())
+        }
+        _ => serde_json::Value::Null,
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").ok().and_then(|t| {
+        t.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+    });
+    serde_json::json!({
+        "runs": runs.iter().map(run).collect::<Vec<_>>(),
+        "ratio_points_per_sec": ratio,
+        "injected_anomalies": injected,
+        "load_average_1m": load,
+    })
+    .to_string()
+}
+
 impl BenchRun {
     fn workers_present(&self) -> bool {
         self.mem.iter().any(|m| m.workers > 0)
@@ -267,10 +308,15 @@ mod tests {
             points: 10,
             ..Default::default()
         };
-        let text = render(&[run.clone(), run]);
+        let text = render(&[run.clone(), run.clone()]);
         assert!(
             text.contains("ratio pool / pool (points/s): 1.000"),
             "{text}"
         );
+        let v: serde_json::Value =
+            serde_json::from_str(&render_json(&[run.clone(), run], 3)).unwrap();
+        assert_eq!(v["ratio_points_per_sec"], 1.0);
+        assert_eq!(v["runs"][0]["points_per_sec"], 5.0);
+        assert_eq!(v["injected_anomalies"], 3);
     }
 }

@@ -21,7 +21,10 @@ use fleetcheck::bench::{self, BenchRun, RoundMem};
 use fleetcheck::checks::Checks;
 use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
 use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
-use fleetcheck::pool::{DEFAULT_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes};
+use fleetcheck::pool::{
+    DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CHUNK, LOOPBACK_CONCURRENCY,
+    LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes,
+};
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
 use fleetcheck::scan::{
@@ -92,12 +95,14 @@ struct ScanArgs {
     /// Worker processes of the pool (0 = number of cores).
     #[arg(long, default_value_t = 0)]
     processes: usize,
-    /// Concurrent scrapes of the in-process baseline (in total).
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Concurrent scrapes per worker process of the pool.
-    #[arg(long, default_value_t = DEFAULT_WORKER_CONCURRENCY)]
-    worker_concurrency: usize,
+    /// Concurrent scrapes of the in-process baseline (in total; default
+    /// 64, or 16 on the built-in fleet).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Concurrent scrapes per worker process of the pool (default 64, or 8
+    /// on the built-in fleet).
+    #[arg(long)]
+    worker_concurrency: Option<usize>,
     /// Benchmark: scan the built-in fleet on the pool and then in-process
     /// (same fleet, same run) and print wall time, points/s, CPU time and
     /// peak RSS per round side by side. Without `--points`: the headline
@@ -369,7 +374,11 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         } else {
             cli.processes
         },
-        concurrency: cli.worker_concurrency,
+        concurrency: cli.worker_concurrency.unwrap_or(if builtin {
+            LOOPBACK_WORKER_CONCURRENCY
+        } else {
+            DEFAULT_WORKER_CONCURRENCY
+        }),
     };
     let rt = runtime()?;
     rt.block_on(async move {
@@ -396,7 +405,11 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
             targets: host_specs(&urls),
             rounds: cli.rounds,
             interval: Duration::from_secs_f64(cli.interval.max(0.0)),
-            concurrency: cli.concurrency,
+            concurrency: cli.concurrency.unwrap_or(if builtin {
+                LOOPBACK_CONCURRENCY
+            } else {
+                DEFAULT_CONCURRENCY
+            }),
             opts: ScrapeOptions {
                 timeout_ms: cli.timeout_ms,
                 max_bytes: cli.max_page_bytes,
@@ -409,7 +422,8 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         if cli.bench {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
-            let mut code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth).await;
+            let json = matches!(cli.format, Format::Json);
+            let mut code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth, json).await;
             if let Some((a, python)) = &anchor {
                 let r = fleetcheck::anchor::compare(
                     python,
@@ -462,7 +476,13 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
                         opts: cfg.opts,
                         clients: cfg.clients.clone(),
                     };
-                    fleetcheck::pool::scan_pool(&cfg, init, settings, obs.clone()).await
+                    let mut scanner = PoolScanner::start(init, settings).await?;
+                    if builtin {
+                        scanner = scanner.with_chunk_size(LOOPBACK_CHUNK);
+                    }
+                    let report = scanner.scan(&cfg, obs.clone()).await?;
+                    scanner.close().await?;
+                    Ok(report)
                 }
             }
         };
@@ -542,6 +562,7 @@ async fn run_bench(
     settings: PoolSettings,
     fleet_pid: Option<u32>,
     truth: &[ExpectedFinding],
+    json: bool,
 ) -> Result<u8, Error> {
     let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
     let hosts = cfg.targets.len();
@@ -564,7 +585,9 @@ async fn run_bench(
         opts: cfg.opts,
         clients: cfg.clients.clone(),
     };
-    let scanner = PoolScanner::start(init, settings).await?;
+    let scanner = PoolScanner::start(init, settings)
+        .await?
+        .with_chunk_size(LOOPBACK_CHUNK);
     let mut total = Report::default();
     let mut mem = Vec::new();
     let mut reset_ok = true;
@@ -647,14 +670,18 @@ async fn run_bench(
     };
     let runs = [pool_run, base_run];
     let mut so = std::io::stdout().lock();
-    let _ = write!(so, "{}", bench::render(&runs));
-    let _ = writeln!(
-        so,
-        "anomalies found: pool {}, in-process {}, injected {}",
-        runs[0].anomalies,
-        runs[1].anomalies,
-        truth.len()
-    );
+    if json {
+        let _ = writeln!(so, "{}", bench::render_json(&runs, truth.len()));
+    } else {
+        let _ = write!(so, "{}", bench::render(&runs));
+        let _ = writeln!(
+            so,
+            "anomalies found: pool {}, in-process {}, injected {}",
+            runs[0].anomalies,
+            runs[1].anomalies,
+            truth.len()
+        );
+    }
     let _ = so.flush();
     if runs.iter().all(|r| r.verified) {
         Ok(0)

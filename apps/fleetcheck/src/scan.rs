@@ -132,7 +132,7 @@ pub fn process_page(
     checks: &Checks,
     round: u64,
     now: f64,
-    page: Result<Page, crate::http::FetchError>,
+    page: &Result<Page, crate::http::FetchError>,
 ) -> HostRound {
     match page {
         Ok(p) => crate::state::scrape_page(state, checks, &p.body, p.format, round, now),
@@ -155,7 +155,10 @@ pub async fn scrape_host(
     let start = Instant::now();
     let page = fetch_page(client, spec, round, opts).await;
     let now = opts.clock.now(round);
-    let mut hr = process_page(state, checks, round, now, page);
+    let mut hr = process_page(state, checks, round, now, &page);
+    if let Ok(p) = page {
+        client.recycle(p.body);
+    }
     hr.secs = start.elapsed().as_secs_f64();
     hr
 }
@@ -310,7 +313,7 @@ where
                     let now = opts.clock.now(round);
                     let st = states.get(spec.id as usize).map(|s| s.lock());
                     let hr = match st {
-                        Some(Ok(mut st)) => process_page(&mut st, &checks, round, now, page),
+                        Some(Ok(mut st)) => process_page(&mut st, &checks, round, now, &page),
                         _ => HostRound::failed(
                             spec.id,
                             round,
@@ -318,6 +321,9 @@ where
                             "host state missing or poisoned".into(),
                         ),
                     };
+                    if let (Ok(p), Some(c)) = (page, client_of(&clients, spec)) {
+                        c.recycle(p.body);
+                    }
                     part.add(hr);
                     if let Ok(o) = obs.lock() {
                         o.host_done();

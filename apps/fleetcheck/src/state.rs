@@ -641,6 +641,35 @@ impl HostView for View<'_> {
     }
 }
 
+/// Record series `idx` as the `pos`-th sample of this scrape with `value`
+/// at time `t` (a repeat of a series on the page is counted and dropped).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn known(
+    state: &mut HostState,
+    pending: &mut Vec<(u32, f64, f64)>,
+    pos: &mut usize,
+    duplicates: &mut u64,
+    idx: u32,
+    value: f64,
+    t: f64,
+    scrape: u64,
+) {
+    match state.order.get_mut(*pos) {
+        Some(o) => *o = idx,
+        None => state.order.push(idx),
+    }
+    *pos += 1;
+    let m = &mut state.t.slots[idx as usize].mark;
+    if *m == scrape {
+        // Prometheus keeps the page and drops the repeated sample.
+        *duplicates += 1;
+        return;
+    }
+    *m = scrape;
+    pending.push((idx, value, t));
+}
+
 /// Parse one text-format page of `state`'s host for `round`; see
 /// [`scrape_page`].
 pub fn scrape_round(
@@ -684,6 +713,21 @@ pub fn scrape_page(
                 m.fam,
             )
         });
+        if let (Some(i), Some((key, ctx))) = (hint_idx, hint)
+            && let Some(value) = parser.next_known(key, ctx)
+        {
+            known(
+                state,
+                &mut pending,
+                &mut pos,
+                &mut duplicates,
+                i,
+                value,
+                now,
+                scrape,
+            );
+            continue;
+        }
         let (idx, value, ts, _line) = match parser.next_hinted(hint) {
             None => break,
             Some(Ok(Hinted::Known {
@@ -723,24 +767,20 @@ pub fn scrape_page(
                 break;
             }
         };
-        if pos < state.order.len() {
-            state.order[pos] = idx;
-        } else {
-            state.order.push(idx);
-        }
-        pos += 1;
-        let m = &mut state.t.slots[idx as usize].mark;
-        if *m == scrape {
-            // Prometheus keeps the page and drops the repeated sample.
-            duplicates += 1;
-            continue;
-        }
-        *m = scrape;
         let t = match ts {
             None => now,
             Some(ms) => ms as f64 * 0.001,
         };
-        pending.push((idx, value, t));
+        known(
+            state,
+            &mut pending,
+            &mut pos,
+            &mut duplicates,
+            idx,
+            value,
+            t,
+            scrape,
+        );
     }
     state.order.truncate(pos);
     state.updated = false;

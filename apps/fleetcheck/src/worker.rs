@@ -146,7 +146,8 @@ impl WorkerState {
     /// rounds in order).
     pub async fn scrape(&self, spec: &HostSpec, round: u64) -> HostRound {
         let start = std::time::Instant::now();
-        let page = match client_of(&self.clients, spec) {
+        let client = client_of(&self.clients, spec);
+        let page = match client {
             Some(c) => fetch_page(c, spec, round, &self.opts).await,
             None => Err(crate::http::FetchError::Http("no HTTP client".into())),
         };
@@ -164,9 +165,12 @@ impl WorkerState {
                 .remove(&spec.id)
                 .unwrap_or_else(|| HostState::new(spec.id))
         };
-        let mut hr = process_page(&mut st, &self.checks, round, now, page);
+        let mut hr = process_page(&mut st, &self.checks, round, now, &page);
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.insert(spec.id, st);
+        }
+        if let (Ok(p), Some(c)) = (page, client) {
+            c.recycle(p.body);
         }
         hr.secs = start.elapsed().as_secs_f64();
         hr

@@ -586,6 +586,22 @@ mod prop {
             };
             let want: f64 = txt.parse().unwrap();
             prop_assert_eq!(parse_float(&txt).map(f64::to_bits), Some(want.to_bits()), "{}", txt);
+            // The fused scan of a sample line's value gives the same value
+            // or hands the token to the general path.
+            let line = format!("{txt} 17");
+            if let Some((v, end)) = scan_decimal(line.as_bytes(), 0) {
+                prop_assert_eq!(v.to_bits(), want.to_bits(), "{}", txt);
+                prop_assert_eq!(end, txt.len());
+            }
+        }
+
+        #[test]
+        fn scan_decimal_agrees_with_the_general_path(tok in "[-+]?[0-9.eE+aIN]{0,22}") {
+            let line = format!("{tok}\t5");
+            if let Some((v, end)) = scan_decimal(line.as_bytes(), 0) {
+                prop_assert_eq!(end, tok.len());
+                prop_assert_eq!(Some(v.to_bits()), parse_float(&tok).map(f64::to_bits), "{}", tok);
+            }
         }
 
         #[test]

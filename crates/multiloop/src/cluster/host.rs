@@ -365,8 +365,8 @@ fn outcomes(
                     } else {
                         let mut reader = crate::wire::Reader::new(data);
                         for k in 0..item.count {
-                            let (status, data) =
-                                crate::wire::next_outcome(&mut reader).map_err(|e| e.to_string())?;
+                            let (status, data) = crate::wire::next_outcome(&mut reader)
+                                .map_err(|e| e.to_string())?;
                             done.push((item.input_index(listed, k) as u32, status as u8, data));
                         }
                     }

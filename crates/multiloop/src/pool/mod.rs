@@ -17,9 +17,9 @@ use std::time::Duration;
 use futures_core::Stream;
 use tokio::sync::Notify;
 
-pub(crate) use self::job::decode_outcome;
 #[cfg(feature = "cluster")]
 pub(crate) use self::events::channel as job_events;
+pub(crate) use self::job::decode_outcome;
 pub use self::job::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, StreamInput};
 pub use self::scheduler::RestartPolicy;
 #[cfg(feature = "cluster")]
