@@ -66,6 +66,7 @@ mod beacon;
 pub mod cluster;
 mod connection;
 mod error;
+mod fdpass;
 mod ids;
 mod marker;
 mod pool;

@@ -4,30 +4,28 @@
 //! one definition.
 
 use std::ffi::OsString;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 
 /// The environment variable that marks a process as a worker.
 pub(crate) const ENV_MARKER: &str = "MULTILOOP_WORKER";
 
 /// The version of the marker's format.
-const MARKER_VERSION: &str = "2";
+const MARKER_VERSION: &str = "3";
 
-/// What the parent put in the marker: which descriptors to use, and the
-/// name to show in `ps`.
+/// A worker's channels: its socket (inherited as its standard input), and
+/// its lifeline and beacon (sent over the socket, see `crate::fdpass`).
 pub(crate) struct Marker {
     pub(crate) socket: OwnedFd,
     pub(crate) lifeline: OwnedFd,
     pub(crate) beacon: OwnedFd,
 }
 
-/// The marker's text: `version:parent pid:socket:lifeline:beacon:name`,
-/// where `name` is the parent's own short name (its `comm`), which the
-/// worker takes too.
-pub(crate) fn marker_value(fds: [RawFd; 3]) -> String {
-    let [socket, lifeline, beacon] = fds;
+/// The marker's text: `version:parent pid:name`, where `name` is the
+/// parent's own short name (its `comm`), which the worker takes too.
+pub(crate) fn marker_value() -> String {
     let name = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
     format!(
-        "{MARKER_VERSION}:{}:{socket}:{lifeline}:{beacon}:{}",
+        "{MARKER_VERSION}:{}:{}",
         std::process::id(),
         name.trim_end_matches('\n')
     )
@@ -41,6 +39,9 @@ pub(crate) enum Refusal {
     Invalid(String),
 }
 
+/// Reads the marker and takes the worker's channels: the socket from the
+/// standard input (which becomes `/dev/null`, as for any worker), the
+/// lifeline and beacon from the socket.
 pub(crate) fn parse_marker(value: &OsString) -> Result<Marker, Refusal> {
     let invalid = || {
         Refusal::Invalid(format!(
@@ -48,37 +49,49 @@ pub(crate) fn parse_marker(value: &OsString) -> Result<Marker, Refusal> {
         ))
     };
     let value = value.to_str().ok_or_else(invalid)?;
-    let mut parts = value.splitn(6, ':');
+    let mut parts = value.splitn(3, ':');
     if parts.next() != Some(MARKER_VERSION) {
         return Err(invalid());
     }
-    let mut number = || {
-        parts
-            .next()
-            .and_then(|p| p.parse::<i64>().ok())
-            .ok_or_else(invalid)
-    };
-    let ppid = number()?;
-    let fds = [number()?, number()?, number()?];
+    let ppid = parts
+        .next()
+        .and_then(|p| p.parse::<i64>().ok())
+        .ok_or_else(invalid)?;
     let name = parts.next().ok_or_else(invalid)?;
     if i64::from(std::os::unix::process::parent_id()) != ppid {
         return Err(Refusal::Orphaned);
     }
-    let mut raw = [0 as RawFd; 3];
-    for (slot, fd) in raw.iter_mut().zip(fds) {
-        *slot = RawFd::try_from(fd).map_err(|_| invalid())?;
-        if !fd_is_open(*slot) {
-            return Err(Refusal::Invalid(format!(
-                "descriptor {fd} it names is not open in this process"
-            )));
-        }
+    let setup = |what: &str, e: std::io::Error| Refusal::Invalid(format!("{what}: {e}"));
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor (the lowest free one
+    // from 3) of the standard input, or fails; it touches no memory.
+    let moved = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(setup(
+            "its standard input is not the socket the parent gives a worker",
+            std::io::Error::last_os_error(),
+        ));
     }
+    // SAFETY: `moved` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(moved) };
+    let null = std::fs::File::open("/dev/null").map_err(|e| setup("cannot open /dev/null", e))?;
+    // SAFETY: dup2 onto descriptor 0, whose old description (the socket)
+    // lives on in `socket`; nothing in this process holds 0 as an owned
+    // descriptor (this runs before `main`).
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) } < 0 {
+        return Err(setup(
+            "cannot make /dev/null its standard input",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `socket` is open for the duration of the borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&socket)) };
+    let [lifeline, beacon] = match crate::fdpass::receive(borrowed) {
+        Ok(Some(fds)) => fds,
+        // The parent closed the socket before sending them: it is gone.
+        Ok(None) => return Err(Refusal::Orphaned),
+        Err(e) => return Err(setup("did not receive its lifeline and beacon", e)),
+    };
     set_process_name(name);
-    // SAFETY: the parent opened these descriptors for this process alone
-    // (they were close-on-exec everywhere else), we checked they are open,
-    // and nothing else in this process knows their numbers, so we are their
-    // only owner.
-    let [socket, lifeline, beacon] = raw.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     Ok(Marker {
         socket,
         lifeline,
@@ -95,10 +108,4 @@ fn set_process_name(name: &str) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
     // from the pointer, which `bytes` is for the duration of the call.
     unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
-}
-
-fn fd_is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a
-    // valid argument and an unknown descriptor answers -1 (EBADF).
-    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
 }

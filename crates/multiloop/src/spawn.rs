@@ -1,8 +1,9 @@
-//! Starting a worker process: the executable re-run with the marker, a
-//! private socketpair and the lifeline pipe as its only inherited channels.
+//! Starting a worker process: the executable re-run with the marker, its
+//! end of a private socketpair as its standard input (the only descriptor
+//! it inherits), and its lifeline and beacon sent over that socket.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -168,11 +169,11 @@ pub(crate) fn spawn_worker(
     arg0.push(format!(": multiloop {role}"));
     cmd.arg0(arg0);
     cmd.args(args);
-    let child_fd: RawFd = child_end.as_raw_fd();
-    let life_fd: RawFd = lifeline.read.as_raw_fd();
-    let beacon_fd: RawFd = beacon.fd().as_raw_fd();
-    cmd.env(ENV_MARKER, marker_value([child_fd, life_fd, beacon_fd]));
-    cmd.stdin(Stdio::null());
+    cmd.env(ENV_MARKER, marker_value());
+    // The socket is the worker's standard input: the only descriptor it
+    // inherits, so no code runs between fork and exec and the standard
+    // library spawns with `posix_spawn` (see `crate::fdpass`).
+    cmd.stdin(Stdio::from(OwnedFd::from(child_end)));
     cmd.stdout(Stdio::inherit());
     cmd.stderr(if capture_stderr {
         Stdio::piped()
@@ -180,23 +181,13 @@ pub(crate) fn spawn_worker(
         Stdio::inherit()
     });
     cmd.kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls fcntl, which is async-signal-safe; it allocates nothing and
-    // touches no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in [child_fd, life_fd, beacon_fd] {
-                // Both descriptors are close-on-exec everywhere (so no other
-                // child inherits them); this child alone keeps them.
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn()?;
-    drop(child_end);
+    // Its lifeline and beacon. Should this fail, the worker reads the end
+    // of its socket when `child` is dropped (killed) and exits.
+    crate::fdpass::send(
+        parent_end.as_fd(),
+        [lifeline.read.as_fd(), beacon.fd().as_fd()],
+    )?;
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other("the worker exited before it started"))?;
