@@ -21,6 +21,18 @@ fn space() -> usize {
     unsafe { libc::CMSG_SPACE((COUNT * std::mem::size_of::<RawFd>()) as u32) as usize }
 }
 
+/// A message of one data byte with room for the descriptors, pointing at
+/// `iov` and `control`, which must outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u64]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space() as _;
+    msg
+}
+
 /// Sends `fds` with one byte of data.
 pub(crate) fn send(socket: BorrowedFd<'_>, fds: [BorrowedFd<'_>; COUNT]) -> io::Result<()> {
     let mut byte = [1u8];
@@ -30,12 +42,7 @@ pub(crate) fn send(socket: BorrowedFd<'_>, fds: [BorrowedFd<'_>; COUNT]) -> io::
     };
     // u64s keep the buffer aligned for `cmsghdr`.
     let mut control = vec![0u64; space().div_ceil(8)];
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space() as _;
+    let msg = message(&mut iov, &mut control);
     // SAFETY: `msg` points at a control buffer of `space()` bytes, room
     // for one header with COUNT descriptors, so CMSG_FIRSTHDR is non-null
     // and CMSG_DATA has room for them; every pointer lives until sendmsg
@@ -79,12 +86,7 @@ pub(crate) fn receive(socket: BorrowedFd<'_>) -> io::Result<Option<[OwnedFd; COU
         iov_len: 1,
     };
     let mut control = vec![0u64; space().div_ceil(8)];
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space() as _;
+    let mut msg = message(&mut iov, &mut control);
     let received = loop {
         // SAFETY: `msg` describes buffers that live until recvmsg returns.
         let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };

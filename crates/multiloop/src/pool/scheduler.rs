@@ -99,6 +99,27 @@ pub(crate) fn group_ranges(frame: &Bytes) -> Result<Vec<GroupRange>, crate::wire
         .collect()
 }
 
+/// Queues the outcomes gathered for one job from a frame (none: nothing).
+fn send_outcomes(
+    gathered: Option<(u64, JobSink, Vec<Item>, Vec<u64>)>,
+    frame: &Bytes,
+    actions: &mut Actions,
+) {
+    if let Some((_, sink, items, listed)) = gathered
+        && !items.is_empty()
+    {
+        let frame = frame.clone();
+        actions.events.push((
+            sink,
+            Event::Outcomes {
+                frame,
+                items,
+                listed,
+            },
+        ));
+    }
+}
+
 /// The bits of tasks `first..first + count` (`count > 0`), as
 /// (word, mask) pairs of a chunk's `done` bitmap.
 fn word_masks(first: u32, count: u32) -> impl Iterator<Item = (usize, u64)> {
@@ -805,18 +826,7 @@ impl Core {
                 continue;
             };
             if !matches!(&current, Some((job, ..)) if *job == rec.job) {
-                if let Some((_, sink, items, listed)) = current.take()
-                    && !items.is_empty()
-                {
-                    actions.events.push((
-                        sink,
-                        Event::Outcomes {
-                            frame: frame.clone(),
-                            items,
-                            listed,
-                        },
-                    ));
-                }
+                send_outcomes(current.take(), frame, actions);
                 current = Some((rec.job, rec.sink.clone(), Vec::new(), Vec::new()));
             }
             let Some((_, _, items, listed)) = current.as_mut() else {
@@ -917,18 +927,7 @@ impl Core {
                 finished.push(chunk);
             }
         }
-        if let Some((_, sink, items, listed)) = current.take()
-            && !items.is_empty()
-        {
-            actions.events.push((
-                sink,
-                Event::Outcomes {
-                    frame: frame.clone(),
-                    items,
-                    listed,
-                },
-            ));
-        }
+        send_outcomes(current.take(), frame, actions);
         for id in &finished {
             self.chunks.remove(id);
         }
