@@ -386,6 +386,78 @@ fn work_consumer_config(
     }
 }
 
+/// The durable consumer `name` of the work stream, made as `want` if
+/// missing, with the configuration the server echoes back.
+async fn get_or_create(
+    conn: &Connection,
+    name: &str,
+    want: &jetstream::consumer::pull::Config,
+    what: &str,
+    config: &ClusterConfig,
+) -> Result<
+    (
+        jetstream::consumer::PullConsumer,
+        jetstream::consumer::Config,
+    ),
+    Error,
+> {
+    let consumer = match conn
+        .work
+        .get_consumer::<jetstream::consumer::pull::Config>(name)
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => conn
+            .work
+            .create_consumer(want.clone())
+            .await
+            .map_err(|e| nats_error(&format!("could not create {what}"), config, e))?,
+    };
+    echoed(consumer, what, config).await
+}
+
+/// Changes a consumer to `want`; what the server echoes back.
+async fn update_consumer(
+    conn: &Connection,
+    want: &jetstream::consumer::pull::Config,
+    what: &str,
+    config: &ClusterConfig,
+) -> Result<
+    (
+        jetstream::consumer::PullConsumer,
+        jetstream::consumer::Config,
+    ),
+    Error,
+> {
+    let consumer = conn
+        .work
+        .update_consumer(want.clone())
+        .await
+        .map_err(|e| nats_error(&format!("could not update {what}"), config, e))?;
+    echoed(consumer, what, config).await
+}
+
+/// A consumer with the configuration the server holds for it.
+async fn echoed(
+    mut consumer: jetstream::consumer::PullConsumer,
+    what: &str,
+    config: &ClusterConfig,
+) -> Result<
+    (
+        jetstream::consumer::PullConsumer,
+        jetstream::consumer::Config,
+    ),
+    Error,
+> {
+    let got = consumer
+        .info()
+        .await
+        .map_err(|e| nats_error(&format!("could not read {what}"), config, e))?
+        .config
+        .clone();
+    Ok((consumer, got))
+}
+
 /// The work consumer, made with `config` if missing; `update`: changed to
 /// `config` if it differs (the caller owns the settings; a host adopts
 /// them). The configuration the server echoes back is checked, since a
@@ -396,36 +468,10 @@ pub(crate) async fn work_consumer(
     update: bool,
 ) -> Result<(jetstream::consumer::PullConsumer, Duration), Error> {
     let want = work_consumer_config(config, &conn.names);
-    let existing = conn
-        .work
-        .get_consumer::<jetstream::consumer::pull::Config>(WORK_CONSUMER)
-        .await;
-    let mut consumer = match existing {
-        Ok(c) => c,
-        Err(_) => conn
-            .work
-            .create_consumer(want.clone())
-            .await
-            .map_err(|e| nats_error("could not create the work consumer", config, e))?,
-    };
-    let mut got = consumer
-        .info()
-        .await
-        .map_err(|e| nats_error("could not read the work consumer", config, e))?
-        .config
-        .clone();
+    let what = "the work consumer";
+    let (mut consumer, mut got) = get_or_create(conn, WORK_CONSUMER, &want, what, config).await?;
     if update && (got.ack_wait != want.ack_wait || got.max_deliver != want.max_deliver) {
-        consumer = conn
-            .work
-            .update_consumer(want.clone())
-            .await
-            .map_err(|e| nats_error("could not update the work consumer", config, e))?;
-        got = consumer
-            .info()
-            .await
-            .map_err(|e| nats_error("could not read the work consumer", config, e))?
-            .config
-            .clone();
+        (consumer, got) = update_consumer(conn, &want, what, config).await?;
         if got.ack_wait != want.ack_wait || got.max_deliver != want.max_deliver {
             return Err(Error::protocol(format!(
                 "nats-server at {} kept ack_wait {:?} and max_deliver {} for the work consumer \
@@ -486,39 +532,14 @@ pub(crate) async fn partition_consumer(
         priority_timeout: config.ack_wait,
         ..Default::default()
     };
-    let mut consumer = match conn
-        .work
-        .get_consumer::<jetstream::consumer::pull::Config>(&partition_consumer_name(slot))
-        .await
-    {
-        Ok(c) => c,
-        Err(_) => conn
-            .work
-            .create_consumer(want.clone())
-            .await
-            .map_err(|e| nats_error("could not create a partition consumer", config, e))?,
-    };
-    let mut got = consumer
-        .info()
-        .await
-        .map_err(|e| nats_error("could not read a partition consumer", config, e))?
-        .config
-        .clone();
+    let what = "a partition consumer";
+    let name = partition_consumer_name(slot);
+    let (_, mut got) = get_or_create(conn, &name, &want, what, config).await?;
     if got.ack_wait != want.ack_wait
         || got.max_deliver != want.max_deliver
         || got.priority_timeout != want.priority_timeout
     {
-        consumer = conn
-            .work
-            .update_consumer(want.clone())
-            .await
-            .map_err(|e| nats_error("could not update a partition consumer", config, e))?;
-        got = consumer
-            .info()
-            .await
-            .map_err(|e| nats_error("could not read a partition consumer", config, e))?
-            .config
-            .clone();
+        (_, got) = update_consumer(conn, &want, what, config).await?;
     }
     if got.priority_policy != PriorityPolicy::PinnedClient
         || got.priority_groups != want.priority_groups
