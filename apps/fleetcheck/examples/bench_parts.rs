@@ -42,7 +42,7 @@ fn main() {
             bytes as f64 / el / 1e6
         );
     }
-    if !(run("scrape") || run("parse") || run("gzip")) {
+    if !(run("scrape") || run("steady") || run("parse") || run("gzip")) {
         return;
     }
     let mut all = Vec::new();
@@ -76,6 +76,22 @@ fn main() {
         let el = t.elapsed().as_secs_f64();
         println!(
             "scrape_round: {:.1} M points/s ({points} points, {findings} findings)",
+            points as f64 / el / 1e6
+        );
+    }
+    if run("steady") {
+        // Round 0 interns every series; the rounds after it are what a
+        // long scan costs per point (`--toggle-collect=*steady_rounds*`).
+        let checks = Checks::builtin();
+        let mut states: Vec<HostState> = (0..hosts).map(HostState::new).collect();
+        for (h, st) in states.iter_mut().enumerate() {
+            scrape_round(st, &checks, &all[h], 0, 0.0);
+        }
+        let t = Instant::now();
+        let (points, findings) = steady_rounds(&mut states, &checks, &all, hosts, rounds);
+        let el = t.elapsed().as_secs_f64();
+        println!(
+            "steady scrape_round: {:.1} M points/s ({points} points, {findings} findings)",
             points as f64 / el / 1e6
         );
     }
@@ -125,4 +141,26 @@ fn main() {
             el / n * 1e6
         );
     }
+}
+
+/// Rounds 1.. of every host (their state already interned by round 0).
+#[inline(never)]
+fn steady_rounds(
+    states: &mut [HostState],
+    checks: &Checks,
+    pages: &[Vec<u8>],
+    hosts: u32,
+    rounds: u64,
+) -> (u64, usize) {
+    let mut points = 0u64;
+    let mut findings = 0usize;
+    for r in 1..rounds {
+        for (h, st) in states.iter_mut().enumerate() {
+            let page = &pages[(r * u64::from(hosts)) as usize + h];
+            let hr = scrape_round(st, checks, page, r, r as f64 * STEP_SECS);
+            points += hr.points;
+            findings += hr.findings.len();
+        }
+    }
+    (points, findings)
 }

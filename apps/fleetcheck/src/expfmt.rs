@@ -40,6 +40,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod comments;
+pub use comments::{CommentRuns, Mark};
+
 /// The type of a metric family as declared by `# TYPE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -405,6 +408,8 @@ pub struct Parser<'a> {
     pos: usize,
     line: u32,
     family: &'a str,
+    /// Where `family` is on the page.
+    family_at: usize,
     family_type: MetricType,
     /// Families with a TYPE / HELP line so far (a set: with a vector the
     /// duplicate checks were quadratic in families, ~1,000 instructions
@@ -417,6 +422,11 @@ pub struct Parser<'a> {
     eof: bool,
     /// Label names of the current line (reused; no allocation per line).
     names: Vec<&'a [u8]>,
+    /// A comment was parsed: no more comment runs are skipped
+    /// ([`CommentRuns`]).
+    no_skip: bool,
+    /// The end of the last comment run skipped.
+    skipped_to: usize,
 }
 
 /// What the family context expects of a sample, before its labels are read.
@@ -447,6 +457,7 @@ impl<'a> Parser<'a> {
             pos: 0,
             line: 0,
             family: "",
+            family_at: 0,
             family_type,
             // Room for a node_exporter page's families without growing.
             typed: NameSet::with_capacity_and_hasher(64, Default::default()),
@@ -456,6 +467,8 @@ impl<'a> Parser<'a> {
             format,
             eof: false,
             names: Vec::new(),
+            no_skip: false,
+            skipped_to: 0,
         }
     }
 
@@ -474,6 +487,7 @@ impl<'a> Parser<'a> {
 
     fn parse_comment(&mut self, l: &'a [u8]) -> Result<Item<'a>, String> {
         // l starts with '#'
+        self.stop_skipping()?;
         let rest = &l[1..];
         let om = self.format == Format::OpenMetrics;
         if om && rest == b" EOF" {
@@ -554,6 +568,7 @@ impl<'a> Parser<'a> {
                     return Err(format!("second TYPE line for metric {name}"));
                 }
                 self.family = name;
+                self.family_at = (name.as_ptr() as usize).wrapping_sub(self.src.as_ptr() as usize);
                 self.family_type = kind;
                 self.fam_hash = family_hash(name, kind);
                 Ok(Item::Type { name, kind })

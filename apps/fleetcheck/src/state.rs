@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{
     Checks, History, HostView, Observation, PageLookup, Prev, SeriesInfo, SeriesView,
 };
-use crate::expfmt::{Format, Hinted, Item, MetricType, Parser, RawLabels};
+use crate::expfmt::{CommentRuns, Format, Hinted, Item, MetricType, Parser, RawLabels};
 
 /// Kind string of findings about a target that could not be scraped.
 pub const SCRAPE_KIND: &str = "scrape";
@@ -382,6 +382,8 @@ pub struct HostState {
     watched: Vec<Watched>,
     /// Whether the last scrape changed the state.
     updated: bool,
+    /// The comment lines of the last page, skipped when found again.
+    comments: CommentRuns,
 }
 
 /// A series bound to some check: its histories and whether a check needs
@@ -408,6 +410,7 @@ impl HostState {
             scratch: String::new(),
             watched: Vec::new(),
             updated: false,
+            comments: CommentRuns::default(),
         }
     }
 
@@ -622,22 +625,37 @@ impl HostView for View<'_> {
         self.prev_round
     }
     fn watched(&self) -> Box<dyn Iterator<Item = SeriesView<'_>> + '_> {
-        let t = &self.st.t;
-        let b = self
-            .st
+        Box::new(self.binds().iter().map(|b| self.series_view(b.series)))
+    }
+    fn unseen(&self) -> Box<dyn Iterator<Item = SeriesView<'_>> + '_> {
+        let slots = &self.st.t.slots;
+        Box::new(
+            self.binds()
+                .iter()
+                .filter(|b| slots[b.series as usize].last_seen != self.round)
+                .map(|b| self.series_view(b.series)),
+        )
+    }
+}
+
+impl View<'_> {
+    fn binds(&self) -> &[Binding] {
+        self.st
             .bindings
             .get(self.check)
             .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        Box::new(b.iter().map(move |b| {
-            let i = b.series as usize;
-            SeriesView {
-                key: t.key(i),
-                name: t.name(i),
-                value: t.slots[i].value,
-                last_seen: (t.slots[i].last_seen != NEVER).then_some(t.slots[i].last_seen),
-            }
-        }))
+            .unwrap_or(&[])
+    }
+
+    fn series_view(&self, series: u32) -> SeriesView<'_> {
+        let t = &self.st.t;
+        let i = series as usize;
+        SeriesView {
+            key: t.key(i),
+            name: t.name(i),
+            value: t.slots[i].value,
+            last_seen: (t.slots[i].last_seen != NEVER).then_some(t.slots[i].last_seen),
+        }
     }
 }
 
@@ -704,7 +722,12 @@ pub fn scrape_page(
     let mut err = None;
     let mut duplicates = 0u64;
     let mut parser = Parser::with_format(page, format);
+    let mut comments = std::mem::take(&mut state.comments);
+    comments.begin();
     loop {
+        if comments.skip(&mut parser, pos) {
+            continue;
+        }
         let hint_idx = state.order.get(pos).copied();
         let hint = hint_idx.map(|i| {
             let m = state.t.meta[i as usize];
@@ -728,6 +751,7 @@ pub fn scrape_page(
             );
             continue;
         }
+        let mark = parser.mark();
         let (idx, value, ts, _line) = match parser.next_hinted(hint) {
             None => break,
             Some(Ok(Hinted::Known {
@@ -761,7 +785,10 @@ pub fn scrape_page(
                 state.t.meta[idx as usize].fam = parser.family_context();
                 (idx, s.value, s.timestamp_ms, s.line)
             }
-            Some(Ok(Hinted::Item(_))) => continue,
+            Some(Ok(Hinted::Item(_))) => {
+                comments.record(&parser, pos, mark);
+                continue;
+            }
             Some(Err(e)) => {
                 err = Some(e.to_string());
                 break;
@@ -782,6 +809,8 @@ pub fn scrape_page(
             scrape,
         );
     }
+    comments.end();
+    state.comments = comments;
     state.order.truncate(pos);
     state.updated = false;
     if let Some(e) = err {
@@ -817,7 +846,8 @@ pub fn scrape_page(
             continue;
         };
         let lookup = Lookup { t: &state.t, round };
-        for b in binds {
+        let per_series = c.per_series();
+        for b in binds.iter().filter(|_| per_series) {
             let i = b.series as usize;
             let t = &state.t;
             if t.slots[i].last_seen != round {
@@ -1164,5 +1194,105 @@ mod tests {
         let r = scrape_round(&mut st, &checks, b"ab 5 1000\na 6\n", 2, 30.0);
         assert!(!r.failed);
         assert_eq!(st.value_of("ab"), Some(5.0));
+    }
+
+    /// What a page says (its error with line number, its points, its
+    /// repeated series, every value) as a state that saw `before` first
+    /// reads it, beside a fresh state: comment lines skipped because
+    /// `before` had them must change nothing.
+    fn warm_and_cold(before: &[u8], page: &[u8]) -> (String, String) {
+        let checks = Checks::builtin();
+        let read = |st: &mut HostState| {
+            let r = scrape_round(st, &checks, page, 5, 75.0);
+            let mut keys: Vec<&str> = std::str::from_utf8(page)
+                .unwrap_or("")
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            keys.dedup();
+            let errors: Vec<_> = r
+                .findings
+                .iter()
+                .filter(|f| f.check == "malformed")
+                .collect();
+            // A malformed page leaves the values as they were.
+            let values: Vec<_> = match errors.is_empty() {
+                true => keys
+                    .iter()
+                    .map(|k| (k.to_string(), st.value_of(k)))
+                    .collect(),
+                false => Vec::new(),
+            };
+            format!(
+                "{errors:?} points {} repeats {} {values:?}",
+                r.points, r.duplicates
+            )
+        };
+        let mut warm = HostState::new(1);
+        for round in 0..3 {
+            scrape_round(&mut warm, &checks, before, round, round as f64 * 15.0);
+        }
+        (read(&mut warm), read(&mut HostState::new(1)))
+    }
+
+    fn families(n: usize) -> Vec<String> {
+        let mut lines = Vec::new();
+        for f in 0..n {
+            lines.push(format!("# HELP m{f} Help of m{f}."));
+            lines.push(format!(
+                "# TYPE m{f} {}",
+                ["gauge", "counter", "untyped"][f % 3]
+            ));
+            for i in 0..2 {
+                lines.push(format!("m{f}{{i=\"{i}\"}} {}.5", f * 10 + i));
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn a_repeated_help_after_skipped_comments_is_still_an_error() {
+        let before = families(4).join("\n") + "\n";
+        let mut lines = families(4);
+        lines.push("# HELP m1 Help again.".into());
+        lines.push("m9 1".into());
+        let page = lines.join("\n") + "\n";
+        let (warm, cold) = warm_and_cold(before.as_bytes(), page.as_bytes());
+        assert!(
+            warm.contains("line 17: second HELP line for metric m1"),
+            "{warm}"
+        );
+        assert_eq!(warm, cold);
+    }
+
+    proptest::proptest! {
+        /// Pages that differ from the previous one in their comment lines
+        /// (lines repeated, dropped, moved, retyped, blank lines, free
+        /// text) read the same after that page as on a fresh state.
+        #[test]
+        fn a_page_reads_the_same_after_a_different_previous_page(
+            n in 1usize..5,
+            edits in proptest::collection::vec((0u8..6, 0usize..64, 0usize..64), 0..4),
+        ) {
+            let before = families(n);
+            let mut lines = before.clone();
+            for (op, a, b) in edits {
+                let a = a % lines.len().max(1);
+                let b = b % (lines.len() + 1);
+                match op {
+                    0 => { let l = lines[a].clone(); lines.insert(b, l); }
+                    1 if lines.len() > 1 => { lines.remove(a); }
+                    2 => lines.insert(b, String::new()),
+                    3 => lines.insert(b, "# just a comment".into()),
+                    4 => lines[a] = lines[a].replace("gauge", "counter"),
+                    _ => { let l = lines.remove(a); lines.insert(b.min(lines.len()), l); }
+                }
+            }
+            let before = before.join("\n") + "\n";
+            let page = lines.join("\n") + "\n";
+            let (warm, cold) = warm_and_cold(before.as_bytes(), page.as_bytes());
+            proptest::prop_assert_eq!(warm, cold, "page:\n{}", page);
+        }
     }
 }
