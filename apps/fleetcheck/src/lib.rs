@@ -27,6 +27,7 @@ pub mod anchor;
 #[cfg(feature = "simulator")]
 pub mod bench;
 pub mod checks;
+pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod dur;

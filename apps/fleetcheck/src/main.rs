@@ -19,11 +19,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fleetcheck::Error;
 use fleetcheck::bench::{self, BenchRun, RoundMem};
 use fleetcheck::checks::Checks;
+use fleetcheck::cluster::ClusterAddr;
 use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
 use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
 use fleetcheck::pool::{
-    DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CHUNK, LOOPBACK_CONCURRENCY,
-    LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes,
+    CLUSTER_PARTITIONS, DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CHUNK,
+    LOOPBACK_CONCURRENCY, LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings,
+    default_processes,
 };
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
@@ -141,6 +143,70 @@ struct ScanArgs {
     max_listed: usize,
     #[command(flatten)]
     scrape: fleetcheck::scrape_args::ScrapeArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Where `scan` and `bench` run their scrapes besides local workers.
+#[derive(clap::Args, Debug, Clone)]
+struct ClusterArgs {
+    /// Send the scrapes to the agents of a cluster (`fleetcheck agent`)
+    /// through the nats-server at `nats://host:4222[/pool]` instead of
+    /// local worker processes; `--processes` is then the number of
+    /// partitions (default 12).
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// Seconds an agent may go silent before its partitions move to
+    /// another agent (with `--cluster`).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    cluster_ack_wait: f64,
+    /// `bench`: also scan on this many agents on this machine (started
+    /// with their own nats-server), side by side with the local pool.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    cluster_agents: usize,
+    /// nats-server 2.11+ binary for `--cluster-agents` (default:
+    /// `$MULTILOOP_NATS_SERVER`, else `nats-server` on PATH).
+    #[arg(long, value_name = "PATH")]
+    nats_server: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The cluster of `--cluster`, if any.
+    fn config(&self) -> Result<Option<multiloop::cluster::ClusterConfig>, Error> {
+        let Some(url) = &self.cluster else {
+            return Ok(None);
+        };
+        let ack_wait = ack_wait_secs(self.cluster_ack_wait)?;
+        Ok(Some(ClusterAddr::parse(url)?.config(ack_wait)))
+    }
+}
+
+/// `--cluster-ack-wait`, checked.
+fn ack_wait_secs(secs: f64) -> Result<Duration, Error> {
+    if !(1.0..=3600.0).contains(&secs) {
+        return Err(Error::Usage(format!(
+            "--cluster-ack-wait {secs}: must be between 1 and 3600 seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// The cluster to serve: `nats://host:4222[/pool]`, as given to the
+    /// runner's `--cluster`.
+    #[arg(long, value_name = "URL")]
+    cluster: String,
+    /// Worker processes (0 = number of cores).
+    #[arg(long, default_value_t = 0)]
+    processes: usize,
+    /// Concurrent scrapes per worker process (8 suits the loopback
+    /// simulated fleet).
+    #[arg(long, default_value_t = DEFAULT_WORKER_CONCURRENCY)]
+    worker_concurrency: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +220,10 @@ enum Cmd {
     Bench(ScanArgs),
     /// Run the simulated fleet alone (prints `listening http://ADDR` and the targets).
     ServeFleet(ServeFleetArgs),
+    /// Serve a runner's scrapes (`run`/`scan --cluster`) on this machine's
+    /// cores, through NATS; needs no config: the runner sends its rules
+    /// and settings with the scrapes.
+    Agent(AgentArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -267,6 +337,7 @@ fn main() -> ExitCode {
         }
         Some(Cmd::Run(a)) => run_service(*a),
         Some(Cmd::ServeFleet(a)) => serve_fleet(a).map(|()| 0),
+        Some(Cmd::Agent(a)) => agent(a).map(|()| 0),
     };
     match res {
         Ok(code) => ExitCode::from(code),
@@ -301,6 +372,17 @@ fn run_service(args: RunArgs) -> Result<u8, Error> {
     init_tracing(cfg.log_format);
     runtime()?.block_on(fleetcheck::service::run(args))?;
     Ok(0)
+}
+
+/// `fleetcheck agent`: serves until killed.
+fn agent(a: AgentArgs) -> Result<(), Error> {
+    init_tracing(a.log_format);
+    let addr = ClusterAddr::parse(&a.cluster)?;
+    runtime()?.block_on(fleetcheck::cluster::agent(
+        &addr,
+        a.processes,
+        a.worker_concurrency,
+    ))
 }
 
 /// `fleetcheck scan`: exit 0 nothing found, 1 findings, 2 error, 130
@@ -368,11 +450,17 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
     } else {
         None
     };
+    let cluster = cli.cluster.config()?;
+    if cli.cluster.cluster_agents > 0 && !cli.bench {
+        return Err(Error::Usage(
+            "--cluster-agents goes with `bench` (or --bench)".into(),
+        ));
+    }
     let settings = PoolSettings {
-        processes: if cli.processes == 0 {
-            default_processes()
-        } else {
-            cli.processes
+        processes: match (cli.processes, &cluster) {
+            (0, Some(_)) => CLUSTER_PARTITIONS,
+            (0, None) => default_processes(),
+            (n, _) => n,
         },
         concurrency: cli.worker_concurrency.unwrap_or(if builtin {
             LOOPBACK_WORKER_CONCURRENCY
@@ -476,7 +564,10 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
                         opts: cfg.opts,
                         clients: cfg.clients.clone(),
                     };
-                    let mut scanner = PoolScanner::start(init, settings).await?;
+                    let mut scanner = match &cluster {
+                        Some(c) => PoolScanner::start_cluster(init, settings, c.clone()).await?,
+                        None => PoolScanner::start(init, settings).await?,
+                    };
                     if builtin {
                         scanner = scanner.with_chunk_size(LOOPBACK_CHUNK);
                     }
