@@ -37,6 +37,8 @@ pub mod expfmt;
 pub mod fleet;
 pub mod history;
 pub mod http;
+#[cfg(feature = "simulator")]
+pub mod local_cluster;
 pub mod metrics;
 pub mod notify;
 pub mod pool;

@@ -22,6 +22,7 @@ use fleetcheck::checks::Checks;
 use fleetcheck::cluster::ClusterAddr;
 use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
 use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
+use fleetcheck::local_cluster::{LocalCluster, server_binary};
 use fleetcheck::pool::{
     CLUSTER_PARTITIONS, DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CHUNK,
     LOOPBACK_CONCURRENCY, LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings,
@@ -451,6 +452,12 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         None
     };
     let cluster = cli.cluster.config()?;
+    if cluster.is_some() && cli.bench {
+        return Err(Error::Usage(
+            "bench starts its own agents and nats-server: use --cluster-agents N, not --cluster"
+                .into(),
+        ));
+    }
     if cli.cluster.cluster_agents > 0 && !cli.bench {
         return Err(Error::Usage(
             "--cluster-agents goes with `bench` (or --bench)".into(),
@@ -511,7 +518,22 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
             let json = matches!(cli.format, Format::Json);
-            let mut code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth, json).await;
+            let agents = match cli.cluster.cluster_agents {
+                0 => None,
+                n => {
+                    let server = server_binary(cli.cluster.nats_server.as_deref());
+                    let concurrency = settings.concurrency;
+                    Some(LocalCluster::start(&server, n, 0, concurrency).await?)
+                }
+            };
+            let setup = BenchSetup {
+                fleet_pid,
+                truth: &truth,
+                json,
+                cluster: agents.as_ref(),
+            };
+            let mut code = run_bench(&cfg, &rules, checks, settings, &setup).await;
+            drop(agents);
             if let Some((a, python)) = &anchor {
                 let r = fleetcheck::anchor::compare(
                     python,
@@ -645,91 +667,47 @@ impl RoundObserver for MemObserver {
     }
 }
 
-/// `--bench`: the pool and the in-process baseline against the same fleet.
+/// How `--bench` runs besides the scan settings: the fleet process (for
+/// its CPU time), the findings it must give, the output format, and the
+/// agents of `--cluster-agents`.
+struct BenchSetup<'a> {
+    fleet_pid: Option<u32>,
+    truth: &'a [ExpectedFinding],
+    json: bool,
+    cluster: Option<&'a LocalCluster>,
+}
+
+/// `--bench`: the agents of `--cluster-agents` (if any), the local pool and
+/// the in-process baseline against the same fleet.
 async fn run_bench(
     cfg: &ScanConfig,
     rules: &Rules,
     checks: Arc<Checks>,
     settings: PoolSettings,
-    fleet_pid: Option<u32>,
-    truth: &[ExpectedFinding],
-    json: bool,
+    setup: &BenchSetup<'_>,
 ) -> Result<u8, Error> {
-    let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
+    let fleet_cpu = || {
+        setup
+            .fleet_pid
+            .and_then(bench::proc_cpu_secs)
+            .unwrap_or(0.0)
+    };
     let hosts = cfg.targets.len();
     eprintln!(
         "bench: {hosts} hosts x {} rounds; pool: {} processes x {} concurrent scrapes; in-process: {} tasks",
         cfg.rounds, settings.processes, settings.concurrency, cfg.concurrency
     );
-
-    // 1. Pool (first, so that the baseline's host states do not inflate the
-    //    parent's RSS during the pool run).
-    let (self0, children0, fleet0) = (
-        bench::rusage_cpu_secs(false),
-        bench::rusage_cpu_secs(true),
-        fleet_cpu(),
-    );
-    let _ = bench::round_mem(&[]);
-    let start = Instant::now();
-    let init = WorkerInit {
-        rules: rules.clone(),
-        opts: cfg.opts,
-        clients: cfg.clients.clone(),
-    };
-    let scanner = PoolScanner::start(init, settings)
-        .await?
-        .with_chunk_size(LOOPBACK_CHUNK);
-    let mut total = Report::default();
-    let mut mem = Vec::new();
-    let mut reset_ok = true;
-    let _ = bench::round_mem(&scanner.pool().worker_pids());
-    for round in 0..cfg.rounds {
-        let mut rep = scanner.round(&cfg.targets, round).await?;
-        rep.finish_round(scanner.checks(), round);
-        total.merge(rep);
-        let (m, ok) = bench::round_mem(&scanner.pool().worker_pids());
-        mem.push(m);
-        reset_ok &= ok;
+    let mut runs = Vec::new();
+    // 1. Pools (first, so that the baseline's host states do not inflate
+    //    the parent's RSS during their runs): the agents, then local.
+    if let Some(c) = setup.cluster {
+        let on = PoolSettings {
+            processes: CLUSTER_PARTITIONS,
+            ..settings
+        };
+        runs.push(bench_pool(cfg, rules, on, Some(c), &fleet_cpu, setup.truth).await?);
     }
-    let fleet1 = fleet_cpu();
-    // How routing spread the hosts over the workers.
-    let mut per_worker: std::collections::BTreeMap<u32, usize> = Default::default();
-    let probes = scanner
-        .pool()
-        .map(
-            fleetcheck::pool::probe,
-            cfg.targets.iter().map(|s| (s.clone(), 0)),
-        )
-        .route_by(fleetcheck::pool::route_host)
-        .await
-        .map_err(|source| Error::Pool {
-            what: "probing the workers",
-            source,
-        })?;
-    for p in probes {
-        *per_worker.entry(p.pid).or_default() += 1;
-    }
-    scanner.close().await?;
-    let wall = start.elapsed().as_secs_f64();
-    let v = verify(&total.findings, truth);
-    let pool_run = BenchRun {
-        mode: "pool".into(),
-        wall_secs: wall,
-        points: total.points,
-        cpu_parent: bench::rusage_cpu_secs(false) - self0,
-        cpu_workers: bench::rusage_cpu_secs(true) - children0,
-        cpu_fleet: fleet1 - fleet0,
-        mem,
-        per_round_peaks: reset_ok,
-        verified: v.passed() && total.scrape_failures == 0,
-        anomalies: total.anomalies,
-    };
-    eprintln!(
-        "bench: pool done in {wall:.2} s ({:.2} M points/s); hosts per worker: {:?}",
-        pool_run.points_per_sec() / 1e6,
-        per_worker.values().collect::<Vec<_>>()
-    );
-    drop(total);
+    runs.push(bench_pool(cfg, rules, settings, None, &fleet_cpu, setup.truth).await?);
 
     // 2. In-process baseline, same fleet.
     let (self0, fleet0) = (bench::rusage_cpu_secs(false), fleet_cpu());
@@ -742,12 +720,12 @@ async fn run_bench(
     let total = scan_inprocess(cfg, checks, obs.clone()).await;
     let wall = start.elapsed().as_secs_f64();
     let fleet1 = fleet_cpu();
-    let v = verify(&total.findings, truth);
+    let v = verify(&total.findings, setup.truth);
     let (mem, reset_ok) = obs
         .lock()
         .map(|mut o| (std::mem::take(&mut o.mem), o.reset_ok))
         .unwrap_or_default();
-    let base_run = BenchRun {
+    runs.push(BenchRun {
         mode: "in-process".into(),
         wall_secs: wall,
         points: total.points,
@@ -758,19 +736,21 @@ async fn run_bench(
         per_round_peaks: reset_ok,
         verified: v.passed() && total.scrape_failures == 0,
         anomalies: total.anomalies,
-    };
-    let runs = [pool_run, base_run];
+    });
     let mut so = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(so, "{}", bench::render_json(&runs, truth.len()));
+    if setup.json {
+        let _ = writeln!(so, "{}", bench::render_json(&runs, setup.truth.len()));
     } else {
         let _ = write!(so, "{}", bench::render(&runs));
+        let found: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{} {}", r.mode, r.anomalies))
+            .collect();
         let _ = writeln!(
             so,
-            "anomalies found: pool {}, in-process {}, injected {}",
-            runs[0].anomalies,
-            runs[1].anomalies,
-            truth.len()
+            "anomalies found: {}, injected {}",
+            found.join(", "),
+            setup.truth.len()
         );
     }
     let _ = so.flush();
@@ -781,6 +761,99 @@ async fn run_bench(
             "bench: verification against injected anomalies failed".into(),
         ))
     }
+}
+
+/// One run of the benchmark on a pool: local worker processes, or the
+/// agents of `cluster` (whose CPU time, with the nats-server's, counts as
+/// the workers').
+async fn bench_pool(
+    cfg: &ScanConfig,
+    rules: &Rules,
+    settings: PoolSettings,
+    cluster: Option<&LocalCluster>,
+    fleet_cpu: &dyn Fn() -> f64,
+    truth: &[ExpectedFinding],
+) -> Result<BenchRun, Error> {
+    let workers_cpu =
+        || cluster.map_or_else(|| bench::rusage_cpu_secs(true), LocalCluster::cpu_secs);
+    let (self0, workers0, fleet0) = (bench::rusage_cpu_secs(false), workers_cpu(), fleet_cpu());
+    let _ = bench::round_mem(&[]);
+    let start = Instant::now();
+    let init = WorkerInit {
+        rules: rules.clone(),
+        opts: cfg.opts,
+        clients: cfg.clients.clone(),
+    };
+    let scanner = match cluster {
+        Some(c) => {
+            let on = c.addr().config(fleetcheck::cluster::DEFAULT_ACK_WAIT);
+            PoolScanner::start_cluster(init, settings, on).await?
+        }
+        None => PoolScanner::start(init, settings).await?,
+    }
+    .with_chunk_size(LOOPBACK_CHUNK);
+    let worker_pids = || cluster.map_or_else(|| scanner.pool().worker_pids(), LocalCluster::pids);
+    let mut total = Report::default();
+    let mut mem = Vec::new();
+    let mut reset_ok = true;
+    let _ = bench::round_mem(&worker_pids());
+    for round in 0..cfg.rounds {
+        let mut rep = scanner.round(&cfg.targets, round).await?;
+        rep.finish_round(scanner.checks(), round);
+        total.merge(rep);
+        let (m, ok) = bench::round_mem(&worker_pids());
+        mem.push(m);
+        reset_ok &= ok;
+    }
+    let fleet1 = fleet_cpu();
+    let mode = match cluster {
+        Some(c) => format!("{} agents", c.agents()),
+        None => {
+            // How routing spread the hosts over the workers.
+            let mut per_worker: std::collections::BTreeMap<u32, usize> = Default::default();
+            let probes = scanner
+                .pool()
+                .map(
+                    fleetcheck::pool::probe,
+                    cfg.targets.iter().map(|s| (s.clone(), 0)),
+                )
+                .route_by(fleetcheck::pool::route_host)
+                .await
+                .map_err(|source| Error::Pool {
+                    what: "probing the workers",
+                    source,
+                })?;
+            for p in probes {
+                *per_worker.entry(p.pid).or_default() += 1;
+            }
+            eprintln!(
+                "bench: hosts per worker: {:?}",
+                per_worker.values().collect::<Vec<_>>()
+            );
+            "pool".into()
+        }
+    };
+    scanner.close().await?;
+    let wall = start.elapsed().as_secs_f64();
+    let v = verify(&total.findings, truth);
+    let run = BenchRun {
+        mode,
+        wall_secs: wall,
+        points: total.points,
+        cpu_parent: bench::rusage_cpu_secs(false) - self0,
+        cpu_workers: workers_cpu() - workers0,
+        cpu_fleet: fleet1 - fleet0,
+        mem,
+        per_round_peaks: reset_ok,
+        verified: v.passed() && total.scrape_failures == 0,
+        anomalies: total.anomalies,
+    };
+    eprintln!(
+        "bench: {} done in {wall:.2} s ({:.2} M points/s)",
+        run.mode,
+        run.points_per_sec() / 1e6,
+    );
+    Ok(run)
 }
 
 fn serve_fleet(a: ServeFleetArgs) -> Result<(), Error> {
