@@ -590,6 +590,8 @@ impl Service {
         if plan.init != self.plan.init
             || plan.targets != self.plan.targets
             || plan.settings != self.plan.settings
+            || cfg.cluster != self.cfg.cluster
+            || cfg.cluster_ack_wait != self.cfg.cluster_ack_wait
         {
             self.drop_pool().await;
             self.backoff.succeeded();
