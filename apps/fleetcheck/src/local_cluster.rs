@@ -95,26 +95,41 @@ impl LocalCluster {
 
     /// Process ids of the agents, their workers and the server.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self.server.id().into_iter().collect();
-        for agent in self.agents.iter().filter_map(Child::id) {
-            pids.push(agent);
-            let children = std::fs::read_to_string(format!("/proc/{agent}/task/{agent}/children"))
-                .unwrap_or_default();
-            pids.extend(
-                children
+        let (server, agents, workers) = self.processes();
+        server.into_iter().chain(agents).chain(workers).collect()
+    }
+
+    /// Process ids of the server, the agents and the agents' workers.
+    fn processes(&self) -> (Option<u32>, Vec<u32>, Vec<u32>) {
+        let agents: Vec<u32> = self.agents.iter().filter_map(Child::id).collect();
+        let workers = agents
+            .iter()
+            .flat_map(|agent| {
+                std::fs::read_to_string(format!("/proc/{agent}/task/{agent}/children"))
+                    .unwrap_or_default()
                     .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-        pids
+                    .filter_map(|c| c.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (self.server.id(), agents, workers)
+    }
+
+    /// CPU seconds the server, the agents (their own processes) and the
+    /// agents' workers used so far.
+    pub fn cpu_breakdown(&self) -> [f64; 3] {
+        let cpu = |pids: &[u32]| -> f64 {
+            pids.iter()
+                .filter_map(|&p| crate::bench::proc_cpu_secs(p))
+                .sum()
+        };
+        let (server, agents, workers) = self.processes();
+        [cpu(server.as_slice()), cpu(&agents), cpu(&workers)]
     }
 
     /// CPU seconds the agents, their workers and the server used so far.
     pub fn cpu_secs(&self) -> f64 {
-        self.pids()
-            .into_iter()
-            .filter_map(crate::bench::proc_cpu_secs)
-            .sum()
+        self.cpu_breakdown().iter().sum()
     }
 }
 

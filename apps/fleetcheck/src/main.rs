@@ -452,6 +452,12 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         None
     };
     let cluster = cli.cluster.config()?;
+    if cluster.is_some() && cli.mode == Mode::Inprocess {
+        return Err(Error::Usage(
+            "--cluster runs the scrapes on agents: it does not go with --mode inprocess or --baseline"
+                .into(),
+        ));
+    }
     if cluster.is_some() && cli.bench {
         return Err(Error::Usage(
             "bench starts its own agents and nats-server: use --cluster-agents N, not --cluster"
@@ -807,7 +813,14 @@ async fn bench_pool(
     }
     let fleet1 = fleet_cpu();
     let mode = match cluster {
-        Some(c) => format!("{} agents", c.agents()),
+        Some(c) => {
+            let [server, agents, workers] = c.cpu_breakdown();
+            eprintln!(
+                "bench: CPU s of the cluster since it started: nats-server {server:.2}, agents \
+                 {agents:.2}, their workers {workers:.2}"
+            );
+            format!("{} agents", c.agents())
+        }
         None => {
             // How routing spread the hosts over the workers.
             let mut per_worker: std::collections::BTreeMap<u32, usize> = Default::default();
