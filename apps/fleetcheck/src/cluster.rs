@@ -198,15 +198,19 @@ fn install(init: u64, settings: &WorkerInit) -> Option<&'static WorkerState> {
 /// runner's copy.
 #[multiloop::task]
 pub async fn scrape(spec: HostSpec, round: u64, known: Known) -> HostRound {
-    let Some(w) = current(known.init) else {
-        return HostRound::need_state(spec.id, round);
-    };
-    if matches!(known.parent, ParentCopy::Has(_))
-        && w.host_last_round(spec.id) != known.parent_round
-    {
-        return HostRound::need_state(spec.id, round);
+    match current(known.init) {
+        Some(w) if matches_copy(w, spec.id, &known) => {
+            w.scrape_checkpointed(&spec, round, known.parent).await
+        }
+        _ => HostRound::need_state(spec.id, round),
     }
-    w.scrape_checkpointed(&spec, round, known.parent).await
+}
+
+/// Whether `w`'s state of `host` is at the round of the runner's copy,
+/// or the runner has no copy to give. (A host this worker does not know
+/// at all is then asked for by `scrape_checkpointed`.)
+fn matches_copy(w: &WorkerState, host: u32, known: &Known) -> bool {
+    !matches!(known.parent, ParentCopy::Has(_)) || w.host_last_round(host) == known.parent_round
 }
 
 /// Installs the runner's init if needed, rebuilds the host's state from
@@ -235,4 +239,61 @@ pub fn route_scrape(args: &(HostSpec, u64, Known)) -> u64 {
 /// Routing key of [`resume`]: the host id.
 pub fn route_resume(args: &(HostSpec, u64, Resume)) -> u64 {
     u64::from(args.0.id)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
+    use crate::rules::Rules;
+    use crate::scan::{Clock, ScrapeOptions, host_specs};
+    use std::sync::Arc;
+
+    /// A worker whose state of a host is behind or ahead of the runner's
+    /// copy (another agent scraped it since, or it applied a round the
+    /// runner never got) asks for the copy instead of scraping.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_worker_scrapes_only_from_the_runners_copy() {
+        let fleet = Arc::new(Fleet::new(FleetConfig {
+            hosts: 1,
+            series: 50,
+            seed: 1,
+            rounds: 4,
+            bad: Vec::new(),
+        }));
+        let server = FleetServer::start(fleet, 0).await.unwrap();
+        let spec = &host_specs(&server.target_urls())[0];
+        let w = WorkerState::new(&WorkerInit {
+            rules: Rules::builtin(),
+            opts: ScrapeOptions {
+                round_query: true,
+                clock: Clock::Logical { step: STEP_SECS },
+                ..Default::default()
+            },
+            clients: Vec::new(),
+        });
+        let known = |parent, parent_round| Known {
+            init: 1,
+            parent,
+            parent_round,
+        };
+        let has = ParentCopy::Has(10);
+        assert!(
+            !matches_copy(&w, spec.id, &known(has, Some(0))),
+            "no state here, the runner's copy is at round 0"
+        );
+        assert!(matches_copy(
+            &w,
+            spec.id,
+            &known(ParentCopy::SendFull, None)
+        ));
+        for round in 0..2 {
+            w.scrape(spec, round).await;
+        }
+        assert!(matches_copy(&w, spec.id, &known(has, Some(1))));
+        assert!(!matches_copy(&w, spec.id, &known(has, Some(2))), "behind");
+        assert!(!matches_copy(&w, spec.id, &known(has, Some(0))), "ahead");
+        assert!(matches_copy(&w, spec.id, &known(ParentCopy::Later, None)));
+    }
 }
