@@ -201,6 +201,15 @@ pub struct RunArgs {
     /// Rounds of the simulated fleet's anomaly schedule.
     #[arg(long)]
     pub fleet_rounds: Option<u64>,
+    /// Scrape on the agents of a cluster (`fleetcheck agent`) through the
+    /// nats-server at `nats://host:4222[/pool]`; `processes` is then the
+    /// number of partitions (default 12).
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// How long an agent may go silent before its partitions move to
+    /// another agent (e.g. 5s; at least 1s).
+    #[arg(long)]
+    pub cluster_ack_wait: Option<Dur>,
 }
 
 /// The service's settings: the config file's keys (see the module docs).
@@ -268,6 +277,10 @@ pub struct ServiceConfig {
     pub fleet_seed: u64,
     /// `--fleet-rounds`.
     pub fleet_rounds: u64,
+    /// `--cluster`.
+    pub cluster: Option<String>,
+    /// `--cluster-ack-wait`.
+    pub cluster_ack_wait: Dur,
 }
 
 impl Default for ServiceConfig {
@@ -304,6 +317,8 @@ impl Default for ServiceConfig {
             fleet_series: 500,
             fleet_seed: 42,
             fleet_rounds: 10,
+            cluster: None,
+            cluster_ack_wait: Dur::from_secs(crate::cluster::DEFAULT_ACK_WAIT.as_secs_f64()),
         }
     }
 }
@@ -406,6 +421,8 @@ impl ServiceConfig {
         set(&mut self.fleet_series, &a.fleet_series);
         set(&mut self.fleet_seed, &a.fleet_seed);
         set(&mut self.fleet_rounds, &a.fleet_rounds);
+        set_opt(&mut self.cluster, &a.cluster);
+        set(&mut self.cluster_ack_wait, &a.cluster_ack_wait);
     }
 
     /// Values that parse but cannot work.
@@ -427,6 +444,12 @@ impl ServiceConfig {
         }
         if self.worker_concurrency == 0 {
             return Err("`worker_concurrency` must be > 0".into());
+        }
+        if let Some(c) = &self.cluster {
+            crate::cluster::ClusterAddr::parse(c).map_err(|e| e.to_string())?;
+        }
+        if !(1.0..=3600.0).contains(&self.cluster_ack_wait.secs()) {
+            return Err("`cluster_ack_wait` must be between 1s and 3600s".into());
         }
         for u in &self.alertmanagers {
             if !u.starts_with("http://") {
@@ -629,6 +652,7 @@ mod tests {
                     "alerts_jsonl",
                     "state_file",
                     "external_url",
+                    "cluster",
                 ]
                 .map(String::from),
             )

@@ -52,6 +52,9 @@ pub enum Error {
     /// The findings on the built-in fleet differ from the injected anomalies.
     #[error("{0}")]
     Verification(String),
+    /// The benchmark's local cluster cannot run (`bench --cluster-agents`).
+    #[error("local cluster: {0}")]
+    Cluster(String),
     /// The Python anchor of the benchmark cannot run (`bench --anchors`).
     #[error("Python anchor: {0}")]
     Anchor(String),

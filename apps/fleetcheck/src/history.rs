@@ -49,6 +49,12 @@ impl HistoryStore {
         self.hosts.get(&host).map(|h| h.series.len() as u32)
     }
 
+    /// The round of the last successful scrape in the copy of `host`
+    /// (`None`: no copy, or no successful scrape yet).
+    pub fn prev_round_of(&self, host: u32) -> Option<u64> {
+        self.hosts.get(&host).and_then(|h| h.prev_round)
+    }
+
     /// Hosts with a copy.
     pub fn len(&self) -> usize {
         self.hosts.len()

@@ -27,6 +27,7 @@ pub mod anchor;
 #[cfg(feature = "simulator")]
 pub mod bench;
 pub mod checks;
+pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod dur;
@@ -36,6 +37,8 @@ pub mod expfmt;
 pub mod fleet;
 pub mod history;
 pub mod http;
+#[cfg(feature = "simulator")]
+pub mod local_cluster;
 pub mod metrics;
 pub mod notify;
 pub mod pool;

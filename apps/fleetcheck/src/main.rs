@@ -19,11 +19,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fleetcheck::Error;
 use fleetcheck::bench::{self, BenchRun, RoundMem};
 use fleetcheck::checks::Checks;
+use fleetcheck::cluster::ClusterAddr;
 use fleetcheck::config::{LogFormat, RunArgs, ServiceConfig};
 use fleetcheck::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS, spawn_fleet_process};
+use fleetcheck::local_cluster::{LocalCluster, server_binary};
 use fleetcheck::pool::{
-    DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CHUNK, LOOPBACK_CONCURRENCY,
-    LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings, default_processes,
+    CLUSTER_PARTITIONS, DEFAULT_CONCURRENCY, DEFAULT_WORKER_CONCURRENCY, LOOPBACK_CHUNK,
+    LOOPBACK_CONCURRENCY, LOOPBACK_WORKER_CONCURRENCY, PoolScanner, PoolSettings,
+    default_processes,
 };
 use fleetcheck::report::{ExpectedFinding, RenderCtx, Report, render_json, render_table, verify};
 use fleetcheck::rules::Rules;
@@ -141,6 +144,70 @@ struct ScanArgs {
     max_listed: usize,
     #[command(flatten)]
     scrape: fleetcheck::scrape_args::ScrapeArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Where `scan` and `bench` run their scrapes besides local workers.
+#[derive(clap::Args, Debug, Clone)]
+struct ClusterArgs {
+    /// Send the scrapes to the agents of a cluster (`fleetcheck agent`)
+    /// through the nats-server at `nats://host:4222[/pool]` instead of
+    /// local worker processes; `--processes` is then the number of
+    /// partitions (default 12).
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// Seconds an agent may go silent before its partitions move to
+    /// another agent (with `--cluster`).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    cluster_ack_wait: f64,
+    /// `bench`: also scan on this many agents on this machine (started
+    /// with their own nats-server), side by side with the local pool.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    cluster_agents: usize,
+    /// nats-server 2.11+ binary for `--cluster-agents` (default:
+    /// `$MULTILOOP_NATS_SERVER`, else `nats-server` on PATH).
+    #[arg(long, value_name = "PATH")]
+    nats_server: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The cluster of `--cluster`, if any.
+    fn config(&self) -> Result<Option<multiloop::cluster::ClusterConfig>, Error> {
+        let Some(url) = &self.cluster else {
+            return Ok(None);
+        };
+        let ack_wait = ack_wait_secs(self.cluster_ack_wait)?;
+        Ok(Some(ClusterAddr::parse(url)?.config(ack_wait)))
+    }
+}
+
+/// `--cluster-ack-wait`, checked.
+fn ack_wait_secs(secs: f64) -> Result<Duration, Error> {
+    if !(1.0..=3600.0).contains(&secs) {
+        return Err(Error::Usage(format!(
+            "--cluster-ack-wait {secs}: must be between 1 and 3600 seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// The cluster to serve: `nats://host:4222[/pool]`, as given to the
+    /// runner's `--cluster`.
+    #[arg(long, value_name = "URL")]
+    cluster: String,
+    /// Worker processes (0 = number of cores).
+    #[arg(long, default_value_t = 0)]
+    processes: usize,
+    /// Concurrent scrapes per worker process (8 suits the loopback
+    /// simulated fleet).
+    #[arg(long, default_value_t = DEFAULT_WORKER_CONCURRENCY)]
+    worker_concurrency: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +221,10 @@ enum Cmd {
     Bench(ScanArgs),
     /// Run the simulated fleet alone (prints `listening http://ADDR` and the targets).
     ServeFleet(ServeFleetArgs),
+    /// Serve a runner's scrapes (`run`/`scan --cluster`) on this machine's
+    /// cores, through NATS; needs no config: the runner sends its rules
+    /// and settings with the scrapes.
+    Agent(AgentArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -267,6 +338,7 @@ fn main() -> ExitCode {
         }
         Some(Cmd::Run(a)) => run_service(*a),
         Some(Cmd::ServeFleet(a)) => serve_fleet(a).map(|()| 0),
+        Some(Cmd::Agent(a)) => agent(a).map(|()| 0),
     };
     match res {
         Ok(code) => ExitCode::from(code),
@@ -301,6 +373,17 @@ fn run_service(args: RunArgs) -> Result<u8, Error> {
     init_tracing(cfg.log_format);
     runtime()?.block_on(fleetcheck::service::run(args))?;
     Ok(0)
+}
+
+/// `fleetcheck agent`: serves until killed.
+fn agent(a: AgentArgs) -> Result<(), Error> {
+    init_tracing(a.log_format);
+    let addr = ClusterAddr::parse(&a.cluster)?;
+    runtime()?.block_on(fleetcheck::cluster::agent(
+        &addr,
+        a.processes,
+        a.worker_concurrency,
+    ))
 }
 
 /// `fleetcheck scan`: exit 0 nothing found, 1 findings, 2 error, 130
@@ -368,11 +451,29 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
     } else {
         None
     };
+    let cluster = cli.cluster.config()?;
+    if cluster.is_some() && cli.mode == Mode::Inprocess {
+        return Err(Error::Usage(
+            "--cluster runs the scrapes on agents: it does not go with --mode inprocess or --baseline"
+                .into(),
+        ));
+    }
+    if cluster.is_some() && cli.bench {
+        return Err(Error::Usage(
+            "bench starts its own agents and nats-server: use --cluster-agents N, not --cluster"
+                .into(),
+        ));
+    }
+    if cli.cluster.cluster_agents > 0 && !cli.bench {
+        return Err(Error::Usage(
+            "--cluster-agents goes with `bench` (or --bench)".into(),
+        ));
+    }
     let settings = PoolSettings {
-        processes: if cli.processes == 0 {
-            default_processes()
-        } else {
-            cli.processes
+        processes: match (cli.processes, &cluster) {
+            (0, Some(_)) => CLUSTER_PARTITIONS,
+            (0, None) => default_processes(),
+            (n, _) => n,
         },
         concurrency: cli.worker_concurrency.unwrap_or(if builtin {
             LOOPBACK_WORKER_CONCURRENCY
@@ -423,7 +524,22 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
             let fleet_pid = child.as_ref().and_then(tokio::process::Child::id);
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
             let json = matches!(cli.format, Format::Json);
-            let mut code = run_bench(&cfg, &rules, checks, settings, fleet_pid, &truth, json).await;
+            let agents = match cli.cluster.cluster_agents {
+                0 => None,
+                n => {
+                    let server = server_binary(cli.cluster.nats_server.as_deref());
+                    let concurrency = settings.concurrency;
+                    Some(LocalCluster::start(&server, n, 0, concurrency).await?)
+                }
+            };
+            let setup = BenchSetup {
+                fleet_pid,
+                truth: &truth,
+                json,
+                cluster: agents.as_ref(),
+            };
+            let mut code = run_bench(&cfg, &rules, checks, settings, &setup).await;
+            drop(agents);
             if let Some((a, python)) = &anchor {
                 let r = fleetcheck::anchor::compare(
                     python,
@@ -476,7 +592,10 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
                         opts: cfg.opts,
                         clients: cfg.clients.clone(),
                     };
-                    let mut scanner = PoolScanner::start(init, settings).await?;
+                    let mut scanner = match &cluster {
+                        Some(c) => PoolScanner::start_cluster(init, settings, c.clone()).await?,
+                        None => PoolScanner::start(init, settings).await?,
+                    };
                     if builtin {
                         scanner = scanner.with_chunk_size(LOOPBACK_CHUNK);
                     }
@@ -554,91 +673,47 @@ impl RoundObserver for MemObserver {
     }
 }
 
-/// `--bench`: the pool and the in-process baseline against the same fleet.
+/// How `--bench` runs besides the scan settings: the fleet process (for
+/// its CPU time), the findings it must give, the output format, and the
+/// agents of `--cluster-agents`.
+struct BenchSetup<'a> {
+    fleet_pid: Option<u32>,
+    truth: &'a [ExpectedFinding],
+    json: bool,
+    cluster: Option<&'a LocalCluster>,
+}
+
+/// `--bench`: the agents of `--cluster-agents` (if any), the local pool and
+/// the in-process baseline against the same fleet.
 async fn run_bench(
     cfg: &ScanConfig,
     rules: &Rules,
     checks: Arc<Checks>,
     settings: PoolSettings,
-    fleet_pid: Option<u32>,
-    truth: &[ExpectedFinding],
-    json: bool,
+    setup: &BenchSetup<'_>,
 ) -> Result<u8, Error> {
-    let fleet_cpu = || fleet_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
+    let fleet_cpu = || {
+        setup
+            .fleet_pid
+            .and_then(bench::proc_cpu_secs)
+            .unwrap_or(0.0)
+    };
     let hosts = cfg.targets.len();
     eprintln!(
         "bench: {hosts} hosts x {} rounds; pool: {} processes x {} concurrent scrapes; in-process: {} tasks",
         cfg.rounds, settings.processes, settings.concurrency, cfg.concurrency
     );
-
-    // 1. Pool (first, so that the baseline's host states do not inflate the
-    //    parent's RSS during the pool run).
-    let (self0, children0, fleet0) = (
-        bench::rusage_cpu_secs(false),
-        bench::rusage_cpu_secs(true),
-        fleet_cpu(),
-    );
-    let _ = bench::round_mem(&[]);
-    let start = Instant::now();
-    let init = WorkerInit {
-        rules: rules.clone(),
-        opts: cfg.opts,
-        clients: cfg.clients.clone(),
-    };
-    let scanner = PoolScanner::start(init, settings)
-        .await?
-        .with_chunk_size(LOOPBACK_CHUNK);
-    let mut total = Report::default();
-    let mut mem = Vec::new();
-    let mut reset_ok = true;
-    let _ = bench::round_mem(&scanner.pool().worker_pids());
-    for round in 0..cfg.rounds {
-        let mut rep = scanner.round(&cfg.targets, round).await?;
-        rep.finish_round(scanner.checks(), round);
-        total.merge(rep);
-        let (m, ok) = bench::round_mem(&scanner.pool().worker_pids());
-        mem.push(m);
-        reset_ok &= ok;
+    let mut runs = Vec::new();
+    // 1. Pools (first, so that the baseline's host states do not inflate
+    //    the parent's RSS during their runs): the agents, then local.
+    if let Some(c) = setup.cluster {
+        let on = PoolSettings {
+            processes: CLUSTER_PARTITIONS,
+            ..settings
+        };
+        runs.push(bench_pool(cfg, rules, on, Some(c), &fleet_cpu, setup.truth).await?);
     }
-    let fleet1 = fleet_cpu();
-    // How routing spread the hosts over the workers.
-    let mut per_worker: std::collections::BTreeMap<u32, usize> = Default::default();
-    let probes = scanner
-        .pool()
-        .map(
-            fleetcheck::pool::probe,
-            cfg.targets.iter().map(|s| (s.clone(), 0)),
-        )
-        .route_by(fleetcheck::pool::route_host)
-        .await
-        .map_err(|source| Error::Pool {
-            what: "probing the workers",
-            source,
-        })?;
-    for p in probes {
-        *per_worker.entry(p.pid).or_default() += 1;
-    }
-    scanner.close().await?;
-    let wall = start.elapsed().as_secs_f64();
-    let v = verify(&total.findings, truth);
-    let pool_run = BenchRun {
-        mode: "pool".into(),
-        wall_secs: wall,
-        points: total.points,
-        cpu_parent: bench::rusage_cpu_secs(false) - self0,
-        cpu_workers: bench::rusage_cpu_secs(true) - children0,
-        cpu_fleet: fleet1 - fleet0,
-        mem,
-        per_round_peaks: reset_ok,
-        verified: v.passed() && total.scrape_failures == 0,
-        anomalies: total.anomalies,
-    };
-    eprintln!(
-        "bench: pool done in {wall:.2} s ({:.2} M points/s); hosts per worker: {:?}",
-        pool_run.points_per_sec() / 1e6,
-        per_worker.values().collect::<Vec<_>>()
-    );
-    drop(total);
+    runs.push(bench_pool(cfg, rules, settings, None, &fleet_cpu, setup.truth).await?);
 
     // 2. In-process baseline, same fleet.
     let (self0, fleet0) = (bench::rusage_cpu_secs(false), fleet_cpu());
@@ -651,12 +726,12 @@ async fn run_bench(
     let total = scan_inprocess(cfg, checks, obs.clone()).await;
     let wall = start.elapsed().as_secs_f64();
     let fleet1 = fleet_cpu();
-    let v = verify(&total.findings, truth);
+    let v = verify(&total.findings, setup.truth);
     let (mem, reset_ok) = obs
         .lock()
         .map(|mut o| (std::mem::take(&mut o.mem), o.reset_ok))
         .unwrap_or_default();
-    let base_run = BenchRun {
+    runs.push(BenchRun {
         mode: "in-process".into(),
         wall_secs: wall,
         points: total.points,
@@ -667,19 +742,21 @@ async fn run_bench(
         per_round_peaks: reset_ok,
         verified: v.passed() && total.scrape_failures == 0,
         anomalies: total.anomalies,
-    };
-    let runs = [pool_run, base_run];
+    });
     let mut so = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(so, "{}", bench::render_json(&runs, truth.len()));
+    if setup.json {
+        let _ = writeln!(so, "{}", bench::render_json(&runs, setup.truth.len()));
     } else {
         let _ = write!(so, "{}", bench::render(&runs));
+        let found: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{} {}", r.mode, r.anomalies))
+            .collect();
         let _ = writeln!(
             so,
-            "anomalies found: pool {}, in-process {}, injected {}",
-            runs[0].anomalies,
-            runs[1].anomalies,
-            truth.len()
+            "anomalies found: {}, injected {}",
+            found.join(", "),
+            setup.truth.len()
         );
     }
     let _ = so.flush();
@@ -690,6 +767,106 @@ async fn run_bench(
             "bench: verification against injected anomalies failed".into(),
         ))
     }
+}
+
+/// One run of the benchmark on a pool: local worker processes, or the
+/// agents of `cluster` (whose CPU time, with the nats-server's, counts as
+/// the workers').
+async fn bench_pool(
+    cfg: &ScanConfig,
+    rules: &Rules,
+    settings: PoolSettings,
+    cluster: Option<&LocalCluster>,
+    fleet_cpu: &dyn Fn() -> f64,
+    truth: &[ExpectedFinding],
+) -> Result<BenchRun, Error> {
+    let workers_cpu =
+        || cluster.map_or_else(|| bench::rusage_cpu_secs(true), LocalCluster::cpu_secs);
+    let (self0, workers0, fleet0) = (bench::rusage_cpu_secs(false), workers_cpu(), fleet_cpu());
+    let _ = bench::round_mem(&[]);
+    let start = Instant::now();
+    let init = WorkerInit {
+        rules: rules.clone(),
+        opts: cfg.opts,
+        clients: cfg.clients.clone(),
+    };
+    let scanner = match cluster {
+        Some(c) => {
+            let on = c.addr().config(fleetcheck::cluster::DEFAULT_ACK_WAIT);
+            PoolScanner::start_cluster(init, settings, on).await?
+        }
+        None => PoolScanner::start(init, settings).await?,
+    }
+    .with_chunk_size(LOOPBACK_CHUNK);
+    let worker_pids = || cluster.map_or_else(|| scanner.pool().worker_pids(), LocalCluster::pids);
+    let mut total = Report::default();
+    let mut mem = Vec::new();
+    let mut reset_ok = true;
+    let _ = bench::round_mem(&worker_pids());
+    for round in 0..cfg.rounds {
+        let mut rep = scanner.round(&cfg.targets, round).await?;
+        rep.finish_round(scanner.checks(), round);
+        total.merge(rep);
+        let (m, ok) = bench::round_mem(&worker_pids());
+        mem.push(m);
+        reset_ok &= ok;
+    }
+    let fleet1 = fleet_cpu();
+    let mode = match cluster {
+        Some(c) => {
+            let [server, agents, workers] = c.cpu_breakdown();
+            eprintln!(
+                "bench: CPU s of the cluster since it started: nats-server {server:.2}, agents \
+                 {agents:.2}, their workers {workers:.2}"
+            );
+            format!("{} agents", c.agents())
+        }
+        None => {
+            // How routing spread the hosts over the workers.
+            let mut per_worker: std::collections::BTreeMap<u32, usize> = Default::default();
+            let probes = scanner
+                .pool()
+                .map(
+                    fleetcheck::pool::probe,
+                    cfg.targets.iter().map(|s| (s.clone(), 0)),
+                )
+                .route_by(fleetcheck::pool::route_host)
+                .await
+                .map_err(|source| Error::Pool {
+                    what: "probing the workers",
+                    source,
+                })?;
+            for p in probes {
+                *per_worker.entry(p.pid).or_default() += 1;
+            }
+            eprintln!(
+                "bench: hosts per worker: {:?}",
+                per_worker.values().collect::<Vec<_>>()
+            );
+            "pool".into()
+        }
+    };
+    scanner.close().await?;
+    let wall = start.elapsed().as_secs_f64();
+    let v = verify(&total.findings, truth);
+    let run = BenchRun {
+        mode,
+        wall_secs: wall,
+        points: total.points,
+        cpu_parent: bench::rusage_cpu_secs(false) - self0,
+        cpu_workers: workers_cpu() - workers0,
+        cpu_fleet: fleet1 - fleet0,
+        mem,
+        per_round_peaks: reset_ok,
+        verified: v.passed() && total.scrape_failures == 0,
+        anomalies: total.anomalies,
+    };
+    eprintln!(
+        "bench: {} done in {wall:.2} s ({:.2} M points/s)",
+        run.mode,
+        run.points_per_sec() / 1e6,
+    );
+    Ok(run)
 }
 
 fn serve_fleet(a: ServeFleetArgs) -> Result<(), Error> {

@@ -233,6 +233,11 @@ pub const LOOPBACK_WORKER_CONCURRENCY: usize = 8;
 /// runs each, same binary).
 pub const LOOPBACK_CHUNK: usize = 16;
 
+/// Partitions of a scan on agents ([`PoolScanner::start_cluster`]) when
+/// not set: each is owned by one agent at a time, so this bounds the
+/// agents that share a fleet (and 12 splits evenly over 2, 3, 4 or 6).
+pub const CLUSTER_PARTITIONS: usize = 12;
+
 /// Concurrent scrapes of the in-process scan on the built-in fleet (see
 /// [`LOOPBACK_WORKER_CONCURRENCY`]; 3.27 vs 4.02 CPU-s at 64, same run).
 pub const LOOPBACK_CONCURRENCY: usize = 16;
@@ -257,6 +262,20 @@ pub struct PoolScanner {
     pool: Pool,
     checks: Checks,
     chunk: Option<usize>,
+    /// Set when the scrapes go to agents ([`PoolScanner::start_cluster`]).
+    cluster: Option<ClusterRun>,
+}
+
+/// The runner's side of a scan on agents (see [`crate::cluster`]).
+#[derive(Debug)]
+struct ClusterRun {
+    /// This runner's [`WorkerInit`] and its id, sent to agents' workers
+    /// that lack it.
+    init: WorkerInit,
+    init_id: u64,
+    /// The host history of the rounds that bring no store of their own
+    /// ([`PoolScanner::round`]): on agents every round keeps one.
+    history: tokio::sync::Mutex<HistoryStore>,
 }
 
 impl PoolScanner {
@@ -275,6 +294,7 @@ impl PoolScanner {
             pool,
             checks,
             chunk: None,
+            cluster: None,
         })
     }
 
@@ -295,6 +315,7 @@ impl PoolScanner {
             pool,
             checks,
             chunk: None,
+            cluster: None,
         })
     }
 
@@ -320,6 +341,38 @@ impl PoolScanner {
             pool,
             checks,
             chunk: None,
+            cluster: None,
+        })
+    }
+
+    /// Scan on the agents of a cluster (`fleetcheck agent`) instead of
+    /// local workers: `settings.processes` partitions (routed lanes, each
+    /// owned by one agent at a time) of `settings.concurrency` scrapes in
+    /// flight. The agents' workers get `init` with the scrapes (see
+    /// [`crate::cluster`]), and every round keeps the hosts' history here,
+    /// so that an agent taking over a dead one's hosts goes on from it.
+    pub async fn start_cluster(
+        init: WorkerInit,
+        settings: PoolSettings,
+        cluster: multiloop::cluster::ClusterConfig,
+    ) -> Result<Self, Error> {
+        let checks = Checks::from_rules(&init.rules);
+        let pool = Pool::builder()
+            .cluster(cluster)
+            .processes(settings.processes.max(1))
+            .concurrency(settings.concurrency.max(1))
+            .build()
+            .await
+            .map_err(Error::PoolStart)?;
+        Ok(PoolScanner {
+            pool,
+            checks,
+            chunk: None,
+            cluster: Some(ClusterRun {
+                init,
+                init_id: crate::cluster::init_id(),
+                history: Default::default(),
+            }),
         })
     }
 
@@ -365,19 +418,47 @@ impl PoolScanner {
         round: u64,
         deadline: Option<std::time::Duration>,
     ) -> Result<Report, RoundError> {
+        if let Some(c) = &self.cluster {
+            let mut store = c.history.lock().await;
+            let (rep, cost) = self
+                .round_checkpointed(targets, round, deadline, &mut store)
+                .await?;
+            if cost.restored > 0 {
+                tracing::info!(
+                    round,
+                    hosts = cost.restored,
+                    "host history handed to agents' workers"
+                );
+            }
+            return Ok(rep);
+        }
         let inputs = targets.iter().map(|s| (s.clone(), round));
-        let mut call = self
+        let call = self
             .pool
             .map_reduce(scrape, inputs, ReportReducer)
             .route_by(route_host);
+        let out = self.reduce(call, deadline).await?;
+        self.collect(out, targets, round)
+    }
+
+    /// Runs one call of a round with the scanner's chunk size and
+    /// `deadline` per scrape.
+    async fn reduce<T, S>(
+        &self,
+        mut call: multiloop::MapReduce<T, S, ReportReducer>,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<multiloop::Reduced<Report>, RoundError>
+    where
+        T: multiloop::Task<Output = HostRound>,
+        S: multiloop::Input<Item = T::Args>,
+    {
         if let Some(n) = self.chunk {
             call = call.chunk_size(n);
         }
         if let Some(d) = deadline {
             call = call.timeout(d);
         }
-        let out = call.await.map_err(RoundError::Pool)?;
-        self.collect(out, targets, round)
+        call.await.map_err(RoundError::Pool)
     }
 
     /// [`PoolScanner::round_with_deadline`] that keeps host history in
@@ -386,7 +467,10 @@ impl PoolScanner {
     /// host the parent knows answers `need_state` without scraping, and
     /// those hosts are scraped again at once with their checkpoint
     /// ([`restore_and_scrape`]). A death costs one extra small call, no
-    /// history and no finding.
+    /// history and no finding. On agents ([`PoolScanner::start_cluster`])
+    /// the same, through [`crate::cluster::scrape`] and
+    /// [`crate::cluster::resume`], which also hand the agents' workers
+    /// this runner's init.
     pub async fn round_checkpointed(
         &self,
         targets: &[HostSpec],
@@ -409,14 +493,34 @@ impl PoolScanner {
                 (s.clone(), round, copy)
             })
             .collect();
-        let mut call = self
-            .pool
-            .map_reduce(scrape_checkpointed, inputs, ReportReducer)
-            .route_by(route_checkpointed);
-        if let Some(d) = deadline {
-            call = call.timeout(d);
-        }
-        let out = call.await.map_err(RoundError::Pool)?;
+        // What the parent asked of each host, asked again of those sent
+        // twice.
+        let copies: std::collections::HashMap<u32, ParentCopy> =
+            inputs.iter().map(|(s, _, c)| (s.id, *c)).collect();
+        let out = match &self.cluster {
+            None => {
+                let call = self
+                    .pool
+                    .map_reduce(scrape_checkpointed, inputs, ReportReducer)
+                    .route_by(route_checkpointed);
+                self.reduce(call, deadline).await?
+            }
+            Some(c) => {
+                let inputs = inputs.into_iter().map(|(s, round, parent)| {
+                    let known = crate::cluster::Known {
+                        init: c.init_id,
+                        parent,
+                        parent_round: store.prev_round_of(s.id),
+                    };
+                    (s, round, known)
+                });
+                let call = self
+                    .pool
+                    .map_reduce(crate::cluster::scrape, inputs, ReportReducer)
+                    .route_by(crate::cluster::route_scrape);
+                self.reduce(call, deadline).await?
+            }
+        };
         let mut rep = self.collect(out, targets, round)?;
         let mut cost = CheckpointCost::default();
         let need = std::mem::take(&mut rep.need_state);
@@ -427,18 +531,35 @@ impl PoolScanner {
                 .iter()
                 .filter_map(|h| by_id.get(h).map(|s| (*s).clone()))
                 .collect();
-            let inputs = again.iter().map(|s| {
-                let cp = store.checkpoint(s.id).unwrap_or_default();
-                (s.clone(), round, cp)
-            });
-            let mut call = self
-                .pool
-                .map_reduce(restore_and_scrape, inputs, ReportReducer)
-                .route_by(route_restore);
-            if let Some(d) = deadline {
-                call = call.timeout(d);
-            }
-            let out = call.await.map_err(RoundError::Pool)?;
+            let out = match &self.cluster {
+                None => {
+                    let inputs = again.iter().map(|s| {
+                        let cp = store.checkpoint(s.id).unwrap_or_default();
+                        (s.clone(), round, cp)
+                    });
+                    let call = self
+                        .pool
+                        .map_reduce(restore_and_scrape, inputs, ReportReducer)
+                        .route_by(route_restore);
+                    self.reduce(call, deadline).await?
+                }
+                Some(c) => {
+                    let inputs = again.iter().map(|s| {
+                        let resume = crate::cluster::Resume {
+                            init: c.init_id,
+                            settings: c.init.clone(),
+                            checkpoint: store.checkpoint(s.id),
+                            parent: copies.get(&s.id).copied().unwrap_or(ParentCopy::Later),
+                        };
+                        (s.clone(), round, resume)
+                    });
+                    let call = self
+                        .pool
+                        .map_reduce(crate::cluster::resume, inputs, ReportReducer)
+                        .route_by(crate::cluster::route_resume);
+                    self.reduce(call, deadline).await?
+                }
+            };
             cost.restored = again.len() as u64;
             rep.merge(self.collect(out, &again, round)?);
         }
@@ -501,6 +622,9 @@ impl PoolScanner {
             let start = Instant::now();
             let targets = cfg.round_targets();
             let mut rep = self.round(&targets, round).await?;
+            if self.cluster.is_some() {
+                tracing::info!(round, points = rep.points, "round done on the cluster");
+            }
             rep.finish_round(&self.checks, round);
             total.merge(rep);
             if let Ok(mut o) = observer.lock() {

@@ -121,6 +121,9 @@ impl Report {
             self.need_state.push(hr.host);
             return;
         }
+        if hr.stale {
+            return;
+        }
         if let Some(u) = hr.state.take() {
             self.updates.push(u);
         }

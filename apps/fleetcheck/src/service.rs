@@ -147,10 +147,10 @@ fn plan(cfg: &ServiceConfig, fleet_addr: Option<&str>) -> Result<Plan, Error> {
         },
         rules,
         settings: PoolSettings {
-            processes: if cfg.processes == 0 {
-                default_processes()
-            } else {
-                cfg.processes
+            processes: match (cfg.processes, &cfg.cluster) {
+                (0, Some(_)) => crate::pool::CLUSTER_PARTITIONS,
+                (0, None) => default_processes(),
+                (n, _) => n,
             },
             concurrency: cfg.worker_concurrency,
         },
@@ -316,7 +316,20 @@ impl Service {
             b.restart_intensity(restarts, Duration::from_secs(60))
                 .restart_policy(multiloop::RestartPolicy::Stop)
         };
-        match PoolScanner::start_tuned(self.plan.init.clone(), self.plan.settings, tune).await {
+        let started = match &self.cfg.cluster {
+            Some(url) => match crate::cluster::ClusterAddr::parse(url) {
+                Ok(addr) => {
+                    let cluster = addr.config(self.cfg.cluster_ack_wait.duration());
+                    PoolScanner::start_cluster(self.plan.init.clone(), self.plan.settings, cluster)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                PoolScanner::start_tuned(self.plan.init.clone(), self.plan.settings, tune).await
+            }
+        };
+        match started {
             Ok(s) => {
                 if self.built_once {
                     self.metrics.update(|v| v.pool_rebuilds += 1);
@@ -577,6 +590,8 @@ impl Service {
         if plan.init != self.plan.init
             || plan.targets != self.plan.targets
             || plan.settings != self.plan.settings
+            || cfg.cluster != self.cfg.cluster
+            || cfg.cluster_ack_wait != self.cfg.cluster_ack_wait
         {
             self.drop_pool().await;
             self.backoff.succeeded();

@@ -92,9 +92,38 @@ pub struct HostRound {
     /// has a checkpoint to give it (see `WorkerState::scrape_checkpointed`).
     #[serde(default)]
     pub need_state: bool,
+    /// Not scraped: a round the worker had already applied to the host
+    /// (see [`HostRound::stale`]). Counts as neither a scrape nor a
+    /// failure.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 impl HostRound {
+    /// Not scraped: the worker cannot scrape the host as asked (it has no
+    /// state for it, or not the one the parent has) and asks the parent
+    /// for its copy (see `WorkerState::scrape_checkpointed`).
+    pub fn need_state(host: u32, round: u64) -> Self {
+        HostRound {
+            host,
+            round,
+            need_state: true,
+            ..HostRound::default()
+        }
+    }
+
+    /// Not scraped: the worker already applied this round, or a later one,
+    /// to the host's state (a redelivered or repeated scrape); nothing
+    /// was fetched and the state was left as it was.
+    pub fn stale(host: u32, round: u64) -> Self {
+        HostRound {
+            host,
+            round,
+            stale: true,
+            ..HostRound::default()
+        }
+    }
+
     /// A failed scrape: one finding of kind [`SCRAPE_KIND`].
     pub fn failed(host: u32, round: u64, check: &str, message: String) -> Self {
         HostRound {

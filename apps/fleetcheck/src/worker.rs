@@ -97,12 +97,7 @@ impl WorkerState {
             .map(|h| h.contains_key(&spec.id))
             .unwrap_or(false);
         match parent {
-            ParentCopy::Has(_) if !known => HostRound {
-                host: spec.id,
-                round,
-                need_state: true,
-                ..HostRound::default()
-            },
+            ParentCopy::Has(_) if !known => HostRound::need_state(spec.id, round),
             ParentCopy::Has(n) => self.scrape_with_update(spec, round, Some(n)).await,
             ParentCopy::SendFull => self.scrape_with_update(spec, round, None).await,
             ParentCopy::Later => self.scrape(spec, round).await,
@@ -132,6 +127,9 @@ impl WorkerState {
         parent_len: Option<u32>,
     ) -> HostRound {
         let mut hr = self.scrape(spec, round).await;
+        if hr.stale {
+            return hr;
+        }
         hr.state = self
             .hosts
             .lock()
@@ -143,8 +141,16 @@ impl WorkerState {
     /// Fetch, parse and check `spec` for `round`. The host lock is never
     /// held across an `.await`; concurrent calls for different hosts are fine
     /// (calls for the same host must not overlap — route by host and run
-    /// rounds in order).
+    /// rounds in order). A round this worker already applied to the host,
+    /// or an earlier one (a redelivered or repeated task), is answered
+    /// [`HostRound::stale`] without fetching or touching the host's state.
     pub async fn scrape(&self, spec: &HostSpec, round: u64) -> HostRound {
+        if self
+            .host_last_round(spec.id)
+            .is_some_and(|last| round <= last)
+        {
+            return HostRound::stale(spec.id, round);
+        }
         let start = std::time::Instant::now();
         let client = client_of(&self.clients, spec);
         let page = match client {
@@ -324,7 +330,53 @@ mod tests {
         );
         // A worker given the copy rebuilds the host and goes on from it.
         let w2 = WorkerState::new(&init);
-        let r = w2.restore_and_scrape(&specs[0], 2, &copy).await;
+        let r = w2.restore_and_scrape(&specs[0], 3, &copy).await;
         assert!(matches!(r.state, Some(StateUpdate::Delta(ref d)) if d.base == n));
+    }
+
+    /// A redelivered (or repeated) scrape of a round the worker already
+    /// applied changes nothing and fetches nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stale_round_leaves_the_host_state_alone() {
+        let fleet = Arc::new(Fleet::new(FleetConfig {
+            hosts: 2,
+            series: 80,
+            seed: 3,
+            rounds: 4,
+            bad: Vec::new(),
+        }));
+        let server = FleetServer::start(fleet, 0).await.unwrap();
+        let specs = host_specs(&server.target_urls());
+        let init = WorkerInit {
+            rules: Rules::builtin(),
+            opts: ScrapeOptions {
+                round_query: true,
+                clock: Clock::Logical { step: STEP_SECS },
+                ..Default::default()
+            },
+            clients: Vec::new(),
+        };
+        let w = WorkerState::new(&init);
+        for round in 0..3 {
+            assert!(w.scrape(&specs[0], round).await.points > 0);
+        }
+        let before = w.hosts.lock().unwrap()[&specs[0].id].checkpoint();
+        for round in [2, 1, 0] {
+            let r = w.scrape(&specs[0], round).await;
+            assert!(r.stale && r.points == 0 && r.findings.is_empty(), "{r:?}");
+            let n = before.series.len() as u32;
+            let r = w
+                .scrape_checkpointed(&specs[0], round, ParentCopy::Has(n))
+                .await;
+            assert!(r.stale && r.state.is_none(), "{r:?}");
+        }
+        let after = w.hosts.lock().unwrap()[&specs[0].id].checkpoint();
+        assert_eq!(after, before, "the host's state is untouched");
+        assert_eq!(w.host_last_round(specs[0].id), Some(2));
+        let r = w.scrape(&specs[0], 3).await;
+        assert!(!r.stale && r.points > 0, "the next round is scraped");
+        let mut rep = Report::default();
+        rep.add(HostRound::stale(specs[0].id, 1));
+        assert_eq!((rep.scrapes, rep.scrape_failures, rep.points), (0, 0, 0));
     }
 }

@@ -429,3 +429,38 @@ fn ctrl_c_on_scan_reports_and_exits_130() {
         .unwrap();
     assert!(out.contains("fleetcheck report"), "{out}");
 }
+
+#[test]
+fn a_bad_cluster_address_or_combination_is_refused_by_name() {
+    for (args, says) in [
+        (
+            &["scan", "--cluster", "127.0.0.1:4222"][..],
+            "--cluster \"127.0.0.1:4222\"",
+        ),
+        (&["scan", "--cluster", "nats://h:4222/a.b"][..], "pool name"),
+        (
+            &["scan", "--cluster", "nats://h:4222", "--baseline"][..],
+            "--mode inprocess",
+        ),
+        (
+            &[
+                "scan",
+                "--cluster",
+                "nats://h:4222",
+                "--cluster-ack-wait",
+                "0.1",
+            ][..],
+            "--cluster-ack-wait",
+        ),
+        (
+            &["bench", "--cluster", "nats://h:4222"][..],
+            "--cluster-agents",
+        ),
+        (&["agent", "--cluster", "http://h:4222"][..], "nats://"),
+    ] {
+        let out = bin().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

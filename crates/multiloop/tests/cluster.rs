@@ -67,6 +67,13 @@ async fn which_host(key: u64) -> u32 {
     unsafe { libc::getppid() as u32 }
 }
 
+/// The pid of the worker running it.
+#[multiloop::task]
+async fn which_worker(key: u64) -> u32 {
+    let _ = key;
+    std::process::id()
+}
+
 /// The nats-server binary: `MULTILOOP_NATS_SERVER`, else `nats-server` on
 /// `PATH`.
 fn server_binary() -> PathBuf {
@@ -173,9 +180,14 @@ struct Host {
 
 impl Host {
     fn start(nats: &Nats, pool: &str) -> Host {
+        Self::with_processes(nats, pool, 1)
+    }
+
+    /// A host whose local pool has `processes` workers.
+    fn with_processes(nats: &Nats, pool: &str, processes: usize) -> Host {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(ENV_HOST, format!("{}/{pool}", nats.url()))
-            .env(ENV_HOST_PROCESSES, "1")
+            .env(ENV_HOST_PROCESSES, processes.to_string())
             .env(ENV_HOST_CONCURRENCY, "64")
             .process_group(0)
             .stdout(Stdio::null())
@@ -435,4 +447,34 @@ async fn routed_work_keeps_each_key_on_one_host_and_moves_it_once_when_that_host
         }
     }
     assert_eq!(round().await, moved, "and moved once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_work_keeps_each_key_on_one_worker_of_its_host_across_rounds() {
+    let nats = Nats::start();
+    let pool = Pool::builder()
+        .cluster(config(&nats, "local-route"))
+        .processes(4)
+        .concurrency(64)
+        .chunk_size(4)
+        .build()
+        .await
+        .unwrap();
+    let _host = Host::with_processes(&nats, "local-route", 3);
+    let round = || async {
+        let out: Vec<u32> = within(
+            60,
+            "a routed round",
+            pool.map(which_worker, 0..64).route_by(|k| *k),
+        )
+        .await
+        .unwrap();
+        out
+    };
+    let first = round().await;
+    let workers: std::collections::HashSet<u32> = first.iter().copied().collect();
+    assert_eq!(workers.len(), 3, "the keys spread over the host's workers");
+    for _ in 0..4 {
+        assert_eq!(round().await, first, "each key stays on its worker");
+    }
 }

@@ -161,7 +161,10 @@ impl Host {
         let key = (work.caller.to_owned(), work.chunk);
         let cancel = Arc::new(Notify::new());
         self.running().insert(key.clone(), Arc::clone(&cancel));
-        let ran = self.run_local(&work, &payload, &message, &cancel).await;
+        let slot = self.local_slot(message.subject.as_str());
+        let ran = self
+            .run_local(&work, &payload, slot, &message, &cancel)
+            .await;
         self.running().remove(&key);
         let events = match ran {
             Ran::Done(events) => events,
@@ -196,12 +199,26 @@ impl Host {
         let _ = message.double_ack().await;
     }
 
-    /// Runs the chunk on the local pool, acknowledging progress while it
-    /// runs.
+    /// The local worker slot for a chunk published on `subject`: every
+    /// chunk of routed partition `p` runs on local slot `p % processes`, so
+    /// the state a routed task keeps per key (`worker_state`) stays in one
+    /// worker across rounds, as on one machine. `None` (any worker) for
+    /// unrouted work.
+    fn local_slot(&self, subject: &str) -> Option<usize> {
+        let partition: usize = subject
+            .strip_prefix(self.conn.names.partition_subject("").as_str())?
+            .parse()
+            .ok()?;
+        Some(partition % self.pool.inner().config.processes.max(1))
+    }
+
+    /// Runs the chunk on the local pool (on local worker `slot` when set),
+    /// acknowledging progress while it runs.
     async fn run_local(
         &self,
         work: &Work<'_>,
         payload: &Bytes,
+        slot: Option<usize>,
         message: &jetstream::Message,
         cancel: &Notify,
     ) -> Ran {
@@ -232,7 +249,7 @@ impl Host {
                 ),
                 (work.timeout_us > 0).then(|| Duration::from_micros(work.timeout_us)),
                 work.max_attempts,
-                None,
+                slot,
                 reduce,
             );
             if core.submit(rec).is_err() {

@@ -76,7 +76,10 @@
 //!   own partition, which hosts pull through a pinned-client consumer
 //!   (a priority group of nats-server 2.11), so the server delivers it to
 //!   one host at a time and moves it to another when that host stops
-//!   pulling for `ack_wait`. The new host starts with empty per-key state,
+//!   pulling for `ack_wait`. On its host, a partition's chunks all run on
+//!   one local worker (partition modulo the host's processes), so state a
+//!   task keeps per key ([`worker_state`](crate::worker_state)) stays in
+//!   one worker across calls. The new host starts with empty per-key state,
 //!   and a redelivered chunk may arrive after a later one: routed tasks
 //!   that carry state should check a round number and drop stale work.
 //!
