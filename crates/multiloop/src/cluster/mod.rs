@@ -95,6 +95,8 @@
 mod caller;
 mod envelope;
 mod host;
+mod redelivery;
+mod registry;
 
 use std::time::Duration;
 
@@ -102,6 +104,7 @@ use async_nats::jetstream;
 
 pub(crate) use self::caller::Caller;
 pub use self::host::serve;
+pub use self::registry::HostStats;
 use crate::error::Error;
 
 /// The environment variable that makes a program a cluster host:
@@ -230,6 +233,11 @@ impl Names {
     pub(crate) fn results_subject(&self, caller: &str) -> String {
         format!("ml.{}.res.{caller}", self.pool)
     }
+
+    /// Where hosts ask `caller` about chunks delivered again.
+    pub(crate) fn ask_subject(&self, caller: &str) -> String {
+        format!("ml.{}.ask.{caller}", self.pool)
+    }
 }
 
 /// A connection to the pool's server, its streams made and checked.
@@ -239,6 +247,19 @@ pub(crate) struct Connection {
     pub(crate) names: Names,
     pub(crate) work: jetstream::stream::Stream,
     pub(crate) max_payload: usize,
+}
+
+/// An id unlikely to repeat, for a caller or a host: the pid, the time
+/// and the std's random hasher keys.
+pub(crate) fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    format!("{:016x}", h.finish())
 }
 
 fn nats_error(what: &str, config: &ClusterConfig, e: impl std::fmt::Display) -> Error {
@@ -255,10 +276,13 @@ fn nats_error(what: &str, config: &ClusterConfig, e: impl std::fmt::Display) -> 
 /// checks) the pool's streams.
 pub(crate) async fn connect(config: &ClusterConfig) -> Result<Connection, Error> {
     config.check()?;
-    let options = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("multiloop")
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.connect_timeout));
+    if let Some((user, pass)) = credentials(&config.url) {
+        options = options.user_and_password(user, pass);
+    }
     let client = tokio::time::timeout(config.connect_timeout, options.connect(config.url.as_str()))
         .await
         .map_err(|_| nats_error("connecting timed out", config, "no answer"))?
@@ -320,6 +344,20 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<Connection, Error>
         js,
         names,
         work,
+    })
+}
+
+/// The user and password in the first of `urls` that has them
+/// (`nats://user:pass@host:4222`): async-nats does not read them from the
+/// address itself.
+fn credentials(urls: &str) -> Option<(String, String)> {
+    urls.split(',').find_map(|url| {
+        let addr = url.trim().parse::<async_nats::ServerAddr>().ok()?;
+        let user = addr.username()?;
+        Some((
+            user.to_owned(),
+            addr.password().unwrap_or_default().to_owned(),
+        ))
     })
 }
 
@@ -635,6 +673,15 @@ mod tests {
         assert!(check_version("2.9.10").is_err());
         assert!(check_version("2.10.22").is_err());
         assert!(check_version("nonsense").is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_the_address() {
+        assert_eq!(
+            credentials("nats://10.0.0.1:4222, nats://ann:s3cret@10.0.0.2:4222"),
+            Some(("ann".into(), "s3cret".into()))
+        );
+        assert_eq!(credentials("nats://10.0.0.1:4222"), None);
     }
 
     #[test]
