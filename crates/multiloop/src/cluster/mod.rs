@@ -51,10 +51,17 @@
 //!   each task and drops any later one (a chunk that ran twice).
 //! - **Execution is at least once across hosts**: a host that dies, or
 //!   loses its link for longer than [`ClusterConfig::ack_wait`], has its
-//!   chunks delivered to another host, which runs them again, even tasks
-//!   the first host had finished (it may have died after publishing their
-//!   outcomes and before acknowledging). Tasks with side effects must
-//!   tolerate that.
+//!   chunks delivered to another host. A host that gets a chunk again asks
+//!   the caller which of its tasks it still waits for, and runs only those
+//!   (a task whose outcome arrived before its host died or was cut off is
+//!   not run again); with no answer within a third of `ack_wait` it runs
+//!   them all, and it drops the chunk when the caller is gone for good
+//!   (its results consumer expired, an hour after it last read). A task
+//!   still runs twice when its first host is cut off or stalled while
+//!   running it: tasks with side effects must tolerate that.
+//! - **A host whose link is cut** has its chunks run elsewhere `ack_wait`
+//!   after its last progress ack; the outcomes it sends once its link is
+//!   back are dropped by the caller, and it serves again.
 //! - **Nobody waits forever**: a chunk delivered
 //!   [`max_deliveries`](ClusterConfig::max_deliveries) times without a host
 //!   finishing it ends its tasks with a crash error
@@ -76,13 +83,28 @@
 //!   own partition, which hosts pull through a pinned-client consumer
 //!   (a priority group of nats-server 2.11), so the server delivers it to
 //!   one host at a time and moves it to another when that host stops
-//!   pulling for `ack_wait`. The new host starts with empty per-key state,
-//!   and a redelivered chunk may arrive after a later one: routed tasks
-//!   that carry state should check a round number and drop stale work.
+//!   pulling for `ack_wait`. The new host starts with empty per-key state.
+//!   A chunk delivered again whose tasks the caller already settled is not
+//!   run (above), so a round that ended is not replayed on the new owner;
+//!   one still unsettled can run on both the new owner and an old one
+//!   that was cut off, so routed tasks that carry state should still check
+//!   a round number.
+//!
+//! # Hosts
+//!
+//! Each host keeps an entry in the pool's host registry (a key-value
+//! bucket, `MLH_<pool>`), put every third of `ack_wait` and living
+//! `ack_wait` past its last put; the server marks an expired entry, and
+//! the caller watches the bucket. So
+//! [`PoolStats::hosts_alive`](crate::PoolStats::hosts_alive) counts the
+//! hosts serving the pool, [`Pool::hosts`](crate::Pool::hosts) describes
+//! each ([`HostStats`]),
+//! [`Pool::wait_for_hosts`](crate::Pool::wait_for_hosts) waits for them,
+//! and a host that stops (killed, hung, cut off) drops out about
+//! `ack_wait` after its last heartbeat.
 //!
 //! Not carried over from the local pool: initializers and
-//! `max_tasks_per_child` belong to the hosts' own pools;
-//! [`Pool::stats`](crate::Pool::stats) counts tasks, not hosts.
+//! `max_tasks_per_child` belong to the hosts' own pools.
 //!
 //! # Server
 //!
@@ -90,7 +112,9 @@
 //! one is refused at connect. Streams are file-backed, so a server
 //! restarted mid-map loses nothing. A message is limited by the server's
 //! `max_payload` (1 MiB by default): chunks are cut to fit, and a single
-//! task's arguments larger than that fail that task with a clear error.
+//! task's arguments (or result) larger than that fail that task alone with
+//! a serialization error naming the limit. The address may carry a user
+//! and password: `nats://user:pass@10.0.0.1:4222`.
 
 mod caller;
 mod envelope;
