@@ -785,3 +785,53 @@ async fn arguments_larger_than_the_servers_max_payload_fail_that_task_alone_nami
     let text = format!("{err} {:?}", std::error::Error::source(err));
     assert!(text.contains("max_payload of 1048576 bytes"), "{text}");
 }
+
+/// Appends a byte to the file at `path` (each run of it), then sleeps
+/// for `ms` milliseconds.
+#[multiloop::task]
+async fn count_run_then_sleep(path: String, ms: u64) -> u64 {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&path) {
+        let _ = f.write_all(b"r");
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_before_its_caller_takes_up_the_callers_ack_wait() {
+    let nats = Nats::start();
+    // The host makes the pool's consumer with the default ack_wait (5 s);
+    // the caller then sets 1 s.
+    let _host = Host::start(&nats, "adopt");
+    let pool = Pool::builder()
+        .cluster(config(&nats, "adopt"))
+        .processes(1)
+        .concurrency(64)
+        .build()
+        .await
+        .unwrap();
+    let hosts = within(30, "the host taking up ack_wait 1 s", async {
+        pool.wait_for_hosts(|h| h.len() == 1 && h[0].ack_wait == Duration::from_secs(1))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(hosts[0].ack_wait, Duration::from_secs(1));
+    // A task of 2.5 s runs once: its host acknowledges progress often
+    // enough for the caller's 1 s (every 5 s / 3 it would be delivered
+    // again while it runs).
+    let runs = std::env::temp_dir().join(format!("multiloop-adopt-{}", std::process::id()));
+    std::fs::write(&runs, b"").unwrap();
+    let path = runs.to_str().unwrap().to_owned();
+    let slept = within(
+        30,
+        "the task",
+        pool.apply(count_run_then_sleep, (path, 2500)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(slept, 2500);
+    assert_eq!(std::fs::read(&runs).unwrap(), b"r", "one run");
+    let _ = std::fs::remove_file(&runs);
+}

@@ -63,7 +63,7 @@ pub(crate) async fn serve_with(
     let host = Arc::new(Host {
         pool,
         conn,
-        ack_wait,
+        ack_wait_ns: AtomicU64::new(nanos(ack_wait)),
         publish_timeout: cluster.publish_timeout,
         running: Mutex::new(HashMap::new()),
         tasks_skipped: AtomicU64::new(0),
@@ -81,9 +81,14 @@ pub(crate) async fn serve_with(
         super::registry::hostname(),
         Arc::clone(&host),
     );
-    tokio::spawn(super::registry::heartbeat(registry, move || {
-        me.describe(&id, &hostname)
-    }));
+    tokio::spawn(super::registry::heartbeat(
+        registry,
+        ack_wait,
+        move |ack_wait| {
+            me.ack_wait_ns.store(nanos(ack_wait), Ordering::Relaxed);
+            me.describe(&id, &hostname)
+        },
+    ));
     let room = Arc::new(Semaphore::new(slots));
     tracing::info!(pool = cluster.pool, slots, "cluster host ready");
     ready();
@@ -141,13 +146,20 @@ pub(crate) async fn serve_with(
 struct Host {
     pool: Pool,
     conn: Connection,
-    ack_wait: Duration,
+    /// The pool's `ack_wait`, in nanoseconds: what the work consumer had
+    /// when the host started, then what the registry's entries live (the
+    /// caller sets both), so a host started before its caller follows it.
+    ack_wait_ns: AtomicU64,
     publish_timeout: Duration,
     /// The chunks running here, by caller and chunk: woken to cancel.
     running: Mutex<HashMap<(String, u64), Arc<Notify>>>,
     /// Tasks of chunks delivered again that were not run (see
     /// `redelivery`).
     tasks_skipped: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 /// How a chunk's run on the local pool ended.
@@ -164,6 +176,10 @@ impl Host {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn ack_wait(&self) -> Duration {
+        Duration::from_nanos(self.ack_wait_ns.load(Ordering::Relaxed))
+    }
+
     /// This host's entry in the registry.
     fn describe(&self, id: &str, hostname: &str) -> HostStats {
         let config = &self.pool.inner().config;
@@ -173,6 +189,7 @@ impl Host {
             pid: std::process::id(),
             processes: config.processes,
             concurrency: config.concurrency,
+            ack_wait: self.ack_wait(),
             chunks_running: self.running().len() as u64,
             tasks_done: self.pool.stats().tasks_done,
             tasks_skipped: self.tasks_skipped.load(Ordering::Relaxed),
@@ -191,7 +208,7 @@ impl Host {
         };
         if message.info().is_ok_and(|i| i.delivered > 1) {
             let count = work.offsets.len().saturating_sub(1);
-            let wait = self.ack_wait / 3;
+            let wait = self.ack_wait() / 3;
             if let Run::Only(which) = redelivery::still_wanted(&self.conn, &work, wait).await
                 && which.len() < count
             {
@@ -311,7 +328,7 @@ impl Host {
         // The first tick one period from now: an interval's immediate
         // first tick still waits for the timer wheel's next millisecond,
         // which was most of a trivial chunk's time on the host.
-        let period = self.ack_wait / 3;
+        let period = self.ack_wait() / 3;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         while accounted < count {
             tokio::select! {

@@ -34,6 +34,10 @@ pub struct HostStats {
     pub processes: usize,
     /// Tasks at once per worker process of the host's local pool.
     pub concurrency: usize,
+    /// The `ack_wait` the host works with: the pool's, as its caller set
+    /// it (a host started before its caller takes it up within a third of
+    /// the old one).
+    pub ack_wait: Duration,
     /// Chunks of tasks the host runs now.
     pub chunks_running: u64,
     /// Tasks the host's local pool finished since it started.
@@ -85,18 +89,21 @@ pub(crate) async fn open(
 }
 
 /// Puts the host's entry, as `describe` makes it, every third of the
-/// entry's lifetime, for as long as the host lives. The lifetime is read
-/// again at each beat: a caller that starts after its hosts sets it. A
-/// put the server does not confirm (an outage) is tried again at the next
-/// beat.
-pub(crate) async fn heartbeat(store: kv::Store, describe: impl Fn() -> HostStats) {
-    let mut ttl = Duration::from_secs(1);
+/// entry's lifetime, for as long as the host lives. The lifetime (the
+/// pool's `ack_wait`) is read again at each beat and given to `describe`:
+/// a caller that starts after its hosts sets it. A put the server does not
+/// confirm (an outage) is tried again at the next beat.
+pub(crate) async fn heartbeat(
+    store: kv::Store,
+    mut ttl: Duration,
+    describe: impl Fn(Duration) -> HostStats,
+) {
     loop {
         if let Ok(info) = store.stream.get_info().await {
             ttl = info.config.max_age;
         }
         let period = (ttl / 3).max(Duration::from_millis(100));
-        let entry = describe();
+        let entry = describe(ttl);
         if let Ok(value) = serde_json::to_vec(&entry) {
             match tokio::time::timeout(period, store.put(&entry.id, value.into())).await {
                 Ok(Ok(_)) => {}
