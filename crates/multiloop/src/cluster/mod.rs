@@ -101,7 +101,9 @@
 //! each ([`HostStats`]),
 //! [`Pool::wait_for_hosts`](crate::Pool::wait_for_hosts) waits for them,
 //! and a host that stops (killed, hung, cut off) drops out about
-//! `ack_wait` after its last heartbeat.
+//! `ack_wait` after its last heartbeat. The entries' lifetime is the
+//! caller's `ack_wait`: a host started before its caller reads it at its
+//! next heartbeat and paces its progress acks by it.
 //!
 //! Not carried over from the local pool: initializers and
 //! `max_tasks_per_child` belong to the hosts' own pools.
