@@ -99,7 +99,11 @@ pub(crate) async fn heartbeat(
     describe: impl Fn(Duration) -> HostStats,
 ) {
     loop {
-        if let Ok(info) = store.stream.get_info().await {
+        // (A lifetime under multiloop's least ack_wait is not one a caller
+        // set: ignored.)
+        if let Ok(info) = store.stream.get_info().await
+            && info.config.max_age >= Duration::from_secs(1)
+        {
             ttl = info.config.max_age;
         }
         let period = (ttl / 3).max(Duration::from_millis(100));
@@ -120,7 +124,16 @@ pub(crate) async fn heartbeat(
 pub(crate) async fn watch(store: kv::Store, hosts: watch::Sender<Hosts>) {
     loop {
         let mut entries = match store.watch_all().await {
-            Ok(w) => w,
+            // A new watch replays every live entry: what it does not
+            // replay went away meanwhile.
+            Ok(w) => {
+                hosts.send_if_modified(|h| {
+                    let had = !h.is_empty();
+                    h.clear();
+                    had
+                });
+                w
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cluster: watching the host registry failed; again in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
