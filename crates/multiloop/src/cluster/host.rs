@@ -206,10 +206,28 @@ impl Host {
                 return;
             }
         };
+        // Listed as running from here: a cancellation that comes while the
+        // host asks about a chunk delivered again is kept for the run.
+        let key = (work.caller.to_owned(), work.chunk);
+        let cancel = Arc::new(Notify::new());
+        self.running().insert(key.clone(), Arc::clone(&cancel));
+        self.run_wanted(&message, &work, &payload, &cancel).await;
+        self.running().remove(&key);
+    }
+
+    /// Runs the chunk `work` (its arguments in `payload`), or, when it is
+    /// delivered again, the part of it its caller still waits for.
+    async fn run_wanted(
+        &self,
+        message: &jetstream::Message,
+        work: &Work<'_>,
+        payload: &Bytes,
+        cancel: &Notify,
+    ) {
         if message.info().is_ok_and(|i| i.delivered > 1) {
             let count = work.offsets.len().saturating_sub(1);
             let wait = self.ack_wait() / 3;
-            if let Run::Only(which) = redelivery::still_wanted(&self.conn, &work, wait).await
+            if let Run::Only(which) = redelivery::still_wanted(&self.conn, work, wait).await
                 && which.len() < count
             {
                 let skipped = (count - which.len()) as u64;
@@ -223,29 +241,28 @@ impl Host {
                 let part = Work {
                     payload: &args,
                     offsets,
-                    ..work
+                    ..*work
                 };
-                return self.run_work(&message, &part, &args, Some(&which)).await;
+                return self
+                    .run_work(message, &part, &args, cancel, Some(&which))
+                    .await;
             }
         }
-        self.run_work(&message, &work, &payload, None).await;
+        self.run_work(message, work, payload, cancel, None).await;
     }
 
-    /// Runs `work` (its arguments in `payload`), publishes its outcomes
-    /// and acknowledges `message`. `ran`: the chunk's index of each task
-    /// of `work`, when it is part of the chunk.
+    /// Runs `work` (its arguments in `payload`) until done or `cancel`,
+    /// publishes its outcomes and acknowledges `message`. `ran`: the
+    /// chunk's index of each task of `work`, when it is part of the chunk.
     async fn run_work(
         &self,
         message: &jetstream::Message,
         work: &Work<'_>,
         payload: &Bytes,
+        cancel: &Notify,
         ran: Option<&[u32]>,
     ) {
-        let key = (work.caller.to_owned(), work.chunk);
-        let cancel = Arc::new(Notify::new());
-        self.running().insert(key.clone(), Arc::clone(&cancel));
-        let result = self.run_local(work, payload, message, &cancel).await;
-        self.running().remove(&key);
+        let result = self.run_local(work, payload, message, cancel).await;
         let events = match result {
             Ran::Done(events) => events,
             Ran::Stopped => {
