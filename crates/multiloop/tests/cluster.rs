@@ -103,25 +103,55 @@ fn free_port() -> u16 {
 /// A nats-server of one test, killed and its store removed on drop.
 struct Nats {
     child: Child,
+    /// The address it listens on.
+    addr: String,
     port: u16,
     store: PathBuf,
+    /// Extra configuration (users and their permissions), if any.
+    conf: Option<PathBuf>,
 }
 
 impl Nats {
     fn start() -> Nats {
+        Self::start_on("127.0.0.1", None)
+    }
+
+    /// A server listening on `addr`, with `conf` as its configuration
+    /// file's text besides the defaults.
+    fn start_on(addr: &str, conf: Option<&str>) -> Nats {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store = std::env::temp_dir().join(format!("multiloop-nats-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&store).unwrap();
+        let conf = conf.map(|text| {
+            let path = store.join("nats.conf");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let port = free_port();
-        let child = Self::spawn(port, &store);
-        Nats { child, port, store }
+        let child = Self::spawn(addr, port, &store, conf.as_deref());
+        Nats {
+            child,
+            addr: addr.to_owned(),
+            port,
+            store,
+            conf,
+        }
     }
 
     /// Starts the server and waits for its "ready" line.
-    fn spawn(port: u16, store: &std::path::Path) -> Child {
-        let mut child = Command::new(server_binary())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+    fn spawn(
+        addr: &str,
+        port: u16,
+        store: &std::path::Path,
+        conf: Option<&std::path::Path>,
+    ) -> Child {
+        let mut command = Command::new(server_binary());
+        if let Some(conf) = conf {
+            command.arg("-c").arg(conf);
+        }
+        let mut child = command
+            .args(["-js", "-a", addr, "-p", &port.to_string(), "-sd"])
             .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -133,7 +163,12 @@ impl Nats {
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.addr, self.port)
+    }
+
+    /// The server's address for user `user` (password: the same).
+    fn url_as(&self, user: &str) -> String {
+        format!("nats://{user}:{user}@{}:{}", self.addr, self.port)
     }
 
     /// Stops the server cleanly and starts it again on the same port and
@@ -142,7 +177,7 @@ impl Nats {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap();
-        self.child = Self::spawn(self.port, &self.store);
+        self.child = Self::spawn(&self.addr, self.port, &self.store, self.conf.as_deref());
     }
 }
 
@@ -180,13 +215,26 @@ struct Host {
 
 impl Host {
     fn start(nats: &Nats, pool: &str) -> Host {
-        Self::with_processes(nats, pool, 1)
+        Self::start_at(&nats.url(), pool)
     }
 
     /// A host whose local pool has `processes` workers.
     fn with_processes(nats: &Nats, pool: &str, processes: usize) -> Host {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(ENV_HOST, format!("{}/{pool}", nats.url()))
+        let exe = Command::new(std::env::current_exe().unwrap());
+        Self::start_by(exe, &nats.url(), pool, processes)
+    }
+
+    /// A host of `pool` on the server at `url`.
+    fn start_at(url: &str, pool: &str) -> Host {
+        Self::start_by(Command::new(std::env::current_exe().unwrap()), url, pool, 1)
+    }
+
+    /// A host with `processes` local workers started by `command` (this
+    /// test binary, or a program that runs it in place, as `ip netns exec`
+    /// does).
+    fn start_by(mut command: Command, url: &str, pool: &str, processes: usize) -> Host {
+        let mut child = command
+            .env(ENV_HOST, format!("{url}/{pool}"))
             .env(ENV_HOST_PROCESSES, processes.to_string())
             .env(ENV_HOST_CONCURRENCY, "64")
             .process_group(0)
@@ -477,4 +525,356 @@ async fn routed_work_keeps_each_key_on_one_worker_of_its_host_across_rounds() {
     for _ in 0..4 {
         assert_eq!(round().await, first, "each key stays on its worker");
     }
+}
+
+async fn stats_show_the_hosts_alive_and_a_killed_host_drops_out_after_ack_wait() {
+    let nats = Nats::start();
+    let pool = Pool::builder()
+        .cluster(config(&nats, "registry"))
+        .processes(1)
+        .concurrency(64)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(pool.stats().hosts_alive, 0, "no host yet");
+    let mut hosts: Vec<Host> = (0..2).map(|_| Host::start(&nats, "registry")).collect();
+    let listed = within(30, "two hosts in the registry", async {
+        pool.wait_for_hosts(|h| h.len() == 2).await.unwrap()
+    })
+    .await;
+    assert_eq!(pool.stats().hosts_alive, 2);
+    let mut pids: Vec<u32> = listed.iter().map(|h| h.pid).collect();
+    pids.sort_unstable();
+    let mut started: Vec<u32> = hosts.iter().map(|h| h.child.id()).collect();
+    started.sort_unstable();
+    assert_eq!(pids, started, "the registry names the hosts' processes");
+    for h in &listed {
+        assert_eq!((h.processes, h.concurrency), (1, 64), "{h:?}");
+        assert!(!h.hostname.is_empty() && !h.id.is_empty(), "{h:?}");
+    }
+    // Their counters follow the work they do.
+    let out: Vec<u64> = within(30, "a map", pool.map(inc, 0..1000)).await.unwrap();
+    assert_eq!(out.len(), 1000);
+    within(30, "the hosts' counters", async {
+        let done =
+            |h: &[multiloop::cluster::HostStats]| h.iter().map(|h| h.tasks_done).sum::<u64>();
+        pool.wait_for_hosts(|h| done(h) >= 1000).await.unwrap()
+    })
+    .await;
+    let killed = std::time::Instant::now();
+    hosts[0].kill();
+    let left = within(30, "the killed host dropping out", async {
+        pool.wait_for_hosts(|h| h.len() == 1).await.unwrap()
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(left[0].pid, hosts[1].child.id(), "the live host stays");
+    assert_eq!(pool.stats().hosts_alive, 1);
+    // Its entry lives ack_wait (1 s) past its last heartbeat.
+    assert!(took < Duration::from_secs(4), "dropped out after {took:?}");
+}
+
+/// Two users: `caller` may do anything; `noack` may do anything but
+/// acknowledge a message: a host that runs chunks and publishes their
+/// outcomes, and whose acknowledgements never arrive (as if each time its
+/// link broke, or it died, right after publishing).
+const USERS: &str = r#"
+authorization {
+  users = [
+    { user: caller, password: caller }
+    { user: noack, password: noack, permissions: { publish: { deny: ["$JS.ACK.>"] } } }
+  ]
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_delivered_again_whose_outcomes_the_caller_has_are_not_run_again() {
+    let nats = Nats::start_on("127.0.0.1", Some(USERS));
+    let cluster =
+        ClusterConfig::new(nats.url_as("caller"), "settled").ack_wait(Duration::from_secs(1));
+    let pool = Pool::builder()
+        .cluster(cluster)
+        .processes(1)
+        .concurrency(64)
+        .chunk_size(10)
+        .build()
+        .await
+        .unwrap();
+    // The first host runs every chunk and publishes its outcomes; none of
+    // its acknowledgements arrives. (Three chunks: the three it has room
+    // for, each held until its acknowledgement times out.)
+    let mut first = Host::start_at(&nats.url_as("noack"), "settled");
+    let out: Vec<u64> = within(30, "the map", pool.map(inc, 0..30)).await.unwrap();
+    assert_eq!(out, (1..=30).collect::<Vec<u64>>());
+    first.kill();
+    // Each of its 3 chunks is delivered again (ack_wait after its last
+    // progress ack) to the second host, which asks the caller, learns
+    // that every outcome arrived, and acknowledges the chunk unrun.
+    let second = Host::start_at(&nats.url_as("caller"), "settled");
+    let hosts = within(30, "the second host skipping the chunks", async {
+        pool.wait_for_hosts(|h| h.iter().any(|h| h.tasks_skipped == 30))
+            .await
+            .unwrap()
+    })
+    .await;
+    let me = hosts.iter().find(|h| h.tasks_skipped == 30).unwrap();
+    assert_eq!(me.pid, second.child.id());
+    assert_eq!(me.tasks_done, 0, "no task ran again: {me:?}");
+    // And the caller got no second outcome: the next call is answered
+    // by the second host alone, right.
+    let out: Vec<u64> = within(30, "a map after", pool.map(inc, 0..50))
+        .await
+        .unwrap();
+    assert_eq!(out, (1..=50).collect::<Vec<u64>>());
+}
+
+/// `ok` runs `ip` with `args`; `Err` with what it said when it failed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// A network namespace joined to this one by a veth pair, addresses only
+/// on the pair: `outside` here, `inside` there. Removed on drop, test
+/// failed or not.
+struct Netns {
+    name: String,
+    /// The pair's end in this namespace.
+    link: String,
+    outside: String,
+}
+
+impl Netns {
+    /// `Err` with the reason when namespaces cannot be made here (not
+    /// root, no `ip`).
+    fn new() -> Result<Netns, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let pid = std::process::id();
+        let net = pid % 250 + 1;
+        let ns = Netns {
+            name: format!("mlcut{pid}"),
+            link: format!("mlv{pid}a"),
+            outside: format!("10.231.{net}.1"),
+        };
+        let inside = format!("10.231.{net}.2/30");
+        let peer = format!("mlv{pid}b");
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link", "add", &ns.link, "type", "veth", "peer", "name", &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &ns.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.outside),
+            "dev",
+            &ns.link,
+        ])?;
+        ip(&["link", "set", &ns.link, "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", &inside, "dev", &peer])?;
+        ip(&["-n", &ns.name, "link", "set", &peer, "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command that runs this test binary inside the namespace.
+    fn command(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name])
+            .arg(std::env::current_exe().unwrap());
+        c
+    }
+
+    /// Cuts (`false`) or restores (`true`) the link.
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.link, if up { "up" } else { "down" }]).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the pair's end inside it, and
+        // with it the pair.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.link]);
+    }
+}
+
+/// Set on a host whose tasks `slow_inc` makes slow.
+const SLOW_HOST: &str = "MULTILOOP_TEST_SLOW_HOST";
+
+/// `x + 1`, after 2 s on a host started with [`SLOW_HOST`] and 20 ms on
+/// others.
+#[multiloop::task]
+async fn slow_inc(x: u64) -> u64 {
+    let ms = match std::env::var_os(SLOW_HOST) {
+        Some(_) => 2000,
+        None => 20,
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    x + 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_link_is_cut_mid_map_has_its_chunks_run_elsewhere_and_its_late_results_dropped()
+ {
+    let netns = match Netns::new() {
+        Ok(ns) => ns,
+        Err(reason) => {
+            println!("skipped: network namespaces are not available here ({reason})");
+            return;
+        }
+    };
+    let nats = Nats::start_on(&netns.outside, None);
+    let pool = Pool::builder()
+        .cluster(config(&nats, "cut"))
+        .processes(2)
+        .concurrency(64)
+        .chunk_size(1)
+        .build()
+        .await
+        .unwrap();
+    // The host in the namespace alone first, its tasks slow: it takes
+    // three chunks (its room) and runs them for 2 s.
+    let mut command = netns.command();
+    command.env(SLOW_HOST, "1");
+    let cut = Host::start_by(command, &nats.url(), "cut", 1);
+    const N: u64 = 100;
+    let mut stream = pool.map(slow_inc, 0..N);
+    let mut other = None;
+    let mut next = 0;
+    within(60, "the map", async {
+        let full = pool.wait_for_hosts(|h| h.iter().any(|h| h.chunks_running == 3));
+        tokio::select! {
+            full = full => full.unwrap(),
+            _ = stream.next() => panic!("a result came before the host was full"),
+        };
+        // Cut its link while they run, and let another host take over.
+        netns.link(false);
+        other = Some(Host::start(&nats, "cut"));
+        while let Some(r) = stream.next().await {
+            assert_eq!(r.unwrap(), next + 1, "in order");
+            next += 1;
+        }
+    })
+    .await;
+    assert_eq!(next, N, "every result once");
+    netns.link(true);
+    // Back: its heartbeats arrive again. Its three tasks ran on both
+    // hosts (so N + 3 in all); its late outcomes of them, sent when its
+    // link came back, are dropped by the caller.
+    let hosts = within(60, "the cut host back in the registry", async {
+        pool.wait_for_hosts(|h| {
+            h.len() == 2 && h.iter().map(|h| h.tasks_done).sum::<u64>() == N + 3
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(hosts.iter().any(|h| h.pid == cut.child.id()), "{hosts:?}");
+    let out: Vec<u64> = within(30, "a map after", pool.map(inc, 0..50))
+        .await
+        .unwrap();
+    assert_eq!(out, (1..=50).collect::<Vec<u64>>());
+    assert_eq!(pool.stats().tasks_done, N + 50, "no outcome counted twice");
+    drop(other);
+    drop(cut);
+}
+
+/// How many bytes it was given.
+#[multiloop::task]
+async fn byte_len(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_larger_than_the_servers_max_payload_fail_that_task_alone_naming_the_limit() {
+    let nats = Nats::start();
+    let _host = Host::start(&nats, "large");
+    let pool = Pool::builder()
+        .cluster(config(&nats, "large"))
+        .processes(1)
+        .concurrency(64)
+        .build()
+        .await
+        .unwrap();
+    // nats-server's default max_payload is 1 MiB.
+    let inputs = vec![vec![1u8; 10], vec![0u8; 2 << 20], vec![2u8; 100_000]];
+    let mut out: Vec<(u64, Result<usize, multiloop::Error>)> = within(
+        30,
+        "the map",
+        pool.map_unordered(byte_len, inputs).collect::<Vec<_>>(),
+    )
+    .await;
+    out.sort_by_key(|o| o.0);
+    assert_eq!(out.len(), 3);
+    assert_eq!(*out[0].1.as_ref().unwrap(), 10);
+    assert_eq!(*out[2].1.as_ref().unwrap(), 100_000);
+    let err = out[1].1.as_ref().unwrap_err();
+    assert!(err.is_serialization(), "{err}");
+    let text = format!("{err} {:?}", std::error::Error::source(err));
+    assert!(text.contains("max_payload of 1048576 bytes"), "{text}");
+}
+
+/// Appends a byte to the file at `path` (each run of it), then sleeps
+/// for `ms` milliseconds.
+#[multiloop::task]
+async fn count_run_then_sleep(path: String, ms: u64) -> u64 {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&path) {
+        let _ = f.write_all(b"r");
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_before_its_caller_takes_up_the_callers_ack_wait() {
+    let nats = Nats::start();
+    // The host makes the pool's consumer with the default ack_wait (5 s);
+    // the caller then sets 1 s.
+    let _host = Host::start(&nats, "adopt");
+    let pool = Pool::builder()
+        .cluster(config(&nats, "adopt"))
+        .processes(1)
+        .concurrency(64)
+        .build()
+        .await
+        .unwrap();
+    let hosts = within(30, "the host taking up ack_wait 1 s", async {
+        pool.wait_for_hosts(|h| h.len() == 1 && h[0].ack_wait == Duration::from_secs(1))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(hosts[0].ack_wait, Duration::from_secs(1));
+    // A task of 2.5 s runs once: its host acknowledges progress often
+    // enough for the caller's 1 s (every 5 s / 3 it would be delivered
+    // again while it runs).
+    let runs = std::env::temp_dir().join(format!("multiloop-adopt-{}", std::process::id()));
+    std::fs::write(&runs, b"").unwrap();
+    let path = runs.to_str().unwrap().to_owned();
+    let slept = within(
+        30,
+        "the task",
+        pool.apply(count_run_then_sleep, (path, 2500)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(slept, 2500);
+    assert_eq!(std::fs::read(&runs).unwrap(), b"r", "one run");
+    let _ = std::fs::remove_file(&runs);
 }

@@ -13,9 +13,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::envelope::{self, Cancel, Outcomes, Work};
+use super::registry::{self, HostStats, Hosts};
 use super::{ClusterConfig, Connection, nats_error};
 use crate::error::{Error, ExitInfo};
 use crate::pool::{
@@ -36,6 +37,11 @@ pub(crate) struct Caller {
     id: String,
     results: jetstream::consumer::PullConsumer,
     advisories: jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
+    /// The host registry, and the hosts it lists now.
+    registry: jetstream::kv::Store,
+    hosts: watch::Sender<Hosts>,
+    /// Hosts' questions about chunks delivered again (taken by `start`).
+    asks: Mutex<Option<async_nats::Subscriber>>,
     published: Mutex<Published>,
     loops: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -86,12 +92,12 @@ impl Caller {
             )));
         };
         config.max_frame = config.max_frame.min(room);
-        let id = new_id();
+        let id = super::new_id();
         let results = conn
             .js
             .create_consumer_on_stream(
                 jetstream::consumer::pull::Config {
-                    durable_name: Some(format!("res-{id}")),
+                    durable_name: Some(super::redelivery::results_consumer(&id)),
                     filter_subject: conn.names.results_subject(&id),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
@@ -115,15 +121,57 @@ impl Caller {
             )
             .await
             .map_err(|e| nats_error("could not read the advisories", &cluster, e))?;
+        let registry = registry::open(&conn, &cluster, cluster.ack_wait, true).await?;
+        let asks = conn
+            .client
+            .subscribe(conn.names.ask_subject(&id))
+            .await
+            .map_err(|e| nats_error("could not subscribe to hosts' questions", &cluster, e))?;
         Ok(Arc::new(Caller {
             conn,
             config: cluster,
             id,
             results,
             advisories,
+            registry,
+            hosts: watch::Sender::new(Hosts::new()),
+            asks: Mutex::new(Some(asks)),
             published: Mutex::new(Published::default()),
             loops: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// The largest message the server takes.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.conn.max_payload
+    }
+
+    /// The hosts the registry lists now.
+    pub(crate) fn hosts(&self) -> Vec<HostStats> {
+        self.hosts.borrow().values().cloned().collect()
+    }
+
+    /// How many hosts the registry lists now.
+    pub(crate) fn hosts_alive(&self) -> usize {
+        self.hosts.borrow().len()
+    }
+
+    /// Waits until the hosts the registry lists satisfy `until`.
+    pub(crate) async fn wait_for_hosts(
+        &self,
+        mut until: impl FnMut(&[HostStats]) -> bool,
+    ) -> Vec<HostStats> {
+        let mut changes = self.hosts.subscribe();
+        loop {
+            let now: Vec<HostStats> = changes.borrow_and_update().values().cloned().collect();
+            if until(&now) {
+                return now;
+            }
+            // The sender lives as long as `self`: this never ends the loop.
+            if changes.changed().await.is_err() {
+                return now;
+            }
+        }
     }
 
     fn published(&self) -> std::sync::MutexGuard<'_, Published> {
@@ -176,9 +224,20 @@ impl Caller {
         loops.push(
             inner
                 .runtime
-                .spawn(reaper(weak, Arc::clone(&self)))
+                .spawn(reaper(weak.clone(), Arc::clone(&self)))
                 .abort_handle(),
         );
+        let watch = registry::watch(self.registry.clone(), self.hosts.clone());
+        loops.push(inner.runtime.spawn(watch).abort_handle());
+        let asks = self
+            .asks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(asks) = asks {
+            let answer = super::redelivery::answer(weak, self.conn.client.clone(), asks);
+            loops.push(inner.runtime.spawn(answer).abort_handle());
+        }
         *self.loops.lock().unwrap_or_else(PoisonError::into_inner) = loops;
     }
 
@@ -414,19 +473,6 @@ impl Drop for Caller {
             l.abort();
         }
     }
-}
-
-/// A caller id unlikely to repeat: the pid, the time and the std's random
-/// hasher keys.
-fn new_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.write_u128(now);
-    format!("{:016x}", h.finish())
 }
 
 /// One lane: publishes the chunks its outbox receives until the pool stops.

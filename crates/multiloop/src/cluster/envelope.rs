@@ -1,7 +1,8 @@
 //! What travels through the broker: a chunk of work from a caller to the
-//! hosts, the outcomes of a chunk back to its caller, and a caller's
-//! cancellation. Encoded with `postcard`; arguments and results stay the
-//! opaque bytes the typed layer made, borrowed from the message, not copied.
+//! hosts, the outcomes of a chunk back to its caller, a caller's
+//! cancellation, and a host's question about a chunk delivered again.
+//! Encoded with `postcard`; arguments and results stay the opaque bytes
+//! the typed layer made, borrowed from the message, not copied.
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +138,20 @@ impl<'a> Lost<'a> {
 pub(crate) struct Cancel<'a> {
     pub(crate) caller: &'a str,
     pub(crate) chunks: Vec<u64>,
+}
+
+/// A host that got a chunk again asks its caller which of the chunk's
+/// tasks it still waits for.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Ask {
+    pub(crate) chunk: u64,
+}
+
+/// The caller's answer: the indices of the chunk's tasks without an
+/// outcome yet (none: the chunk is settled, or cancelled).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Wanted {
+    pub(crate) tasks: Vec<u32>,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -3,6 +3,7 @@
 //! outcomes to the caller, and only then acknowledge it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, Semaphore};
 
 use super::envelope::{self, Cancel, Lost, Outcomes, Work};
+use super::redelivery::{self, Run};
+use super::registry::HostStats;
 use super::{ClusterConfig, Connection};
 use crate::error::Error;
 use crate::pool::{ChunkRec, Event};
@@ -56,12 +59,14 @@ pub(crate) async fn serve_with(
     let conn = super::connect(&cluster).await?;
     let (consumer, ack_wait) = super::work_consumer(&conn, &cluster, false).await?;
     let slots = pool.inner().config.processes * 2 + 1;
+    let registry = super::registry::open(&conn, &cluster, ack_wait, false).await?;
     let host = Arc::new(Host {
         pool,
         conn,
-        ack_wait,
+        ack_wait_ns: AtomicU64::new(nanos(ack_wait)),
         publish_timeout: cluster.publish_timeout,
         running: Mutex::new(HashMap::new()),
+        tasks_skipped: AtomicU64::new(0),
     });
     let cancels = host
         .conn
@@ -71,6 +76,19 @@ pub(crate) async fn serve_with(
         .map_err(|e| super::nats_error("could not subscribe to cancellations", &cluster, e))?;
     tokio::spawn(cancel_loop(Arc::clone(&host), cancels));
     tokio::spawn(partitions(Arc::clone(&host), cluster.clone()));
+    let (id, hostname, me) = (
+        super::new_id(),
+        super::registry::hostname(),
+        Arc::clone(&host),
+    );
+    tokio::spawn(super::registry::heartbeat(
+        registry,
+        ack_wait,
+        move |ack_wait| {
+            me.ack_wait_ns.store(nanos(ack_wait), Ordering::Relaxed);
+            me.describe(&id, &hostname)
+        },
+    ));
     let room = Arc::new(Semaphore::new(slots));
     tracing::info!(pool = cluster.pool, slots, "cluster host ready");
     ready();
@@ -128,10 +146,20 @@ pub(crate) async fn serve_with(
 struct Host {
     pool: Pool,
     conn: Connection,
-    ack_wait: Duration,
+    /// The pool's `ack_wait`, in nanoseconds: what the work consumer had
+    /// when the host started, then what the registry's entries live (the
+    /// caller sets both), so a host started before its caller follows it.
+    ack_wait_ns: AtomicU64,
     publish_timeout: Duration,
     /// The chunks running here, by caller and chunk: woken to cancel.
     running: Mutex<HashMap<(String, u64), Arc<Notify>>>,
+    /// Tasks of chunks delivered again that were not run (see
+    /// `redelivery`).
+    tasks_skipped: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 /// How a chunk's run on the local pool ended.
@@ -148,6 +176,26 @@ impl Host {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn ack_wait(&self) -> Duration {
+        Duration::from_nanos(self.ack_wait_ns.load(Ordering::Relaxed))
+    }
+
+    /// This host's entry in the registry.
+    fn describe(&self, id: &str, hostname: &str) -> HostStats {
+        let config = &self.pool.inner().config;
+        HostStats {
+            id: id.to_owned(),
+            hostname: hostname.to_owned(),
+            pid: std::process::id(),
+            processes: config.processes,
+            concurrency: config.concurrency,
+            ack_wait: self.ack_wait(),
+            chunks_running: self.running().len() as u64,
+            tasks_done: self.pool.stats().tasks_done,
+            tasks_skipped: self.tasks_skipped.load(Ordering::Relaxed),
+        }
+    }
+
     async fn run(&self, message: jetstream::Message) {
         let payload = message.payload.clone();
         let work: Work<'_> = match envelope::decode(&payload) {
@@ -158,15 +206,65 @@ impl Host {
                 return;
             }
         };
+        // Listed as running from here: a cancellation that comes while the
+        // host asks about a chunk delivered again is kept for the run.
         let key = (work.caller.to_owned(), work.chunk);
         let cancel = Arc::new(Notify::new());
         self.running().insert(key.clone(), Arc::clone(&cancel));
-        let slot = self.local_slot(message.subject.as_str());
-        let ran = self
-            .run_local(&work, &payload, slot, &message, &cancel)
-            .await;
+        self.run_wanted(&message, &work, &payload, &cancel).await;
         self.running().remove(&key);
-        let events = match ran {
+    }
+
+    /// Runs the chunk `work` (its arguments in `payload`), or, when it is
+    /// delivered again, the part of it its caller still waits for.
+    async fn run_wanted(
+        &self,
+        message: &jetstream::Message,
+        work: &Work<'_>,
+        payload: &Bytes,
+        cancel: &Notify,
+    ) {
+        if message.info().is_ok_and(|i| i.delivered > 1) {
+            let count = work.offsets.len().saturating_sub(1);
+            let wait = self.ack_wait() / 3;
+            if let Run::Only(which) = redelivery::still_wanted(&self.conn, work, wait).await
+                && which.len() < count
+            {
+                let skipped = (count - which.len()) as u64;
+                self.tasks_skipped.fetch_add(skipped, Ordering::Relaxed);
+                if which.is_empty() {
+                    let _ = message.double_ack().await;
+                    return;
+                }
+                let (args, offsets) = redelivery::subset(work.payload, &work.offsets, &which);
+                let args = Bytes::from(args);
+                let part = Work {
+                    payload: &args,
+                    offsets,
+                    ..*work
+                };
+                return self
+                    .run_work(message, &part, &args, cancel, Some(&which))
+                    .await;
+            }
+        }
+        self.run_work(message, work, payload, cancel, None).await;
+    }
+
+    /// Runs `work` (its arguments in `payload`) until done or `cancel`,
+    /// publishes its outcomes and acknowledges `message`. `ran`: the
+    /// chunk's index of each task of `work`, when it is part of the chunk.
+    async fn run_work(
+        &self,
+        message: &jetstream::Message,
+        work: &Work<'_>,
+        payload: &Bytes,
+        cancel: &Notify,
+        ran: Option<&[u32]>,
+    ) {
+        let slot = self.local_slot(message.subject.as_str());
+        let result = self.run_local(work, payload, slot, message, cancel).await;
+        let events = match result {
             Ran::Done(events) => events,
             Ran::Stopped => {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -180,7 +278,7 @@ impl Host {
         let subject = self.conn.names.results_subject(work.caller);
         let count = work.offsets.len().saturating_sub(1) as u32;
         let limit = self.conn.max_payload.saturating_sub(1024).max(1024);
-        let parts = match outcomes(&work, count, &events, limit) {
+        let parts = match outcomes(work, count, &events, limit, ran) {
             Ok(parts) => parts,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster host: could not gather a chunk's outcomes");
@@ -262,7 +360,7 @@ impl Host {
         // The first tick one period from now: an interval's immediate
         // first tick still waits for the timer wheel's next millisecond,
         // which was most of a trivial chunk's time on the host.
-        let period = self.ack_wait / 3;
+        let period = self.ack_wait() / 3;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         while accounted < count {
             tokio::select! {
@@ -330,13 +428,16 @@ impl Host {
 
 /// The messages of outcomes for a chunk of `count` tasks, each under
 /// `limit` bytes. A task the host has no code for (or a reducer it lacks)
-/// is answered as a worker would answer it.
+/// is answered as a worker would answer it. `ran`: the chunk's index of
+/// each task run, when only some ran (a chunk delivered again).
 fn outcomes(
     work: &Work<'_>,
     count: u32,
     events: &[Event],
     limit: usize,
+    ran: Option<&[u32]>,
 ) -> Result<Vec<Vec<u8>>, String> {
+    let at = |i: u32| ran.and_then(|r| r.get(i as usize).copied()).unwrap_or(i);
     let mut lost: Vec<(Vec<u32>, Lost<'_>)> = Vec::new();
     let mut done: Vec<(u32, u8, &[u8])> = Vec::new();
     let mut partials: Vec<&[u8]> = Vec::new();
@@ -350,7 +451,7 @@ fn outcomes(
     };
     if let Some(name) = unknown {
         for i in 0..count {
-            done.push((i, Status::UnknownTask as u8, name.as_bytes()));
+            done.push((at(i), Status::UnknownTask as u8, name.as_bytes()));
         }
     }
     for event in events {
@@ -377,21 +478,22 @@ fn outcomes(
                             .enumerate()
                         {
                             let index = item.input_index(listed, k as u32) as u32;
-                            done.push((index, Status::Ok as u8, value));
+                            done.push((at(index), Status::Ok as u8, value));
                         }
                     } else {
                         let mut reader = crate::wire::Reader::new(data);
                         for k in 0..item.count {
                             let (status, data) = crate::wire::next_outcome(&mut reader)
                                 .map_err(|e| e.to_string())?;
-                            done.push((item.input_index(listed, k) as u32, status as u8, data));
+                            let index = item.input_index(listed, k) as u32;
+                            done.push((at(index), status as u8, data));
                         }
                     }
                 }
             }
             Event::Failed { indices, failure } => {
                 if let Some(l) = Lost::from_failure(failure) {
-                    lost.push((indices.iter().map(|&i| i as u32).collect(), l));
+                    lost.push((indices.iter().map(|&i| at(i as u32)).collect(), l));
                 }
             }
         }

@@ -51,10 +51,17 @@
 //!   each task and drops any later one (a chunk that ran twice).
 //! - **Execution is at least once across hosts**: a host that dies, or
 //!   loses its link for longer than [`ClusterConfig::ack_wait`], has its
-//!   chunks delivered to another host, which runs them again, even tasks
-//!   the first host had finished (it may have died after publishing their
-//!   outcomes and before acknowledging). Tasks with side effects must
-//!   tolerate that.
+//!   chunks delivered to another host. A host that gets a chunk again asks
+//!   the caller which of its tasks it still waits for, and runs only those
+//!   (a task whose outcome arrived before its host died or was cut off is
+//!   not run again); with no answer within a third of `ack_wait` it runs
+//!   them all, and it drops the chunk when the caller is gone for good
+//!   (its results consumer expired, an hour after it last read). A task
+//!   still runs twice when its first host is cut off or stalled while
+//!   running it: tasks with side effects must tolerate that.
+//! - **A host whose link is cut** has its chunks run elsewhere `ack_wait`
+//!   after its last progress ack; the outcomes it sends once its link is
+//!   back are dropped by the caller, and it serves again.
 //! - **Nobody waits forever**: a chunk delivered
 //!   [`max_deliveries`](ClusterConfig::max_deliveries) times without a host
 //!   finishing it ends its tasks with a crash error
@@ -79,13 +86,30 @@
 //!   pulling for `ack_wait`. On its host, a partition's chunks all run on
 //!   one local worker (partition modulo the host's processes), so state a
 //!   task keeps per key ([`worker_state`](crate::worker_state)) stays in
-//!   one worker across calls. The new host starts with empty per-key state,
-//!   and a redelivered chunk may arrive after a later one: routed tasks
-//!   that carry state should check a round number and drop stale work.
+//!   one worker across calls. The new host starts with empty per-key state.
+//!   A chunk delivered again whose tasks the caller already settled is not
+//!   run (above), so a round that ended is not replayed on the new owner;
+//!   one still unsettled can run on both the new owner and an old one
+//!   that was cut off, so routed tasks that carry state should still check
+//!   a round number.
+//!
+//! # Hosts
+//!
+//! Each host keeps an entry in the pool's host registry (a key-value
+//! bucket, `MLH_<pool>`), put every third of `ack_wait` and living
+//! `ack_wait` past its last put; the server marks an expired entry, and
+//! the caller watches the bucket. So
+//! [`PoolStats::hosts_alive`](crate::PoolStats::hosts_alive) counts the
+//! hosts serving the pool, [`Pool::hosts`](crate::Pool::hosts) describes
+//! each ([`HostStats`]),
+//! [`Pool::wait_for_hosts`](crate::Pool::wait_for_hosts) waits for them,
+//! and a host that stops (killed, hung, cut off) drops out about
+//! `ack_wait` after its last heartbeat. The entries' lifetime is the
+//! caller's `ack_wait`: a host started before its caller reads it at its
+//! next heartbeat and paces its progress acks by it.
 //!
 //! Not carried over from the local pool: initializers and
-//! `max_tasks_per_child` belong to the hosts' own pools;
-//! [`Pool::stats`](crate::Pool::stats) counts tasks, not hosts.
+//! `max_tasks_per_child` belong to the hosts' own pools.
 //!
 //! # Server
 //!
@@ -93,11 +117,15 @@
 //! one is refused at connect. Streams are file-backed, so a server
 //! restarted mid-map loses nothing. A message is limited by the server's
 //! `max_payload` (1 MiB by default): chunks are cut to fit, and a single
-//! task's arguments larger than that fail that task with a clear error.
+//! task's arguments (or result) larger than that fail that task alone with
+//! a serialization error naming the limit. The address may carry a user
+//! and password: `nats://user:pass@10.0.0.1:4222`.
 
 mod caller;
 mod envelope;
 mod host;
+mod redelivery;
+mod registry;
 
 use std::time::Duration;
 
@@ -105,6 +133,7 @@ use async_nats::jetstream;
 
 pub(crate) use self::caller::Caller;
 pub use self::host::serve;
+pub use self::registry::HostStats;
 use crate::error::Error;
 
 /// The environment variable that makes a program a cluster host:
@@ -233,6 +262,11 @@ impl Names {
     pub(crate) fn results_subject(&self, caller: &str) -> String {
         format!("ml.{}.res.{caller}", self.pool)
     }
+
+    /// Where hosts ask `caller` about chunks delivered again.
+    pub(crate) fn ask_subject(&self, caller: &str) -> String {
+        format!("ml.{}.ask.{caller}", self.pool)
+    }
 }
 
 /// A connection to the pool's server, its streams made and checked.
@@ -242,6 +276,19 @@ pub(crate) struct Connection {
     pub(crate) names: Names,
     pub(crate) work: jetstream::stream::Stream,
     pub(crate) max_payload: usize,
+}
+
+/// An id unlikely to repeat, for a caller or a host: the pid, the time
+/// and the std's random hasher keys.
+pub(crate) fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    format!("{:016x}", h.finish())
 }
 
 fn nats_error(what: &str, config: &ClusterConfig, e: impl std::fmt::Display) -> Error {
@@ -258,10 +305,13 @@ fn nats_error(what: &str, config: &ClusterConfig, e: impl std::fmt::Display) -> 
 /// checks) the pool's streams.
 pub(crate) async fn connect(config: &ClusterConfig) -> Result<Connection, Error> {
     config.check()?;
-    let options = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("multiloop")
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.connect_timeout));
+    if let Some((user, pass)) = credentials(&config.url) {
+        options = options.user_and_password(user, pass);
+    }
     let client = tokio::time::timeout(config.connect_timeout, options.connect(config.url.as_str()))
         .await
         .map_err(|_| nats_error("connecting timed out", config, "no answer"))?
@@ -323,6 +373,20 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<Connection, Error>
         js,
         names,
         work,
+    })
+}
+
+/// The user and password in the first of `urls` that has them
+/// (`nats://user:pass@host:4222`): async-nats does not read them from the
+/// address itself.
+fn credentials(urls: &str) -> Option<(String, String)> {
+    urls.split(',').find_map(|url| {
+        let addr = url.trim().parse::<async_nats::ServerAddr>().ok()?;
+        let user = addr.username()?;
+        Some((
+            user.to_owned(),
+            addr.password().unwrap_or_default().to_owned(),
+        ))
     })
 }
 
@@ -638,6 +702,15 @@ mod tests {
         assert!(check_version("2.9.10").is_err());
         assert!(check_version("2.10.22").is_err());
         assert!(check_version("nonsense").is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_the_address() {
+        assert_eq!(
+            credentials("nats://10.0.0.1:4222, nats://ann:s3cret@10.0.0.2:4222"),
+            Some(("ann".into(), "s3cret".into()))
+        );
+        assert_eq!(credentials("nats://10.0.0.1:4222"), None);
     }
 
     #[test]

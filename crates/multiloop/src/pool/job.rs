@@ -453,8 +453,9 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                     "arguments",
                     type_name::<T::Args>(),
                     format!(
-                        "{} bytes serialized, more than the frame cap of {max} bytes",
-                        b - a
+                        "{} bytes serialized, more than the frame cap of {max} bytes{}",
+                        b - a,
+                        self.pool.frame_cap_origin()
                     ),
                 );
                 self.ready.push_back((index, Err(err)));

@@ -124,6 +124,19 @@ impl Inner {
         }
     }
 
+    /// Where the frame cap comes from, when not from the builder: a cluster
+    /// pool's frames must fit in the nats-server's messages.
+    pub(crate) fn frame_cap_origin(&self) -> String {
+        #[cfg(feature = "cluster")]
+        if let Some(caller) = self.cluster.get() {
+            return format!(
+                " (the nats-server's max_payload of {} bytes, less room for the chunk's envelope)",
+                caller.max_payload()
+            );
+        }
+        String::new()
+    }
+
     /// Kills every live worker at once.
     fn kill_all(&self, core: &Core) {
         for w in core.workers.iter().filter(|w| w.alive) {
@@ -173,6 +186,10 @@ pub struct PoolStats {
     pub restarts_in_window: usize,
     /// Restart storms so far.
     pub restart_storms: u64,
+    /// Hosts serving a cluster pool now, as its host registry lists them
+    /// (each host's entry lives `ack_wait` past its last heartbeat); 0 for
+    /// a local pool. [`Pool::hosts`] describes each one.
+    pub hosts_alive: usize,
 }
 
 /// A pool of worker processes, each running many async tasks at once on its
@@ -691,6 +708,55 @@ impl Pool {
             tasks_failed: c.failed,
             restarts_in_window: core.restarts_in_window(),
             restart_storms: c.storms,
+            hosts_alive: self.hosts_alive(),
+        }
+    }
+
+    #[cfg(feature = "cluster")]
+    fn hosts_alive(&self) -> usize {
+        self.inner.cluster.get().map_or(0, |c| c.hosts_alive())
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn hosts_alive(&self) -> usize {
+        0
+    }
+
+    /// The hosts serving a cluster pool now, as their last heartbeats
+    /// describe them (empty for a local pool). The list follows the host
+    /// registry as it changes: a host appears with its first heartbeat and
+    /// drops out `ack_wait` after its last.
+    #[cfg(feature = "cluster")]
+    pub fn hosts(&self) -> Vec<crate::cluster::HostStats> {
+        self.inner
+            .cluster
+            .get()
+            .map_or_else(Vec::new, |c| c.hosts())
+    }
+
+    /// Waits until the hosts serving a cluster pool satisfy `until` (called
+    /// with the registry's list each time it changes), and returns that
+    /// list: say, until at least three hosts joined before starting a big
+    /// map. Wrap it in a timeout to bound the wait.
+    ///
+    /// ```no_run
+    /// # async fn run(pool: multiloop::Pool) -> Result<(), multiloop::Error> {
+    /// let hosts = pool.wait_for_hosts(|hosts| hosts.len() >= 3).await?;
+    /// for h in hosts {
+    ///     println!("{} (pid {}): {} tasks done", h.hostname, h.pid, h.tasks_done);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A usage error for a local pool.
+    #[cfg(feature = "cluster")]
+    pub async fn wait_for_hosts(
+        &self,
+        until: impl FnMut(&[crate::cluster::HostStats]) -> bool,
+    ) -> Result<Vec<crate::cluster::HostStats>, Error> {
+        match self.inner.cluster.get() {
+            Some(caller) => Ok(caller.wait_for_hosts(until).await),
+            None => Err(Error::usage("wait_for_hosts needs a cluster pool")),
         }
     }
 

@@ -1370,6 +1370,16 @@ impl Core {
         true
     }
 
+    /// The tasks of `chunk` still without an outcome, by index in the chunk
+    /// (none for a chunk that ended or is unknown): what a cluster host
+    /// that got the chunk again still has to run.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn still_pending(&self, chunk: u64) -> Vec<u32> {
+        self.chunks
+            .get(&chunk)
+            .map_or_else(Vec::new, ChunkRec::pending)
+    }
+
     /// Puts a retried chunk at the front of the queue.
     fn requeue(&mut self, rec: ChunkRec) {
         let id = self.next_chunk;
