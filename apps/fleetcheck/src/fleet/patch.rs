@@ -188,28 +188,41 @@ impl Kept {
 /// Turn `buf`, `old` spelled with `dec` decimals (as [`write_fixed`]
 /// writes it), into `new` of the same sign and length: only the digits up
 /// to the highest one that differs are written (a counter's top digits
-/// stay), two at a time.
+/// stay), the integer part two at a time.
 #[inline]
 fn rewrite_digits(buf: &mut [u8], old: i64, new: i64, dec: u8) {
-    let dec = usize::from(dec.min(9));
-    let len = buf.len();
-    let digits = len - usize::from(dec > 0) - usize::from(new < 0);
-    // Where digit `k` (from the right) sits: past the point for k >= dec.
-    let at = |k: usize| len - 1 - k - usize::from(dec > 0 && k >= dec);
     let (mut a, mut b) = (new.unsigned_abs(), old.unsigned_abs());
-    let mut k = 0;
+    let mut i = buf.len();
     // Same length and sign: once the rest of both numbers agree, so does
     // the rest of the spelling (zero padding, sign).
-    while a != b {
-        let q = a / 100;
-        let pair = (a - q * 100) as usize * 2;
-        buf[at(k)] = DIGIT_PAIRS[pair + 1];
-        if k + 1 < digits {
-            buf[at(k + 1)] = DIGIT_PAIRS[pair];
+    let dec = dec.min(9);
+    for _ in 0..dec {
+        if a == b {
+            return;
         }
-        a = q;
-        b /= 100;
-        k += 2;
+        i -= 1;
+        buf[i] = b'0' + (a % 10) as u8;
+        a /= 10;
+        b /= 10;
+    }
+    if dec > 0 {
+        i -= 1;
+    }
+    let start = usize::from(new < 0);
+    while a != b {
+        if i >= start + 2 {
+            let q = a / 100;
+            let pair = (a - q * 100) as usize * 2;
+            i -= 2;
+            buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+            a = q;
+            b /= 100;
+        } else {
+            i -= 1;
+            buf[i] = b'0' + (a % 10) as u8;
+            a /= 10;
+            b /= 10;
+        }
     }
 }
 
