@@ -7,7 +7,9 @@
 //!   without it, each host advances one round per scrape of that host.
 //! * Time: round `N` is at `N * STEP_SECS` seconds (the scanner's logical clock).
 //! * Pages are rendered from one pre-built template (HELP/TYPE lines, series
-//!   keys) with only the numbers computed per (host, series, round).
+//!   keys) with only the numbers computed per (host, series, round); as
+//!   served, a host's page is kept and only its changing values are
+//!   rewritten the next round (same bytes, `patch.rs`).
 //! * Bad hosts (ids after the regular hosts) return 500, garbage, an oversize
 //!   page or answer slowly ([`BadKind`]).
 //!
