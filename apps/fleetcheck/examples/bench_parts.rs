@@ -2,7 +2,7 @@
 //! by the simulated fleet, and parse + checks by `scrape_round`.
 //!
 //! Run: `cargo run --release -p fleetcheck --example bench_parts`; name
-//! parts (`render`, `scrape`, `parse`, `gzip`) to run only those, e.g.
+//! parts (`render`, `serve`, `scrape`, `parse`, `gzip`) to run only those, e.g.
 //! under `valgrind --tool=callgrind` for instruction counts per point.
 
 use std::time::Instant;
@@ -38,6 +38,27 @@ fn main() {
         let el = t.elapsed().as_secs_f64();
         println!(
             "render: {:.1} M points/s, {:.0} MB/s",
+            pts / el / 1e6,
+            bytes as f64 / el / 1e6
+        );
+    }
+    if run("serve") {
+        // As served: pages kept per host and patched round to round (the
+        // first round, rendered whole, is left out).
+        for h in 0..hosts {
+            let _ = fleet.served_page(h, Some(0), false);
+        }
+        let pts = pts * (rounds - 1) as f64 / rounds as f64;
+        let t = Instant::now();
+        let mut bytes = 0usize;
+        for r in 1..rounds {
+            for h in 0..hosts {
+                bytes += fleet.served_page(h, Some(r), false).map_or(0, |p| p.len());
+            }
+        }
+        let el = t.elapsed().as_secs_f64();
+        println!(
+            "serve: {:.1} M points/s, {:.0} MB/s",
             pts / el / 1e6,
             bytes as f64 / el / 1e6
         );

@@ -7,7 +7,9 @@
 //!   without it, each host advances one round per scrape of that host.
 //! * Time: round `N` is at `N * STEP_SECS` seconds (the scanner's logical clock).
 //! * Pages are rendered from one pre-built template (HELP/TYPE lines, series
-//!   keys) with only the numbers computed per (host, series, round).
+//!   keys) with only the numbers computed per (host, series, round); as
+//!   served, a host's page is kept and only its changing values are
+//!   rewritten the next round (same bytes, `patch.rs`).
 //! * Bad hosts (ids after the regular hosts) return 500, garbage, an oversize
 //!   page or answer slowly ([`BadKind`]).
 //!
@@ -27,6 +29,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::report::ExpectedFinding;
+
+mod patch;
 
 /// Seconds between two rounds of the simulated fleet (the scanner's
 /// logical clock).
@@ -587,6 +591,34 @@ struct Injection {
     round: u64,
 }
 
+/// A gauge's or counter's constants for one (host, series), computed once:
+/// [`Curve::at`] is the whole per-round cost of its value.
+#[derive(Debug, Clone, Copy)]
+enum Curve {
+    /// `level + amp * noise(key, round)`, noise uniform in [-1, 1).
+    Gauge { level: f64, amp: f64, key: u64 },
+    /// `start + slope * (round * STEP_SECS + offset)`.
+    Counter { start: f64, slope: f64, offset: f64 },
+}
+
+impl Curve {
+    /// The value at `round`.
+    #[inline]
+    fn at(self, round: u64) -> f64 {
+        match self {
+            Curve::Gauge { level, amp, key } => {
+                let n = unit(mix(key ^ round.wrapping_mul(0x9E37_79B9))) * 2.0 - 1.0;
+                level + amp * n
+            }
+            Curve::Counter {
+                start,
+                slope,
+                offset,
+            } => start + slope * (round as f64 * STEP_SECS + offset),
+        }
+    }
+}
+
 /// The simulated fleet (pure; see [`serve`] for HTTP).
 #[derive(Debug)]
 pub struct Fleet {
@@ -595,6 +627,7 @@ pub struct Fleet {
     sp: Special,
     inj: HashMap<u32, Vec<Injection>>,
     scrapes: Vec<AtomicU64>,
+    kept: patch::Pages,
 }
 
 enum Override {
@@ -676,6 +709,7 @@ impl Fleet {
             sp,
             inj,
             scrapes: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            kept: patch::Pages::new(n),
         }
     }
 
@@ -737,34 +771,65 @@ impl Fleet {
         out
     }
 
-    fn base_value(&self, host: u32, s: u32, round: u64) -> f64 {
+    /// A host's uniform draw for a group of series (one per host and group).
+    fn host_unit(&self, host: u32, group: u32) -> f64 {
+        unit(mix(self.cfg.seed
+            ^ (u64::from(host) << 32)
+            ^ u64::from(group).wrapping_mul(0x2545_F491_4F6C_DD1D)))
+    }
+
+    /// The constants of series `s`'s curve on `host` (None: not a gauge or
+    /// counter).
+    fn curve(&self, host: u32, s: u32) -> Option<Curve> {
         let spec = self.tpl.specs[s as usize];
-        let seed = self.cfg.seed;
-        let hu = |grp: u32| {
-            unit(mix(seed
-                ^ (u64::from(host) << 32)
-                ^ u64::from(grp).wrapping_mul(0x2545_F491_4F6C_DD1D)))
-        };
         match spec.gv {
-            Gen::Const(v) => v,
-            Gen::Gauge { base, spread, amp } => {
-                let n = unit(mix(seed
-                    ^ (u64::from(host) << 40)
-                    ^ (u64::from(s) << 20)
-                    ^ round.wrapping_mul(0x9E37_79B9)))
-                    * 2.0
-                    - 1.0;
-                base * (1.0 + spread * (hu(spec.group) - 0.5)) + amp * n
-            }
+            Gen::Gauge { base, spread, amp } => Some(Curve::Gauge {
+                level: base * (1.0 + spread * (self.host_unit(host, spec.group) - 0.5)),
+                amp,
+                key: self.cfg.seed ^ (u64::from(host) << 40) ^ (u64::from(s) << 20),
+            }),
             Gen::Counter { base, rate } => {
-                let h = hu(spec.group);
-                let t = round as f64 * STEP_SECS + 1.0e5 * (1.0 + h);
-                base * (1.0 + h) + rate * (0.5 + h) * t
+                let h = self.host_unit(host, spec.group);
+                Some(Curve::Counter {
+                    start: base * (1.0 + h),
+                    slope: rate * (0.5 + h),
+                    offset: 1.0e5 * (1.0 + h),
+                })
             }
+            Gen::Const(_) | Gen::FracOf { .. } => None,
+        }
+    }
+
+    /// Whether series `s`'s value (without injections) changes between rounds.
+    fn varies(&self, s: u32) -> bool {
+        match self.tpl.specs[s as usize].gv {
+            Gen::Const(_) => false,
+            Gen::Gauge { amp, .. } => amp != 0.0,
+            Gen::Counter { rate, .. } => rate != 0.0,
+            Gen::FracOf { of, .. } => self.varies(of),
+        }
+    }
+
+    /// Whether an injection on `host` touches series `s`.
+    fn injected(&self, host: u32, s: u32) -> bool {
+        self.inj
+            .get(&host)
+            .is_some_and(|v| v.iter().any(|i| i.series == s))
+    }
+
+    fn base_value(&self, host: u32, s: u32, round: u64) -> f64 {
+        if let Some(c) = self.curve(host, s) {
+            return c.at(round);
+        }
+        let spec = self.tpl.specs[s as usize];
+        match spec.gv {
             Gen::FracOf { of, lo, hi } => {
                 let total = self.base_value(host, of, round);
-                total * (lo + (hi - lo) * hu(spec.group))
+                total * (lo + (hi - lo) * self.host_unit(host, spec.group))
             }
+            Gen::Const(v) => v,
+            // Covered by the curve above.
+            Gen::Gauge { .. } | Gen::Counter { .. } => f64::NAN,
         }
     }
 
@@ -837,6 +902,21 @@ impl Fleet {
     /// [`Fleet::render`], every sample stamped `ts_ms` when given.
     fn render_with(&self, host: u32, round: u64, ts_ms: Option<u64>, out: &mut Vec<u8>) {
         let ovs = self.overrides(host, round);
+        self.render_marked(host, round, ts_ms, &ovs, out, |_, _, _| {});
+    }
+
+    /// [`Fleet::render_with`] given the round's overrides; `mark(series,
+    /// scaled, range)` learns each value (as [`scaled`] gives it) and where
+    /// its text went in `out`.
+    fn render_marked(
+        &self,
+        host: u32,
+        round: u64,
+        ts_ms: Option<u64>,
+        ovs: &[(u32, Override)],
+        out: &mut Vec<u8>,
+        mut mark: impl FnMut(u32, Option<i64>, std::ops::Range<usize>),
+    ) {
         let mut oi = 0;
         let text = &self.tpl.text;
         out.reserve(text.len() + self.tpl.specs.len() * 14);
@@ -851,7 +931,9 @@ impl Fleet {
                 continue;
             };
             out.extend_from_slice(&text[spec.line.0 as usize..spec.line.1 as usize]);
+            let at = out.len();
             write_num(out, v, spec.dec);
+            mark(s, scaled(v, spec.dec), at..out.len());
             if let Some(ts) = ts_ms {
                 out.push(b' ');
                 write_u64(out, ts);
@@ -869,18 +951,36 @@ impl Fleet {
     /// [`Fleet::page`]; with `stamped`, every sample carries its simulated
     /// time (round x [`STEP_SECS`]) as timestamp.
     pub fn page_with(&self, host: u32, round: Option<u64>, stamped: bool) -> Option<Vec<u8>> {
+        let round = self.round_of(host, round)?;
+        let mut out = Vec::new();
+        self.render_with(host, round, stamped.then(|| stamp_ms(round)), &mut out);
+        Some(out)
+    }
+
+    /// [`Fleet::page_with`] as served over HTTP: the same bytes, but a
+    /// plain page is patched from the host's page of an earlier round
+    /// where it can be (only the values that change are written).
+    pub fn served_page(&self, host: u32, round: Option<u64>, stamped: bool) -> Option<Bytes> {
+        let round = self.round_of(host, round)?;
+        if stamped {
+            let mut out = Vec::new();
+            self.render_with(host, round, Some(stamp_ms(round)), &mut out);
+            return Some(out.into());
+        }
+        Some(self.kept.page(self, host, round))
+    }
+
+    /// The round to serve (`round`, or the host's next one); None for an
+    /// unknown host.
+    fn round_of(&self, host: u32, round: Option<u64>) -> Option<u64> {
         if host >= self.cfg.hosts {
             return None;
         }
-        let round = round.unwrap_or_else(|| {
+        Some(round.unwrap_or_else(|| {
             self.scrapes
                 .get(host as usize)
                 .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
-        });
-        let mut out = Vec::new();
-        let ts = stamped.then_some((round as f64 * STEP_SECS * 1000.0) as u64);
-        self.render_with(host, round, ts, &mut out);
-        Some(out)
+        }))
     }
 
     /// Misbehaviour of a bad host.
@@ -888,6 +988,11 @@ impl Fleet {
         host.checked_sub(self.cfg.hosts)
             .and_then(|i| self.cfg.bad.get(i as usize).copied())
     }
+}
+
+/// A stamped page's timestamp for `round` (ms of simulated time).
+fn stamp_ms(round: u64) -> u64 {
+    (round as f64 * STEP_SECS * 1000.0) as u64
 }
 
 /// Two ASCII digits for each of 0..100: number formatting two digits per
@@ -932,7 +1037,7 @@ fn round_to_i64(x: f64) -> i64 {
 /// Write `n`'s decimal digits ending at `buf[end]` (exclusive); returns
 /// where they start.
 #[inline]
-fn digits_backwards(buf: &mut [u8; 40], mut end: usize, mut n: u64) -> usize {
+fn digits_backwards(buf: &mut [u8], mut end: usize, mut n: u64) -> usize {
     while n >= 100 {
         let d = (n % 100) as usize * 2;
         n /= 100;
@@ -950,6 +1055,57 @@ fn digits_backwards(buf: &mut [u8; 40], mut end: usize, mut n: u64) -> usize {
     end
 }
 
+/// `v` in units of its last decimal (`dec` at most 9), rounded as
+/// `f64::round` does; None when it is not finite or too large for the
+/// fixed-decimal spelling.
+#[inline]
+fn scaled(v: f64, dec: u8) -> Option<i64> {
+    let x = v * POW10_U64[usize::from(dec.min(9))] as f64;
+    // NaN fails the comparison too.
+    (x.abs() < 9.0e18).then(|| round_to_i64(x))
+}
+
+/// Length of [`write_fixed`]'s spelling of `n` with `dec` decimals.
+#[inline]
+fn fixed_len(n: i64, dec: u8) -> usize {
+    let digits = n
+        .unsigned_abs()
+        .checked_ilog10()
+        .map_or(1, |l| l as usize + 1);
+    let dec = usize::from(dec.min(9));
+    let body = if dec > 0 {
+        digits.max(dec + 1) + 1
+    } else {
+        digits
+    };
+    body + usize::from(n < 0)
+}
+
+/// Write `n` (from [`scaled`]) with `dec` fixed decimals so that it ends at
+/// `buf[end]` (exclusive); returns where it starts.
+#[inline]
+fn write_fixed(buf: &mut [u8], mut end: usize, n: i64, dec: u8) -> usize {
+    // Fraction digits first (divisions by constants, no `div`), then the
+    // integer part two digits at a time.
+    let mut m = n.unsigned_abs();
+    let dec = dec.min(9);
+    if dec > 0 {
+        for _ in 0..dec {
+            end -= 1;
+            buf[end] = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        end -= 1;
+        buf[end] = b'.';
+    }
+    end = digits_backwards(buf, end, m);
+    if n < 0 {
+        end -= 1;
+        buf[end] = b'-';
+    }
+    end
+}
+
 /// Write a number with `dec` fixed decimals (Prometheus spelling for non-finite).
 pub fn write_num(out: &mut Vec<u8>, v: f64, dec: u8) {
     if v.is_nan() {
@@ -960,32 +1116,12 @@ pub fn write_num(out: &mut Vec<u8>, v: f64, dec: u8) {
         out.extend_from_slice(if v > 0.0 { b"+Inf" } else { b"-Inf" });
         return;
     }
-    let dec = usize::from(dec.min(9));
-    let x = v * POW10_U64[dec] as f64;
-    if x.abs() >= 9.0e18 {
+    let Some(n) = scaled(v, dec) else {
         out.extend_from_slice(format!("{v:e}").as_bytes());
         return;
-    }
-    let n = round_to_i64(x);
+    };
     let mut buf = [0u8; 40];
-    let mut i = buf.len();
-    // Fraction digits first (divisions by constants, no `div`), then the
-    // integer part two digits at a time.
-    let mut m = n.unsigned_abs();
-    if dec > 0 {
-        for _ in 0..dec {
-            i -= 1;
-            buf[i] = b'0' + (m % 10) as u8;
-            m /= 10;
-        }
-        i -= 1;
-        buf[i] = b'.';
-    }
-    i = digits_backwards(&mut buf, i, m);
-    if n < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
+    let i = write_fixed(&mut buf, 40, n, dec);
     out.extend_from_slice(&buf[i..]);
 }
 
@@ -1061,9 +1197,7 @@ async fn handle(
             }
         });
     }
-    let f = fleet.clone();
-    // Rendering is CPU work; keep it off the accept path.
-    let page = f.page_with(host, round, stamped);
+    let page = fleet.served_page(host, round, stamped);
     Ok(match page {
         Some(p) => {
             let mut r = text(StatusCode::OK, p);

@@ -888,7 +888,12 @@ fn serve_fleet(a: ServeFleetArgs) -> Result<(), Error> {
         rounds,
         bad,
     };
-    let rt = runtime()?;
+    // One thread serves the whole fleet: a page costs microseconds, and a
+    // second thread would only add wake-ups between the two.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
     rt.block_on(async move {
         let fleet = Arc::new(Fleet::new(cfg));
         let server = FleetServer::start(fleet.clone(), port)

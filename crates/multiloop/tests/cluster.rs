@@ -527,6 +527,7 @@ async fn routed_work_keeps_each_key_on_one_worker_of_its_host_across_rounds() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_show_the_hosts_alive_and_a_killed_host_drops_out_after_ack_wait() {
     let nats = Nats::start();
     let pool = Pool::builder()
