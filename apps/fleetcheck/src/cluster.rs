@@ -245,9 +245,8 @@ pub fn route_resume(args: &(HostSpec, u64, Resume)) -> u64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
-    use crate::rules::Rules;
-    use crate::scan::{Clock, ScrapeOptions, host_specs};
+    use crate::fleet::{Fleet, FleetConfig, FleetServer};
+    use crate::scan::host_specs;
     use std::sync::Arc;
 
     /// A worker whose state of a host is behind or ahead of the runner's
@@ -264,15 +263,7 @@ mod tests {
         }));
         let server = FleetServer::start(fleet, 0).await.unwrap();
         let spec = &host_specs(&server.target_urls())[0];
-        let w = WorkerState::new(&WorkerInit {
-            rules: Rules::builtin(),
-            opts: ScrapeOptions {
-                round_query: true,
-                clock: Clock::Logical { step: STEP_SECS },
-                ..Default::default()
-            },
-            clients: Vec::new(),
-        });
+        let w = WorkerState::new(&crate::worker::tests::simulated_init());
         let known = |parent, parent_round| Known {
             init: 1,
             parent,

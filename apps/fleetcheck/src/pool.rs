@@ -282,20 +282,7 @@ impl PoolScanner {
     /// Start the workers; each builds its [`WorkerState`] from `init`.
     /// Must be called inside a tokio runtime.
     pub async fn start(init: WorkerInit, settings: PoolSettings) -> Result<Self, Error> {
-        let checks = Checks::from_rules(&init.rules);
-        let pool = Pool::builder()
-            .processes(settings.processes.max(1))
-            .concurrency(settings.concurrency.max(1))
-            .initializer(init_worker, init)
-            .build()
-            .await
-            .map_err(Error::PoolStart)?;
-        Ok(PoolScanner {
-            pool,
-            checks,
-            chunk: None,
-            cluster: None,
-        })
+        Self::start_tuned(init, settings, |b| b).await
     }
 
     /// [`PoolScanner::start`] with the pool builder adjusted by `tune`
@@ -306,17 +293,8 @@ impl PoolScanner {
         tune: impl FnOnce(multiloop::PoolBuilder) -> multiloop::PoolBuilder,
     ) -> Result<Self, Error> {
         let checks = Checks::from_rules(&init.rules);
-        let b = Pool::builder()
-            .processes(settings.processes.max(1))
-            .concurrency(settings.concurrency.max(1))
-            .initializer(init_worker, init);
-        let pool = tune(b).build().await.map_err(Error::PoolStart)?;
-        Ok(PoolScanner {
-            pool,
-            checks,
-            chunk: None,
-            cluster: None,
-        })
+        let b = Self::builder(&settings).initializer(init_worker, init);
+        Self::build(tune(b), checks, None).await
     }
 
     /// Start the workers with your own initializer task, which must store
@@ -330,19 +308,8 @@ impl PoolScanner {
         args: T::Args,
         settings: PoolSettings,
     ) -> Result<Self, Error> {
-        let pool = Pool::builder()
-            .processes(settings.processes.max(1))
-            .concurrency(settings.concurrency.max(1))
-            .initializer(initializer, args)
-            .build()
-            .await
-            .map_err(Error::PoolStart)?;
-        Ok(PoolScanner {
-            pool,
-            checks,
-            chunk: None,
-            cluster: None,
-        })
+        let b = Self::builder(&settings).initializer(initializer, args);
+        Self::build(b, checks, None).await
     }
 
     /// Scan on the agents of a cluster (`fleetcheck agent`) instead of
@@ -357,22 +324,32 @@ impl PoolScanner {
         cluster: multiloop::cluster::ClusterConfig,
     ) -> Result<Self, Error> {
         let checks = Checks::from_rules(&init.rules);
-        let pool = Pool::builder()
-            .cluster(cluster)
+        let run = ClusterRun {
+            init,
+            init_id: crate::cluster::init_id(),
+            history: Default::default(),
+        };
+        Self::build(Self::builder(&settings).cluster(cluster), checks, Some(run)).await
+    }
+
+    /// The pool of `settings`: its processes (or lanes) and concurrency.
+    fn builder(settings: &PoolSettings) -> multiloop::PoolBuilder {
+        Pool::builder()
             .processes(settings.processes.max(1))
             .concurrency(settings.concurrency.max(1))
-            .build()
-            .await
-            .map_err(Error::PoolStart)?;
+    }
+
+    async fn build(
+        b: multiloop::PoolBuilder,
+        checks: Checks,
+        cluster: Option<ClusterRun>,
+    ) -> Result<Self, Error> {
+        let pool = b.build().await.map_err(Error::PoolStart)?;
         Ok(PoolScanner {
             pool,
             checks,
             chunk: None,
-            cluster: Some(ClusterRun {
-                init,
-                init_id: crate::cluster::init_id(),
-                history: Default::default(),
-            }),
+            cluster,
         })
     }
 

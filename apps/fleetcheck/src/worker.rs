@@ -185,12 +185,26 @@ impl WorkerState {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fleet::{Fleet, FleetConfig, FleetServer, STEP_SECS};
     use crate::report::{Report, verify};
     use crate::scan::{Clock, host_specs};
     use std::sync::Arc;
+
+    /// The built-in rules, scraping the simulated fleet by round number on
+    /// its logical clock.
+    pub(crate) fn simulated_init() -> WorkerInit {
+        WorkerInit {
+            rules: Rules::builtin(),
+            opts: ScrapeOptions {
+                round_query: true,
+                clock: Clock::Logical { step: STEP_SECS },
+                ..Default::default()
+            },
+            clients: Vec::new(),
+        }
+    }
 
     #[test]
     fn worker_types_are_send_sync() {
@@ -234,15 +248,7 @@ mod tests {
         }));
         let server = FleetServer::start(fleet.clone(), 0).await.unwrap();
         let specs = host_specs(&server.target_urls());
-        let init = WorkerInit {
-            rules: Rules::builtin(),
-            opts: ScrapeOptions {
-                round_query: true,
-                clock: Clock::Logical { step: STEP_SECS },
-                ..Default::default()
-            },
-            clients: Vec::new(),
-        };
+        let init = simulated_init();
         let init: WorkerInit =
             serde_json::from_str(&serde_json::to_string(&init).unwrap()).unwrap();
         let workers = [WorkerState::new(&init), WorkerState::new(&init)];
@@ -285,15 +291,7 @@ mod tests {
         }));
         let server = FleetServer::start(fleet, 0).await.unwrap();
         let specs = host_specs(&server.target_urls());
-        let init = WorkerInit {
-            rules: Rules::builtin(),
-            opts: ScrapeOptions {
-                round_query: true,
-                clock: Clock::Logical { step: STEP_SECS },
-                ..Default::default()
-            },
-            clients: Vec::new(),
-        };
+        let init = simulated_init();
         let w = WorkerState::new(&init);
         // The parent has a copy but this worker has no state: ask for it.
         let r = w
@@ -347,15 +345,7 @@ mod tests {
         }));
         let server = FleetServer::start(fleet, 0).await.unwrap();
         let specs = host_specs(&server.target_urls());
-        let init = WorkerInit {
-            rules: Rules::builtin(),
-            opts: ScrapeOptions {
-                round_query: true,
-                clock: Clock::Logical { step: STEP_SECS },
-                ..Default::default()
-            },
-            clients: Vec::new(),
-        };
+        let init = simulated_init();
         let w = WorkerState::new(&init);
         for round in 0..3 {
             assert!(w.scrape(&specs[0], round).await.points > 0);
