@@ -537,7 +537,13 @@ async fn stats_show_the_hosts_alive_and_a_killed_host_drops_out_after_ack_wait()
         .build()
         .await
         .unwrap();
-    assert_eq!(pool.stats().hosts_alive, 0, "no host yet");
+    let stats = pool.stats();
+    assert_eq!(stats.hosts_alive, 0, "no host yet");
+    assert_eq!(
+        (stats.workers_alive, stats.workers_spawned),
+        (1, 1),
+        "a cluster pool's workers are its lanes, each counted once"
+    );
     let mut hosts: Vec<Host> = (0..2).map(|_| Host::start(&nats, "registry")).collect();
     let listed = within(30, "two hosts in the registry", async {
         pool.wait_for_hosts(|h| h.len() == 2).await.unwrap()

@@ -208,7 +208,6 @@ impl Caller {
                     last_progress: std::time::Instant::now(),
                     rearm: Arc::new(Notify::new()),
                 });
-                core.counters.spawned += 1;
                 id
             };
             let lane = lane(Arc::downgrade(inner), id, outbox, stop, Arc::clone(&self));

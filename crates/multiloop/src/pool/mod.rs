@@ -150,7 +150,8 @@ impl Inner {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// Worker processes running now.
+    /// Worker processes running now (on a cluster pool, its lanes: see
+    /// [`PoolStats::hosts_alive`] for the hosts).
     pub workers_alive: usize,
     /// Worker processes started, replacements included.
     pub workers_spawned: u64,
