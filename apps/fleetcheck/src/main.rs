@@ -357,13 +357,24 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 /// Logs on stderr: human-readable (colours on a terminal) or JSON lines.
+/// The NATS client's connection chatter (every connect at INFO) is kept
+/// to its warnings.
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let quiet = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("async_nats", tracing::Level::WARN);
     let b = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO);
     let _ = match format {
-        LogFormat::Json => b.json().try_init(),
-        LogFormat::Human => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => b.json().finish().with(quiet).try_init(),
+        LogFormat::Human => b
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(quiet)
+            .try_init(),
     };
 }
 
