@@ -1,5 +1,5 @@
-//! The same program on one machine or across many: without an address its
-//! calls run on a local pool; with `--cluster nats://HOST:4222` (one
+//! The same program on one machine or across many (the quick start's
+//! checks): without an address its calls run on a local pool; with `--cluster nats://HOST:4222` (one
 //! builder option) they run on the hosts serving pool `example`.
 //!
 //! One machine:
@@ -30,18 +30,6 @@ use multiloop::cluster::ClusterConfig;
 async fn check(host: String, latency_ms: u64) -> usize {
     tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     host.len()
-}
-
-/// CPU-bound work, folded where it runs.
-#[multiloop::task]
-async fn hash_rounds(seed: u64, rounds: u32) -> u64 {
-    let mut h = seed;
-    for _ in 0..rounds {
-        h ^= h << 13;
-        h ^= h >> 7;
-        h ^= h << 17;
-    }
-    h
 }
 
 /// How long the caller waits for a first host before giving up.
@@ -77,16 +65,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hosts = (0..5_000).map(|i| (format!("host-{i}.example"), 20));
     let sizes = pool.starmap(check, hosts).await?;
     println!("checked {} hosts in {:?}", sizes.len(), start.elapsed());
-
-    let start = Instant::now();
-    let count = pool
-        .map_reduce(
-            hash_rounds,
-            (0..2_000).map(|s| (s, 200_000)),
-            multiloop::reduce::Count::<u64>::new(),
-        )
-        .await?;
-    println!("hashed {} seeds in {:?}", count.value, start.elapsed());
 
     let stats = pool.stats();
     println!(
