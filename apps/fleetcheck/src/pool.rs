@@ -19,6 +19,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures_util::StreamExt;
+use multiloop::reduce::Partial;
 use multiloop::{Pool, Reducer};
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +28,7 @@ use crate::checks::Checks;
 use crate::error::Error;
 use crate::history::HistoryStore;
 use crate::report::Report;
-use crate::scan::{HostSpec, RoundObserver, ScanConfig};
+use crate::scan::{HostSpec, RoundObserver, RoundPipeline, ScanConfig};
 use crate::state::{HostCheckpoint, HostRound, ParentCopy, SeriesCheckpoint, StateUpdate};
 use crate::worker::{WorkerInit, WorkerState};
 
@@ -178,6 +180,67 @@ impl Reducer for ReportReducer {
 }
 
 multiloop::register_reducer!(ReportReducer);
+
+/// One round's share of a worker's fold ([`RoundsReducer`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoundPart {
+    /// The round.
+    pub round: u64,
+    /// Host results folded.
+    pub hosts: u64,
+    /// Their report.
+    pub report: Report,
+}
+
+/// Folds [`HostRound`]s into one [`Report`] per round: the reducer of a
+/// scan whose rounds overlap ([`PoolScanner::scan`]), where a chunk may
+/// hold the end of one round and the start of the next.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct RoundsReducer;
+
+impl RoundsReducer {
+    fn part(acc: &mut Vec<RoundPart>, round: u64) -> &mut RoundPart {
+        let at = match acc.iter().position(|p| p.round == round) {
+            Some(at) => at,
+            None => {
+                acc.push(RoundPart {
+                    round,
+                    ..RoundPart::default()
+                });
+                acc.len() - 1
+            }
+        };
+        &mut acc[at]
+    }
+}
+
+impl Reducer for RoundsReducer {
+    type Item = HostRound;
+    type Acc = Vec<RoundPart>;
+    fn identity(&self) -> Vec<RoundPart> {
+        Vec::new()
+    }
+    fn fold(&self, acc: &mut Vec<RoundPart>, item: HostRound) {
+        let part = Self::part(acc, item.round);
+        part.hosts += 1;
+        part.report.add(item);
+    }
+    fn merge(&self, acc: &mut Vec<RoundPart>, other: Vec<RoundPart>) {
+        for o in other {
+            let part = Self::part(acc, o.round);
+            part.hosts += o.hosts;
+            part.report.merge(o.report);
+        }
+    }
+}
+
+multiloop::register_reducer!(RoundsReducer);
+
+/// Rounds a scan on the pool keeps in flight: the next round's scrapes
+/// start while the last ones of the round before are still running, so
+/// no worker waits for the slowest one at the end of every round; a
+/// round is only started once the one two before it is complete.
+pub const ROUNDS_IN_FLIGHT: usize = 2;
 
 /// Why a round on the pool has no report.
 #[derive(Debug, thiserror::Error)]
@@ -566,12 +629,7 @@ impl PoolScanner {
             match usize::try_from(index).ok().and_then(|i| targets.get(i)) {
                 Some(spec) => {
                     failed += 1;
-                    rep.add(HostRound::failed(
-                        spec.id,
-                        round,
-                        POOL_FAILURE_CHECK,
-                        format!("scrape task failed in the pool: {e}"),
-                    ));
+                    rep.add(task_failed(spec, round, &e));
                 }
                 None => return Err(RoundError::Pool(e)),
             }
@@ -586,10 +644,88 @@ impl PoolScanner {
         Ok(rep)
     }
 
-    /// Scan `cfg.targets` for `cfg.rounds` rounds (0: forever), one
-    /// [`PoolScanner::round`] after the other, fleet-level checks after each
-    /// (`cfg.concurrency` is not used: the pool's settings are).
+    /// Scan `cfg.targets` for `cfg.rounds` rounds (0: forever), rounds
+    /// overlapping ([`ROUNDS_IN_FLIGHT`]) in one routed `map_reduce` whose
+    /// partials are folded per round as they arrive; each round's
+    /// fleet-level checks run, and the observer hears of it, once all of
+    /// its hosts are in, in round order. A round starts `cfg.interval`
+    /// after the one before at the earliest. (`cfg.concurrency` is not
+    /// used: the pool's settings are.) On agents, rounds run one after the
+    /// other ([`PoolScanner::round`]), each keeping the hosts' history.
     pub async fn scan<O>(&self, cfg: &ScanConfig, observer: Arc<Mutex<O>>) -> Result<Report, Error>
+    where
+        O: RoundObserver + 'static,
+    {
+        if self.cluster.is_some() {
+            return self.scan_round_by_round(cfg, observer).await;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(HostSpec, u64)>();
+        let inputs = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut call = self
+            .pool
+            .map_reduce_stream(scrape, inputs, RoundsReducer)
+            .route_by(route_host);
+        if let Some(n) = self.chunk {
+            call = call.chunk_size(n);
+        }
+        let mut pieces = call.partials();
+        let mut rounds = RoundPipeline::new(cfg, ROUNDS_IN_FLIGHT, tx);
+        let mut total = Report::default();
+        loop {
+            rounds.start_due(cfg);
+            while let Some((round, mut rep)) = rounds.pop_complete() {
+                rep.finish_round(&self.checks, round);
+                total.merge(rep);
+                if let Ok(mut o) = observer.lock() {
+                    o.round_done(round, &total);
+                }
+                rounds.start_due(cfg);
+            }
+            if rounds.is_over() {
+                return Ok(total);
+            }
+            let piece = tokio::select! {
+                piece = pieces.next() => piece,
+                () = rounds.next_start() => continue,
+            };
+            let round = rounds.oldest();
+            let Some(piece) = piece else {
+                let (got, want) = rounds.oldest_progress();
+                let source = RoundError::Incomplete { got, want };
+                return Err(Error::Round { round, source });
+            };
+            match piece.map_err(RoundError::Pool) {
+                Ok(Partial::Folded { value, .. }) => {
+                    for part in value {
+                        if let Ok(o) = observer.lock() {
+                            o.hosts_done(part.hosts);
+                        }
+                        rounds.fold(part.round, part.hosts, part.report);
+                    }
+                }
+                Ok(Partial::Failed { index, error }) => {
+                    if error.is_restart_intensity() || error.is_pool_closed() {
+                        let source = RoundError::Pool(error);
+                        return Err(Error::Round { round, source });
+                    }
+                    if let Some((spec, round)) = rounds.input(index) {
+                        if let Ok(o) = observer.lock() {
+                            o.host_done();
+                        }
+                        rounds.add(task_failed(&spec, round, &error));
+                    }
+                }
+                Err(source) => return Err(Error::Round { round, source }),
+            }
+        }
+    }
+
+    /// [`PoolScanner::scan`] one [`PoolScanner::round`] after the other.
+    async fn scan_round_by_round<O>(
+        &self,
+        cfg: &ScanConfig,
+        observer: Arc<Mutex<O>>,
+    ) -> Result<Report, Error>
     where
         O: RoundObserver + 'static,
     {
@@ -623,6 +759,16 @@ impl PoolScanner {
             source,
         })
     }
+}
+
+/// The finding of a host whose scrape task failed in the pool itself.
+fn task_failed(spec: &HostSpec, round: u64, e: &multiloop::Error) -> HostRound {
+    HostRound::failed(
+        spec.id,
+        round,
+        POOL_FAILURE_CHECK,
+        format!("scrape task failed in the pool: {e}"),
+    )
 }
 
 /// Start a pool, scan, close the pool.

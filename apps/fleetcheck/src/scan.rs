@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::checks::Checks;
 use crate::http::{ClientSettings, FetchConfig, HttpClient, Page};
 use crate::report::Report;
+use futures_util::FutureExt;
+
 use crate::state::{HostRound, HostState};
+use crate::worker::WorkerState;
 
 /// Seconds between two rounds of the simulated fleet, the step of the
 /// scanner's logical clock ([`Clock::Logical`]).
@@ -256,9 +259,161 @@ pub trait RoundObserver: Send {
 
 impl RoundObserver for () {}
 
+/// The rounds of a scan whose rounds overlap (both runners): which are
+/// started, what has come back of each, when the next may start. A round
+/// starts when fewer than `in_flight` rounds are incomplete and
+/// `interval` has passed since the last one started; its scrapes go, in
+/// target order, to the sender, which is dropped once the last round has
+/// started (that ends the runner's inputs). Rounds complete in order.
+pub(crate) struct RoundPipeline {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<(HostSpec, u64)>>,
+    /// Started rounds not complete yet, oldest first.
+    flights: std::collections::VecDeque<Flight>,
+    in_flight: usize,
+    next_round: u64,
+    /// Input index (scrapes sent before) of the next round's first scrape.
+    next_index: u64,
+    next_at: Instant,
+    interval: Duration,
+    rounds: u64,
+}
+
+/// One started round.
+struct Flight {
+    round: u64,
+    targets: Vec<HostSpec>,
+    /// Input index of the round's first scrape.
+    base: u64,
+    report: Report,
+    hosts_in: u64,
+}
+
+impl RoundPipeline {
+    pub(crate) fn new(
+        cfg: &ScanConfig,
+        in_flight: usize,
+        tx: tokio::sync::mpsc::UnboundedSender<(HostSpec, u64)>,
+    ) -> Self {
+        RoundPipeline {
+            tx: Some(tx),
+            flights: Default::default(),
+            in_flight: in_flight.max(1),
+            next_round: 0,
+            next_index: 0,
+            next_at: Instant::now(),
+            interval: cfg.interval,
+            rounds: cfg.rounds,
+        }
+    }
+
+    fn all_started(&self) -> bool {
+        self.rounds != 0 && self.next_round >= self.rounds
+    }
+
+    /// Starts the rounds that may start now.
+    pub(crate) fn start_due(&mut self, cfg: &ScanConfig) {
+        while !self.all_started()
+            && self.flights.len() < self.in_flight
+            && Instant::now() >= self.next_at
+        {
+            let round = self.next_round;
+            let targets = cfg.round_targets();
+            if let Some(tx) = &self.tx {
+                for spec in &targets {
+                    // The runner holds the receiver until its inputs end.
+                    let _ = tx.send((spec.clone(), round));
+                }
+            }
+            let base = self.next_index;
+            self.next_index += targets.len() as u64;
+            self.flights.push_back(Flight {
+                round,
+                targets,
+                base,
+                report: Report::default(),
+                hosts_in: 0,
+            });
+            self.next_round += 1;
+            self.next_at = Instant::now() + self.interval;
+        }
+        if self.all_started() {
+            self.tx = None;
+        }
+    }
+
+    /// Waits until the next round may start on time (forever when time
+    /// is not what holds it: all started, or too many in flight).
+    pub(crate) async fn next_start(&self) {
+        if self.all_started() || self.flights.len() >= self.in_flight {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep_until(self.next_at.into()).await;
+    }
+
+    /// The oldest round not complete (the next one when none is running).
+    pub(crate) fn oldest(&self) -> u64 {
+        self.flights.front().map_or(self.next_round, |f| f.round)
+    }
+
+    /// Host results in, and expected, of the oldest round.
+    pub(crate) fn oldest_progress(&self) -> (u64, u64) {
+        self.flights
+            .front()
+            .map_or((0, 0), |f| (f.hosts_in, f.targets.len() as u64))
+    }
+
+    /// The scrape sent with input index `index`.
+    pub(crate) fn input(&self, index: u64) -> Option<(HostSpec, u64)> {
+        let f = self
+            .flights
+            .iter()
+            .find(|f| index >= f.base && index < f.base + f.targets.len() as u64)?;
+        let spec = f.targets.get(usize::try_from(index - f.base).ok()?)?;
+        Some((spec.clone(), f.round))
+    }
+
+    /// Results of `hosts` scrapes of `round` are in.
+    pub(crate) fn fold(&mut self, round: u64, hosts: u64, report: Report) {
+        if let Some(f) = self.flights.iter_mut().find(|f| f.round == round) {
+            f.hosts_in += hosts;
+            f.report.merge(report);
+        }
+    }
+
+    /// The result of one scrape is in.
+    pub(crate) fn add(&mut self, hr: HostRound) {
+        if let Some(f) = self.flights.iter_mut().find(|f| f.round == hr.round) {
+            f.hosts_in += 1;
+            f.report.add(hr);
+        }
+    }
+
+    /// The oldest round and its report, once all of its hosts are in.
+    pub(crate) fn pop_complete(&mut self) -> Option<(u64, Report)> {
+        let f = self.flights.front()?;
+        if f.hosts_in < f.targets.len() as u64 {
+            return None;
+        }
+        let f = self.flights.pop_front()?;
+        Some((f.round, f.report))
+    }
+
+    /// Every round started and complete.
+    pub(crate) fn is_over(&self) -> bool {
+        self.all_started() && self.flights.is_empty()
+    }
+}
+
+/// Rounds the in-process scan keeps in flight (as the pool's:
+/// [`crate::pool::ROUNDS_IN_FLIGHT`]).
+pub const ROUNDS_IN_FLIGHT: usize = 2;
+
 /// The baseline: scan all targets for all rounds in this process on the
-/// current (multi-thread) tokio runtime. `concurrency` tasks pull hosts from
-/// a per-round work queue; every host keeps its [`HostState`] across rounds.
+/// current (multi-thread) tokio runtime. `concurrency` tasks take the
+/// scrapes of the started rounds in order (rounds overlap as on the pool:
+/// [`ROUNDS_IN_FLIGHT`]); every host keeps its [`HostState`] across
+/// rounds, in one [`WorkerState`] as a pool worker keeps its hosts, and a
+/// host's scrapes run one after the other in round order.
 pub async fn scan_inprocess<O>(
     cfg: &ScanConfig,
     checks: Arc<Checks>,
@@ -267,86 +422,87 @@ pub async fn scan_inprocess<O>(
 where
     O: RoundObserver + 'static,
 {
-    let clients = Arc::new(clients_for(&cfg.clients));
-    // Host states are indexed by host id and grow when discovery adds hosts.
-    let mut states: Arc<Vec<std::sync::Mutex<HostState>>> = Arc::new(Vec::new());
-    let mut total = Report::default();
-    let mut round = 0u64;
-    loop {
-        if cfg.rounds != 0 && round >= cfg.rounds {
-            break;
-        }
-        let start = Instant::now();
-        let targets: Arc<Vec<HostSpec>> = Arc::new(cfg.round_targets());
-        let want = targets.iter().map(|t| t.id as usize + 1).max().unwrap_or(0);
-        if want > states.len() {
-            // Every task of the last round was joined: the Arc is ours alone.
-            if let Some(v) = Arc::get_mut(&mut states) {
-                let n = v.len();
-                v.extend((n..want).map(|id| std::sync::Mutex::new(HostState::new(id as u32))));
-            }
-        }
-        let ntasks = cfg.concurrency.clamp(1, targets.len().max(1));
-        // Work queue: each task takes the next host; a host's state is only
-        // touched by the task scraping it (the mutex is uncontended).
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut handles = Vec::with_capacity(ntasks);
-        for _ in 0..ntasks {
-            let (clients, checks, targets, states, next) = (
-                clients.clone(),
-                checks.clone(),
-                targets.clone(),
-                states.clone(),
-                next.clone(),
-            );
-            let opts = cfg.opts;
-            let obs = observer.clone();
-            handles.push(tokio::spawn(async move {
-                let mut part = Report::default();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(spec) = targets.get(i) else { break };
-                    let page = match client_of(&clients, spec) {
-                        Some(c) => fetch_page(c, spec, round, &opts).await,
-                        None => Err(crate::http::FetchError::Http("no HTTP client".into())),
+    let worker = Arc::new(
+        WorkerState::with_shared_checks(checks.clone(), cfg.opts).with_clients(&cfg.clients),
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(HostSpec, u64)>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<HostRound>();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..cfg.concurrency.max(1) {
+        let (worker, rx, done_tx) = (worker.clone(), rx.clone(), done_tx.clone());
+        tasks.spawn(async move {
+            loop {
+                // Scrapes are taken one at a time, each with its turn on
+                // its host, so a host's turns follow the rounds.
+                let (spec, round, turn) = {
+                    let mut rx = rx.lock().await;
+                    let Some((spec, round)) = rx.recv().await else {
+                        return;
                     };
-                    let now = opts.clock.now(round);
-                    let st = states.get(spec.id as usize).map(|s| s.lock());
-                    let hr = match st {
-                        Some(Ok(mut st)) => process_page(&mut st, &checks, round, now, &page),
-                        _ => HostRound::failed(
+                    let turn = worker.turn(spec.id);
+                    (spec, round, turn)
+                };
+                let scrape = async {
+                    match turn {
+                        Some(turn) => worker.scrape_in_turn(turn, &spec, round).await,
+                        None => HostRound::failed(
                             spec.id,
                             round,
                             "internal",
-                            "host state missing or poisoned".into(),
+                            "host state poisoned".into(),
                         ),
-                    };
-                    if let (Ok(p), Some(c)) = (page, client_of(&clients, spec)) {
-                        c.recycle(p.body);
                     }
-                    part.add(hr);
-                    if let Ok(o) = obs.lock() {
-                        o.host_done();
+                };
+                // A check that panics costs its host this round, not the
+                // scan (and never a round that waits forever).
+                let hr = match std::panic::AssertUnwindSafe(scrape).catch_unwind().await {
+                    Ok(hr) => hr,
+                    Err(_) => {
+                        HostRound::failed(spec.id, round, "internal", "the scrape panicked".into())
                     }
+                };
+                if done_tx.send(hr).is_err() {
+                    return;
                 }
-                part
-            }));
-        }
-        let mut round_rep = Report::default();
-        for h in handles {
-            match h.await {
-                Ok(part) => round_rep.merge(part),
-                Err(e) => tracing::error!("scan task failed: {e}"),
             }
+        });
+    }
+    drop(done_tx);
+    let mut rounds = RoundPipeline::new(cfg, ROUNDS_IN_FLIGHT, tx);
+    let mut total = Report::default();
+    loop {
+        rounds.start_due(cfg);
+        while let Some((round, mut rep)) = rounds.pop_complete() {
+            rep.finish_round(&checks, round);
+            total.merge(rep);
+            if let Ok(mut o) = observer.lock() {
+                o.round_done(round, &total);
+            }
+            rounds.start_due(cfg);
         }
-        round_rep.finish_round(&checks, round);
-        total.merge(round_rep);
-        if let Ok(mut o) = observer.lock() {
-            o.round_done(round, &total);
+        if rounds.is_over() {
+            break;
         }
-        round += 1;
-        if !cfg.interval.is_zero() && (cfg.rounds == 0 || round < cfg.rounds) {
-            tokio::time::sleep_until((start + cfg.interval).into()).await;
+        let hr = tokio::select! {
+            hr = done.recv() => hr,
+            () = rounds.next_start() => continue,
+        };
+        // Every task ended: nothing more will come (not expected: each
+        // scrape sends its result).
+        let Some(hr) = hr else {
+            tracing::error!("in-process scan: every scrape task ended before the last round");
+            break;
+        };
+        if let Ok(o) = observer.lock() {
+            o.host_done();
+        }
+        rounds.add(hr);
+    }
+    drop(rounds);
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!("scan task failed: {e}");
         }
     }
     total

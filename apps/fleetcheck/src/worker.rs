@@ -7,7 +7,9 @@
 //! serde, and folds into a [`crate::report::Report`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,10 +35,35 @@ pub struct WorkerInit {
 /// routed to it.
 #[derive(Debug)]
 pub struct WorkerState {
-    checks: Checks,
+    checks: Arc<Checks>,
     clients: Vec<HttpClient>,
     opts: ScrapeOptions,
-    hosts: Mutex<HashMap<u32, HostState>>,
+    hosts: Mutex<HashMap<u32, HostSlot>>,
+}
+
+/// One host's state, locked by the scrape that uses it from its start to
+/// its end. The lock is fair (waiters get it in the order they asked) and
+/// a scrape asks for it before its first `.await`: as multiloop starts a
+/// worker's routed tasks in submission order, the scrapes of one host run
+/// one after the other in the order the runner sent them, even when rounds
+/// overlap.
+type HostSlot = Arc<tokio::sync::Mutex<HostState>>;
+
+/// A place in a host's queue of scrapes ([`WorkerState::turn`]).
+pub enum HostTurn {
+    /// The host was free: its state is ours.
+    Now(tokio::sync::OwnedMutexGuard<HostState>),
+    /// Waiting for the scrapes of the host that took a turn before.
+    Queued(Pin<Box<dyn Future<Output = tokio::sync::OwnedMutexGuard<HostState>> + Send>>),
+}
+
+impl std::fmt::Debug for HostTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HostTurn::Now(_) => "HostTurn::Now",
+            HostTurn::Queued(_) => "HostTurn::Queued",
+        })
+    }
 }
 
 impl WorkerState {
@@ -54,6 +81,12 @@ impl WorkerState {
 
     /// Build from an explicit check registry.
     pub fn with_checks(checks: Checks, opts: ScrapeOptions) -> Self {
+        WorkerState::with_shared_checks(Arc::new(checks), opts)
+    }
+
+    /// Build from a check registry shared with the caller (the in-process
+    /// runner, which also runs the fleet-level checks).
+    pub(crate) fn with_shared_checks(checks: Arc<Checks>, opts: ScrapeOptions) -> Self {
         WorkerState {
             checks,
             clients: clients_for(&[]),
@@ -72,12 +105,52 @@ impl WorkerState {
         self.hosts.lock().map_or(0, |h| h.len())
     }
 
-    /// Last round of `host`'s state in this worker (`None`: no state here).
+    /// Last round of `host`'s state in this worker (`None`: no state here,
+    /// or a scrape of it is running).
     pub fn host_last_round(&self, host: u32) -> Option<u64> {
+        let slot = self.hosts.lock().ok()?.get(&host).cloned()?;
+        let st = slot.try_lock().ok()?;
+        st.last_round()
+    }
+
+    /// Whether this worker has state for `host`.
+    fn knows(&self, host: u32) -> bool {
         self.hosts
             .lock()
-            .ok()
-            .and_then(|h| h.get(&host).and_then(HostState::last_round))
+            .map(|h| h.contains_key(&host))
+            .unwrap_or(false)
+    }
+
+    /// The slot of `host`, made empty when this worker has none.
+    fn slot(&self, host: u32) -> Option<HostSlot> {
+        let mut hosts = self.hosts.lock().ok()?;
+        let slot = hosts
+            .entry(host)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(HostState::new(host))));
+        Some(Arc::clone(slot))
+    }
+
+    /// A place in `host`'s queue of scrapes, taken now: scrapes given
+    /// turns of one host run one after the other in the order the turns
+    /// were taken ([`WorkerState::scrape_in_turn`]).
+    pub fn turn(&self, host: u32) -> Option<HostTurn> {
+        let mut lock = Box::pin(self.slot(host)?.lock_owned());
+        // The first poll takes the place in the lock's queue (tokio's
+        // mutex is fair); a later poll with the task's waker waits there.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        Some(match lock.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(guard) => HostTurn::Now(guard),
+            std::task::Poll::Pending => HostTurn::Queued(lock),
+        })
+    }
+
+    /// [`WorkerState::scrape`] in a turn taken before.
+    pub async fn scrape_in_turn(&self, turn: HostTurn, spec: &HostSpec, round: u64) -> HostRound {
+        let mut st = match turn {
+            HostTurn::Now(guard) => guard,
+            HostTurn::Queued(lock) => lock.await,
+        };
+        self.scrape_locked(&mut st, spec, round).await
     }
 
     /// Like [`WorkerState::scrape`], with the host's state update in the
@@ -91,15 +164,10 @@ impl WorkerState {
         round: u64,
         parent: ParentCopy,
     ) -> HostRound {
-        let known = self
-            .hosts
-            .lock()
-            .map(|h| h.contains_key(&spec.id))
-            .unwrap_or(false);
         match parent {
-            ParentCopy::Has(_) if !known => HostRound::need_state(spec.id, round),
-            ParentCopy::Has(n) => self.scrape_with_update(spec, round, Some(n)).await,
-            ParentCopy::SendFull => self.scrape_with_update(spec, round, None).await,
+            ParentCopy::Has(_) if !self.knows(spec.id) => HostRound::need_state(spec.id, round),
+            ParentCopy::Has(n) => self.scrape_with_update(spec, round, Some(n), None).await,
+            ParentCopy::SendFull => self.scrape_with_update(spec, round, None, None).await,
             ParentCopy::Later => self.scrape(spec, round).await,
         }
     }
@@ -114,41 +182,49 @@ impl WorkerState {
     ) -> HostRound {
         let st = HostState::restore(&self.checks, cp);
         let len = st.checkpoint_len();
-        if let Ok(mut hosts) = self.hosts.lock() {
-            hosts.insert(spec.id, st);
-        }
-        self.scrape_with_update(spec, round, Some(len)).await
+        self.scrape_with_update(spec, round, Some(len), Some(st))
+            .await
     }
 
+    /// Scrape (on `restored` when given) with the update against what the
+    /// parent has in the result, under one hold of the host's lock.
     async fn scrape_with_update(
         &self,
         spec: &HostSpec,
         round: u64,
         parent_len: Option<u32>,
+        restored: Option<HostState>,
     ) -> HostRound {
-        let mut hr = self.scrape(spec, round).await;
-        if hr.stale {
-            return hr;
+        let Some(slot) = self.slot(spec.id) else {
+            return poisoned(spec, round);
+        };
+        let mut st = slot.lock().await;
+        if let Some(restored) = restored {
+            *st = restored;
         }
-        hr.state = self
-            .hosts
-            .lock()
-            .ok()
-            .and_then(|h| h.get(&spec.id).map(|st| st.update_for(parent_len, round)));
+        let mut hr = self.scrape_locked(&mut st, spec, round).await;
+        if !hr.stale {
+            hr.state = Some(st.update_for(parent_len, round));
+        }
         hr
     }
 
-    /// Fetch, parse and check `spec` for `round`. The host lock is never
-    /// held across an `.await`; concurrent calls for different hosts are fine
-    /// (calls for the same host must not overlap — route by host and run
-    /// rounds in order). A round this worker already applied to the host,
-    /// or an earlier one (a redelivered or repeated task), is answered
-    /// [`HostRound::stale`] without fetching or touching the host's state.
+    /// Fetch, parse and check `spec` for `round`. Concurrent calls for
+    /// different hosts run concurrently; calls for the same host run one
+    /// after the other, in the order they started (see [`HostSlot`]). A
+    /// round this worker already applied to the host, or an earlier one (a
+    /// redelivered or repeated task), is answered [`HostRound::stale`]
+    /// without fetching or touching the host's state.
     pub async fn scrape(&self, spec: &HostSpec, round: u64) -> HostRound {
-        if self
-            .host_last_round(spec.id)
-            .is_some_and(|last| round <= last)
-        {
+        let Some(slot) = self.slot(spec.id) else {
+            return poisoned(spec, round);
+        };
+        let mut st = slot.lock().await;
+        self.scrape_locked(&mut st, spec, round).await
+    }
+
+    async fn scrape_locked(&self, st: &mut HostState, spec: &HostSpec, round: u64) -> HostRound {
+        if st.last_round().is_some_and(|last| round <= last) {
             return HostRound::stale(spec.id, round);
         }
         let start = std::time::Instant::now();
@@ -158,29 +234,18 @@ impl WorkerState {
             None => Err(crate::http::FetchError::Http("no HTTP client".into())),
         };
         let now = self.opts.clock.now(round);
-        let mut st = {
-            let Ok(mut hosts) = self.hosts.lock() else {
-                return HostRound::failed(
-                    spec.id,
-                    round,
-                    "internal",
-                    "worker state poisoned".into(),
-                );
-            };
-            hosts
-                .remove(&spec.id)
-                .unwrap_or_else(|| HostState::new(spec.id))
-        };
-        let mut hr = process_page(&mut st, &self.checks, round, now, &page);
-        if let Ok(mut hosts) = self.hosts.lock() {
-            hosts.insert(spec.id, st);
-        }
+        let mut hr = process_page(st, &self.checks, round, now, &page);
         if let (Ok(p), Some(c)) = (page, client) {
             c.recycle(p.body);
         }
         hr.secs = start.elapsed().as_secs_f64();
         hr
     }
+}
+
+/// The result of a scrape on a worker whose host table is poisoned.
+fn poisoned(spec: &HostSpec, round: u64) -> HostRound {
+    HostRound::failed(spec.id, round, "internal", "worker state poisoned".into())
 }
 
 #[cfg(test)]
@@ -191,6 +256,13 @@ pub(crate) mod tests {
     use crate::report::{Report, verify};
     use crate::scan::{Clock, host_specs};
     use std::sync::Arc;
+
+    /// The worker's copy of a host's state (none while it is scraped).
+    fn checkpoint_of(w: &WorkerState, host: u32) -> Option<crate::state::HostCheckpoint> {
+        let slot = w.hosts.lock().unwrap().get(&host).cloned()?;
+        let st = slot.try_lock().ok()?;
+        Some(st.checkpoint())
+    }
 
     /// The built-in rules, scraping the simulated fleet by round number on
     /// its logical clock.
@@ -318,18 +390,44 @@ pub(crate) mod tests {
         assert_eq!((d.base, d.round, d.updated), (n, 2, true));
         let mut copy = cp;
         assert!(copy.apply(&d));
-        assert_eq!(
-            Some(copy.clone()),
-            w.hosts
-                .lock()
-                .unwrap()
-                .get(&specs[0].id)
-                .map(HostState::checkpoint)
-        );
+        assert_eq!(Some(copy.clone()), checkpoint_of(&w, specs[0].id));
         // A worker given the copy rebuilds the host and goes on from it.
         let w2 = WorkerState::new(&init);
         let r = w2.restore_and_scrape(&specs[0], 3, &copy).await;
         assert!(matches!(r.state, Some(StateUpdate::Delta(ref d)) if d.base == n));
+    }
+
+    /// Scrapes of one host run in the order their turns were taken, even
+    /// when the later one is polled first (rounds overlap).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hosts_scrapes_run_in_the_order_of_their_turns() {
+        let fleet = Arc::new(Fleet::new(FleetConfig {
+            hosts: 2,
+            series: 80,
+            seed: 3,
+            rounds: 4,
+            bad: Vec::new(),
+        }));
+        let server = FleetServer::start(fleet, 0).await.unwrap();
+        let specs = host_specs(&server.target_urls());
+        let w = WorkerState::new(&simulated_init());
+        let first = w.turn(specs[0].id).unwrap();
+        let second = w.turn(specs[0].id).unwrap();
+        assert!(matches!(first, HostTurn::Now(_)) && matches!(second, HostTurn::Queued(_)));
+        let (later, earlier) = tokio::join!(
+            w.scrape_in_turn(second, &specs[0], 1),
+            w.scrape_in_turn(first, &specs[0], 0),
+        );
+        assert!(!earlier.stale && earlier.points > 0, "{earlier:?}");
+        assert!(!later.stale && later.points > 0, "{later:?}");
+        assert_eq!(w.host_last_round(specs[0].id), Some(1));
+        // Taken in the other order, the earlier round comes second: it is
+        // stale and changes nothing.
+        let third = w.turn(specs[0].id).unwrap();
+        let stale = w.turn(specs[0].id).unwrap();
+        assert!(!w.scrape_in_turn(third, &specs[0], 3).await.stale);
+        assert!(w.scrape_in_turn(stale, &specs[0], 2).await.stale);
+        assert_eq!(w.host_last_round(specs[0].id), Some(3));
     }
 
     /// A redelivered (or repeated) scrape of a round the worker already
@@ -350,7 +448,7 @@ pub(crate) mod tests {
         for round in 0..3 {
             assert!(w.scrape(&specs[0], round).await.points > 0);
         }
-        let before = w.hosts.lock().unwrap()[&specs[0].id].checkpoint();
+        let before = checkpoint_of(&w, specs[0].id).unwrap();
         for round in [2, 1, 0] {
             let r = w.scrape(&specs[0], round).await;
             assert!(r.stale && r.points == 0 && r.findings.is_empty(), "{r:?}");
@@ -360,7 +458,7 @@ pub(crate) mod tests {
                 .await;
             assert!(r.stale && r.state.is_none(), "{r:?}");
         }
-        let after = w.hosts.lock().unwrap()[&specs[0].id].checkpoint();
+        let after = checkpoint_of(&w, specs[0].id).unwrap();
         assert_eq!(after, before, "the host's state is untouched");
         assert_eq!(w.host_last_round(specs[0].id), Some(2));
         let r = w.scrape(&specs[0], 3).await;

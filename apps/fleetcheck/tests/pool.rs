@@ -350,3 +350,147 @@ async fn custom_checks_run_in_the_workers() {
     assert_eq!(v.recall, 1.0, "{v:?}");
     assert_eq!(v.precision, 1.0, "{v:?}");
 }
+
+/// What two scans of the same fleet must agree on: counts, findings per
+/// check and per host, and every finding.
+fn same_outcome(a: &Report, b: &Report) {
+    assert_eq!(
+        (
+            a.rounds,
+            a.scrapes,
+            a.scrape_failures,
+            a.points,
+            a.bytes,
+            a.anomalies
+        ),
+        (
+            b.rounds,
+            b.scrapes,
+            b.scrape_failures,
+            b.points,
+            b.bytes,
+            b.anomalies
+        )
+    );
+    assert_eq!(a.by_check, b.by_check);
+    assert_eq!(a.by_host, b.by_host);
+    let sorted = |r: &Report| {
+        let mut f: Vec<String> = r.findings.iter().map(|f| format!("{f:?}")).collect();
+        f.sort();
+        f
+    };
+    assert_eq!(sorted(a), sorted(b));
+}
+
+/// A fleet with one host that answers 40 ms late, in every round.
+fn fleet_with_a_slow_host(rounds: u64) -> Arc<Fleet> {
+    Arc::new(Fleet::new(FleetConfig {
+        hosts: 30,
+        series: 200,
+        seed: 11,
+        rounds,
+        bad: vec![BadKind::Slow(Duration::from_millis(40))],
+    }))
+}
+
+fn scan_config(server: &FleetServer, rounds: u64) -> ScanConfig {
+    ScanConfig {
+        targets: host_specs(&server.target_urls()),
+        rounds,
+        interval: Duration::ZERO,
+        concurrency: 4,
+        opts: opts(5_000, 1 << 20),
+        clients: Vec::new(),
+        discovery: None,
+    }
+}
+
+/// Rounds overlap on the pool and in-process: the slow host's scrapes of
+/// consecutive rounds queue behind each other on its worker while the
+/// other hosts go on; both runners find what a round-by-round scan finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_rounds_find_the_same_on_the_pool_and_in_process() {
+    let rounds = 8;
+    let fleet = fleet_with_a_slow_host(rounds);
+    let server = FleetServer::start(fleet.clone(), 0).await.unwrap();
+    let scan = scan_config(&server, rounds);
+    let on_pool = scan_pool(&scan, init(scan.opts), TWO, Arc::new(Mutex::new(())))
+        .await
+        .unwrap();
+    let checks = Arc::new(fleetcheck::Checks::from_rules(&Rules::builtin()));
+    let in_process =
+        fleetcheck::scan::scan_inprocess(&scan, checks, Arc::new(Mutex::new(()))).await;
+    assert_eq!(
+        on_pool.scrapes,
+        31 * rounds,
+        "every host, every round, none stale"
+    );
+    assert_eq!(on_pool.scrape_failures, 0, "{:?}", on_pool.findings);
+    same_outcome(&on_pool, &in_process);
+    // Round by round (the service's way): the same again.
+    let scanner = PoolScanner::start(init(scan.opts), TWO).await.unwrap();
+    let mut by_round = Report::default();
+    for round in 0..rounds {
+        let mut rep = scanner.round(&scan.targets, round).await.unwrap();
+        rep.finish_round(scanner.checks(), round);
+        by_round.merge(rep);
+    }
+    scanner.close().await.unwrap();
+    same_outcome(&on_pool, &by_round);
+    let v = verify(&on_pool.findings, &fleet.ground_truth(rounds));
+    assert_eq!((v.precision, v.recall), (1.0, 1.0), "{v:?}");
+}
+
+/// Kills a worker once a given round is done (rounds after it are then
+/// in flight).
+struct KillAfterRound {
+    round: u64,
+    pid: u32,
+    rounds_done: Vec<u64>,
+}
+
+impl fleetcheck::scan::RoundObserver for KillAfterRound {
+    fn round_done(&mut self, round: u64, _report: &Report) {
+        self.rounds_done.push(round);
+        if round == self.round {
+            // SAFETY: kill has no memory-safety preconditions.
+            assert_eq!(
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) },
+                0
+            );
+        }
+    }
+}
+
+/// A worker SIGKILLed while two rounds are in flight: every host of every
+/// round has its result, rounds finish in order, nothing is made up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_rounds_overlap_loses_no_host_result() {
+    let rounds = 8;
+    let fleet = fleet_with_a_slow_host(rounds);
+    let server = FleetServer::start(fleet.clone(), 0).await.unwrap();
+    let scan = scan_config(&server, rounds);
+    let scanner = PoolScanner::start(init(scan.opts), TWO).await.unwrap();
+    let observer = Arc::new(Mutex::new(KillAfterRound {
+        round: 2,
+        pid: scanner.pool().worker_pids()[0],
+        rounds_done: Vec::new(),
+    }));
+    let report = scanner.scan(&scan, observer.clone()).await.unwrap();
+    assert!(
+        scanner.pool().stats().workers_spawned >= 3,
+        "the worker was replaced"
+    );
+    scanner.close().await.unwrap();
+    assert_eq!(
+        observer.lock().unwrap().rounds_done,
+        (0..rounds).collect::<Vec<_>>()
+    );
+    assert_eq!(report.rounds, rounds);
+    assert_eq!(report.scrapes, 31 * rounds, "every host, every round");
+    assert_eq!(report.scrape_failures, 0, "{:?}", report.findings);
+    // The new worker's hosts start over: history-based findings may be
+    // missing, none made up.
+    let v = verify(&report.findings, &fleet.ground_truth(rounds));
+    assert_eq!(v.precision, 1.0, "{v:?}");
+}

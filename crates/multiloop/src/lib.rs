@@ -80,8 +80,8 @@ mod worker;
 pub use error::{Error, ExitInfo, Result};
 pub use multiloop_macros::task;
 pub use pool::{
-    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Pool, PoolBuilder, PoolStats,
-    RestartPolicy, StreamInput,
+    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Partials, Pool, PoolBuilder,
+    PoolStats, RestartPolicy, StreamInput,
 };
 pub use process::{Process, Worker};
 pub use reduce::{Reduced, Reducer};

@@ -79,6 +79,27 @@ pub struct Reduced<A> {
     pub folded: u64,
 }
 
+/// One piece of a map-reduce's outcome, as
+/// [`MapReduce::partials`](crate::MapReduce::partials) yields it.
+#[derive(Debug)]
+pub enum Partial<A> {
+    /// A worker's fold of some of the call's results (one chunk's).
+    Folded {
+        /// The folded results.
+        value: A,
+        /// How many results it folds.
+        tasks: u64,
+    },
+    /// A task that failed (its own error, a panic, a timeout, a crash
+    /// after its last attempt); it is in no [`Partial::Folded`].
+    Failed {
+        /// The task's input index.
+        index: u64,
+        /// Why it failed.
+        error: Error,
+    },
+}
+
 /// A registered reducer, as the worker finds it. Made by
 /// `register_reducer!`; not meant to be used directly.
 #[doc(hidden)]

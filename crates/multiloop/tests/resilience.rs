@@ -451,3 +451,64 @@ async fn a_frozen_worker_is_killed_past_its_tasks_deadline() {
     );
     assert_eq!(pool.apply(nap_ms, 1).await.unwrap(), 1, "the pool goes on");
 }
+
+thread_local! {
+    /// The last sequence number each key started with, in this worker.
+    static LAST_STARTED: std::cell::RefCell<std::collections::HashMap<u64, u64>> =
+        Default::default();
+}
+
+/// 1 when this task started before a task of its key submitted earlier
+/// (in this worker), else 0; the check runs before the first `.await`.
+#[multiloop::task]
+async fn started_out_of_order(args: (u64, u64)) -> u64 {
+    let (key, seq) = args;
+    let before = LAST_STARTED.with(|l| l.borrow_mut().insert(key, seq));
+    // Tasks of one key overlap: they finish in any order.
+    tokio::time::sleep(Duration::from_micros((seq * 7919) % 900)).await;
+    u64::from(before.is_some_and(|b| b > seq))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_tasks_start_in_submission_order_even_after_workers_die() {
+    use multiloop::reduce::{Partial, Sum};
+    let pool = Pool::builder()
+        .processes(2)
+        .concurrency(16)
+        .max_attempts(100)
+        .build()
+        .await
+        .unwrap();
+    const N: u64 = 6_000;
+    let inputs = (0..N).map(|seq| (seq % 8, seq));
+    let mut pieces = pool
+        .map_reduce(started_out_of_order, inputs, Sum::<u64>::new())
+        .route_by(|(key, _)| *key)
+        .chunk_size(5)
+        .partials();
+    let (mut out_of_order, mut folded, mut kills) = (0, 0, 0);
+    while let Some(piece) = pieces.next().await {
+        match piece.unwrap() {
+            Partial::Folded { value, tasks } => {
+                (out_of_order, folded) = (out_of_order + value, folded + tasks)
+            }
+            Partial::Failed { index, error } => panic!("task {index} failed: {error}"),
+        }
+        // Kill a worker at a third and at two thirds, mid-call.
+        if folded * 3 > N * (kills + 1) && kills < 2 {
+            let pids = pool.worker_pids();
+            let pid = pids[kills as usize % pids.len()];
+            // SAFETY: kill has no memory-safety preconditions.
+            assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+            kills += 1;
+        }
+    }
+    assert_eq!(kills, 2);
+    assert_eq!(folded, N, "every task folded once");
+    assert_eq!(
+        out_of_order, 0,
+        "a key's tasks started out of submission order"
+    );
+    assert!(pool.stats().workers_spawned >= 4, "{:?}", pool.stats());
+    pool.close().await.unwrap();
+}

@@ -18,7 +18,7 @@ use super::Inner;
 use super::events::{JobEvents, JobSink};
 use super::scheduler::{ChunkRec, Event, Item};
 use crate::error::{Error, Kind};
-use crate::reduce::{Reduced, Reducer};
+use crate::reduce::{Partial, Reduced, Reducer};
 use crate::task::Task;
 use crate::wire::{self, Status};
 
@@ -204,8 +204,8 @@ pub(crate) struct Job<T: Task, S> {
     /// Average serialized size of an input so far (sizes chunk buffers).
     bytes_per_input: usize,
     /// Folded results from the workers, still serialized: (frame, start,
-    /// end).
-    pub(crate) partials: VecDeque<(Bytes, u32, u32)>,
+    /// end, how many tasks the partial folds).
+    pub(crate) partials: VecDeque<(Bytes, u32, u32, u64)>,
     /// Tasks folded into the partials received.
     folded: u64,
     /// Why the whole call was refused before it started.
@@ -521,7 +521,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                         n += item.index as usize;
                         self.folded += item.index;
                         self.partials
-                            .push_back((frame.clone(), item.start, item.end));
+                            .push_back((frame.clone(), item.start, item.end, item.index));
                         continue;
                     }
                     n += item.count as usize;
@@ -825,6 +825,15 @@ macro_rules! call_options {
         /// [`worker_state`](crate::worker_state)). When a worker is
         /// replaced, its slot's keys go to the new worker, which starts
         /// with empty state; no task is lost.
+        ///
+        /// Order: on a local pool, a worker receives its routed tasks in
+        /// the order they were submitted (by this call and by earlier
+        /// ones), also the tasks it runs again for a worker that died,
+        /// and starts them in that order, each running up to its first
+        /// `.await` as it starts. Tasks of one key that must not overlap
+        /// can take a fair lock of that key (`tokio::sync::Mutex`) before
+        /// their first `.await`: they then run one after the other, in
+        /// submission order.
         pub fn route_by(mut self, route: fn(&T::Args) -> u64) -> Self {
             self.job.set_route(route);
             self
@@ -1077,19 +1086,117 @@ where
 
     call_options!();
 
+    /// Yields the call's outcome piece by piece, as it arrives, instead of
+    /// merged at the end: each worker's fold of one chunk's results, and
+    /// each failed task. What a long or endless call needs (a service
+    /// folding rounds as they complete, a progress report); awaiting the
+    /// call merges the same pieces.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use multiloop::reduce::{Partial, Sum};
+    ///
+    /// #[multiloop::task]
+    /// async fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), multiloop::Error> {
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let pool = multiloop::Pool::builder().processes(2).build().await?;
+    /// let mut partials = pool.map_reduce(square, 1..=100, Sum::new()).partials();
+    /// let (mut sum, mut tasks) = (0, 0);
+    /// while let Some(piece) = partials.next().await {
+    ///     match piece? {
+    ///         Partial::Folded { value, tasks: n } => (sum, tasks) = (sum + value, tasks + n),
+    ///         Partial::Failed { index, error } => panic!("input {index}: {error}"),
+    ///     }
+    /// }
+    /// assert_eq!((sum, tasks), (338_350, 100));
+    /// # pool.close().await
+    /// # })
+    /// # }
+    /// ```
+    pub fn partials(self) -> Partials<T, S, R> {
+        Partials { call: self }
+    }
+
+    /// The next partial received, decoded.
+    fn next_partial(&mut self) -> Option<Result<(R::Acc, u64), Error>> {
+        let (frame, start, end, tasks) = self.job.partials.pop_front()?;
+        let data = frame.get(start as usize..end as usize).unwrap_or_default();
+        Some(
+            postcard::from_bytes::<R::Acc>(data)
+                .map(|partial| (partial, tasks))
+                .map_err(|e| Error::serialization("partial result", type_name::<R::Acc>(), e)),
+        )
+    }
+
     fn merge_partials(&mut self) {
-        while let Some((frame, start, end)) = self.job.partials.pop_front() {
-            let data = frame.get(start as usize..end as usize).unwrap_or_default();
-            match postcard::from_bytes::<R::Acc>(data) {
-                Ok(partial) => {
+        while let Some(next) = self.next_partial() {
+            match next {
+                Ok((partial, _)) => {
                     if let Some(acc) = &mut self.acc {
                         self.reducer.merge(acc, partial);
                     }
                 }
-                Err(e) => self.errors.push((
-                    u64::MAX,
-                    Error::serialization("partial result", type_name::<R::Acc>(), e),
-                )),
+                Err(e) => self.errors.push((u64::MAX, e)),
+            }
+        }
+    }
+}
+
+/// The outcome of a [`MapReduce`] piece by piece, as it arrives
+/// ([`MapReduce::partials`]).
+///
+/// An `Err` item is the whole call's failure (the pool refused it, or a
+/// partial could not be decoded); the stream ends after a refusal.
+/// Dropping the stream cancels the tasks not yet folded.
+#[must_use = "streams do nothing unless polled"]
+pub struct Partials<T: Task, S, R: Reducer> {
+    call: MapReduce<T, S, R>,
+}
+
+impl<T: Task, S, R: Reducer> Unpin for Partials<T, S, R> {}
+
+impl<T, S, R> Stream for Partials<T, S, R>
+where
+    T: Task,
+    S: Input<Item = T::Args>,
+    R: Reducer<Item = T::Output>,
+{
+    type Item = Result<Partial<R::Acc>, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let call = &mut self.get_mut().call;
+        loop {
+            if let Some(next) = call.next_partial() {
+                return Poll::Ready(Some(
+                    next.map(|(value, tasks)| Partial::Folded { value, tasks }),
+                ));
+            }
+            match call.job.poll_next_done(cx) {
+                // Not folded in a worker (cannot happen today): a piece of
+                // its own.
+                Poll::Ready(Some((_, Ok(value)))) => {
+                    let mut acc = call.reducer.identity();
+                    call.reducer.fold(&mut acc, value);
+                    return Poll::Ready(Some(Ok(Partial::Folded {
+                        value: acc,
+                        tasks: 1,
+                    })));
+                }
+                Poll::Ready(Some((index, Err(error)))) => {
+                    if let Some(refusal) = call.job.take_refusal() {
+                        return Poll::Ready(Some(Err(refusal)));
+                    }
+                    return Poll::Ready(Some(Ok(Partial::Failed { index, error })));
+                }
+                // Partials that came with the last events go out first.
+                Poll::Ready(None) if !call.job.partials.is_empty() => {}
+                Poll::Ready(None) => return Poll::Ready(call.job.take_refusal().map(Err)),
+                Poll::Pending if !call.job.partials.is_empty() => {}
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

@@ -20,7 +20,9 @@ use tokio::sync::Notify;
 #[cfg(feature = "cluster")]
 pub(crate) use self::events::channel as job_events;
 pub(crate) use self::job::decode_outcome;
-pub use self::job::{Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, StreamInput};
+pub use self::job::{
+    Apply, Collect, Input, IterInput, Map, MapReduce, MapUnordered, Partials, StreamInput,
+};
 pub use self::scheduler::RestartPolicy;
 #[cfg(feature = "cluster")]
 pub(crate) use self::scheduler::{

@@ -657,8 +657,12 @@ impl Core {
     }
 
     /// Gives queued chunks to the workers with the most free capacity.
+    /// A routed chunk that must wait for its worker holds back the later
+    /// chunks routed there (others may pass it): each worker receives its
+    /// routed tasks in the order they were submitted.
     pub(crate) fn dispatch(&mut self) {
         let mut i = 0;
+        let mut held_back: Vec<bool> = Vec::new();
         while i < self.queue.len() {
             let cap = self.cap();
             if !self.workers.iter().any(|w| self.takes_work(w, cap)) {
@@ -670,6 +674,10 @@ impl Core {
                 continue;
             };
             let (isolated, affinity) = (rec.isolated, rec.affinity);
+            if affinity.is_some_and(|a| held_back.get(a).copied().unwrap_or(false)) {
+                i += 1;
+                continue;
+            }
             let best = self
                 .workers
                 .iter()
@@ -680,6 +688,12 @@ impl Core {
                 .map(|(s, _)| s);
             // This chunk waits for its worker; later ones may go elsewhere.
             let Some(slot) = best else {
+                if let Some(a) = affinity {
+                    if held_back.len() <= a {
+                        held_back.resize(a + 1, false);
+                    }
+                    held_back[a] = true;
+                }
                 i += 1;
                 continue;
             };
@@ -1114,6 +1128,10 @@ impl Core {
             violated,
             unresponsive,
         };
+        // Latest first: each goes to the front of the queue, so they run
+        // again in the order they were submitted.
+        let mut chunks: Vec<u64> = chunks.into_iter().collect();
+        chunks.sort_unstable_by(|a, b| b.cmp(a));
         for chunk in chunks {
             let blamed = culprit.filter(|(c, _)| *c == chunk).map(|(_, i)| i);
             self.requeue_after_crash(chunk, &death, blamed, actions);
@@ -1208,44 +1226,33 @@ impl Core {
             // be guilty.
             None if violated => {
                 if rec.isolated {
-                    (pending, Vec::new())
+                    (pending.clone(), Vec::new())
                 } else {
-                    (Vec::new(), pending)
+                    (Vec::new(), pending.clone())
                 }
             }
             // The worker died inside another task's poll: not their doing.
-            None if died_in_a_poll => (Vec::new(), pending),
+            None if died_in_a_poll => (Vec::new(), pending.clone()),
             // The worker died outside any poll (killed from outside, say,
             // while its tasks awaited): each task it held was running when
             // its worker died under it, and is charged.
-            None => (pending, Vec::new()),
+            None => (pending.clone(), Vec::new()),
         };
         self.counters.retried += free.len() as u64;
-        if violated {
-            // Any of them may have written the bad bytes: each runs again
-            // alone, uncharged, so the one that did it is found and charged
-            // and the others finish.
-            for &i in &free {
-                let mut retry = rec.subset(&[i], rec.attempt);
-                retry.isolated = true;
-                self.requeue(retry);
-            }
-        } else if !free.is_empty() {
-            self.requeue(rec.subset(&free, rec.attempt));
-        }
-        if charged.is_empty() {
-            return;
-        }
-        if unresponsive && blamed.is_some() {
+        // What runs again, in the order the tasks were submitted: it all
+        // goes to the front of the queue, so a key's tasks still start in
+        // submission order on the slot's next worker.
+        let mut retries: Vec<ChunkRec> = Vec::new();
+        let mut retry_charged = !charged.is_empty();
+        if retry_charged && unresponsive && blamed.is_some() {
             // Frozen inside this task's poll past its deadline: it timed out.
             let failure = Failure::HardTimeout {
                 after: rec.timeout.unwrap_or_default(),
             };
             let indices = charged.iter().map(|&i| rec.job_index(i)).collect();
             self.fail(&rec.sink, indices, failure, actions);
-            return;
-        }
-        if rec.attempt >= rec.max_attempts {
+            retry_charged = false;
+        } else if retry_charged && rec.attempt >= rec.max_attempts {
             tracing::warn!(
                 task = rec.task,
                 attempts = rec.attempt,
@@ -1260,14 +1267,64 @@ impl Core {
             };
             let indices = charged.iter().map(|&i| rec.job_index(i)).collect();
             self.fail(&rec.sink, indices, failure, actions);
-        } else {
+            retry_charged = false;
+        } else if retry_charged {
             self.counters.retried += charged.len() as u64;
-            // A task found guilty of a protocol violation keeps running
-            // alone.
-            let mut retry = rec.subset(&charged, rec.attempt + 1);
-            retry.isolated = violated;
+        }
+        // Runs of pending tasks alike: charged or not.
+        let mut run: Vec<u32> = Vec::new();
+        let mut run_charged = false;
+        for &i in &pending {
+            let is_charged = charged.contains(&i);
+            if !run.is_empty() && (is_charged != run_charged || violated) {
+                retries.extend(Self::retry(
+                    &rec,
+                    &run,
+                    run_charged,
+                    retry_charged,
+                    violated,
+                ));
+                run.clear();
+            }
+            run_charged = is_charged;
+            run.push(i);
+        }
+        retries.extend(Self::retry(
+            &rec,
+            &run,
+            run_charged,
+            retry_charged,
+            violated,
+        ));
+        for retry in retries.into_iter().rev() {
             self.requeue(retry);
         }
+    }
+
+    /// A run of a dead worker's pending tasks, to run again (`None`: not
+    /// run again: charged tasks that failed for good). After a protocol
+    /// violation, every task runs alone: any of them may have written the
+    /// bad bytes, so each runs again alone, uncharged, and the one that did
+    /// it is found and charged while the others finish; a task found guilty
+    /// keeps running alone.
+    fn retry(
+        rec: &ChunkRec,
+        run: &[u32],
+        charged: bool,
+        retry_charged: bool,
+        violated: bool,
+    ) -> Option<ChunkRec> {
+        if run.is_empty() || (charged && !retry_charged) {
+            return None;
+        }
+        let attempt = if charged {
+            rec.attempt + 1
+        } else {
+            rec.attempt
+        };
+        let mut retry = rec.subset(run, attempt);
+        retry.isolated = violated;
+        Some(retry)
     }
 
     /// Ends tasks of a job without an outcome from a worker.

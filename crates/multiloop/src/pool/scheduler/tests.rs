@@ -84,6 +84,8 @@ struct Sim {
     dead: Vec<(WorkerId, Vec<(u64, u32)>)>,
     /// Workers the core asked to exit (they leave once their tasks end).
     exiting: BTreeSet<usize>,
+    /// The last routed task (job, index) each worker incarnation was sent.
+    last_routed: BTreeMap<(usize, u64), (u64, u64)>,
 }
 
 fn limits() -> Limits {
@@ -103,6 +105,7 @@ impl Sim {
             jobs: Vec::new(),
             dead: Vec::new(),
             exiting: BTreeSet::new(),
+            last_routed: BTreeMap::new(),
         };
         for slot in 0..WORKERS {
             sim.spawn(slot);
@@ -142,20 +145,42 @@ impl Sim {
     }
 
     /// Reads what the core wrote to each live worker: a worker told to
-    /// shut down exits once its tasks are done.
+    /// shut down exits once its tasks are done. Each worker must receive
+    /// its routed tasks in the order they were submitted, also the ones it
+    /// runs again for a worker that died.
     fn read_outboxes(&mut self) {
         for slot in 0..self.core.workers.len() {
             let w = &self.core.workers[slot];
             if !w.alive {
                 continue;
             }
+            let incarnation = (slot, w.id.generation);
             let bytes = w.outbox.with(|o| o.take());
             let mut rest = &bytes[..];
             while let Ok(Some(f)) = crate::wire::check_frame(rest, usize::MAX >> 1) {
-                if let Ok(crate::wire::Message::Shutdown) =
-                    crate::wire::Message::decode(&rest[4..f.len])
-                {
-                    self.exiting.insert(slot);
+                match crate::wire::Message::decode(&rest[4..f.len]) {
+                    Ok(crate::wire::Message::Shutdown) => {
+                        self.exiting.insert(slot);
+                    }
+                    Ok(crate::wire::Message::Run(run)) => {
+                        let routed = self
+                            .core
+                            .chunks
+                            .get(&run.chunk)
+                            .filter(|r| r.affinity.is_some());
+                        if let Some(rec) = routed {
+                            for i in 0..rec.count() {
+                                let task = (rec.job, rec.job_index(i));
+                                if let Some(last) = self.last_routed.insert(incarnation, task) {
+                                    assert!(
+                                        last < task,
+                                        "worker {incarnation:?} was sent routed task {task:?} after {last:?}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 rest = &rest[f.len..];
             }
