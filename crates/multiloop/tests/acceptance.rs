@@ -1960,3 +1960,39 @@ async fn task_error_that_fails_to_serialize_is_a_serialization_error() {
     assert!(err.to_string().contains("task error"), "{err}");
     pool.close().await.unwrap();
 }
+
+/// A reducer nobody registered: its workers could not find it.
+#[derive(Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct Unregistered;
+
+impl multiloop::Reducer for Unregistered {
+    type Item = u64;
+    type Acc = u64;
+    fn identity(&self) -> u64 {
+        0
+    }
+    fn fold(&self, acc: &mut u64, item: u64) {
+        *acc += item;
+    }
+    fn merge(&self, acc: &mut u64, other: u64) {
+        *acc += other;
+    }
+}
+
+#[tokio::test]
+async fn a_map_reduce_with_an_unregistered_reducer_is_refused_naming_the_fix() {
+    let pool = Pool::builder().processes(1).build().await.unwrap();
+    let err = pool
+        .map_reduce(square, 0..10u64, Unregistered)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("register_reducer!"), "{err}");
+    // Piece by piece: one error for the whole call, then the end.
+    let mut pieces = pool.map_reduce(square, 0..10u64, Unregistered).partials();
+    let first = pieces.next().await.unwrap();
+    assert!(matches!(&first, Err(e) if e.to_string().contains("register_reducer!")));
+    assert!(pieces.next().await.is_none());
+    // The pool is fine.
+    assert_eq!(pool.apply(square, 7).await.unwrap(), 49);
+    pool.close().await.unwrap();
+}
