@@ -669,7 +669,7 @@ impl PoolScanner {
             call = call.chunk_size(n);
         }
         let mut pieces = call.partials();
-        let mut rounds = RoundPipeline::new(cfg, ROUNDS_IN_FLIGHT, tx);
+        let mut rounds = RoundPipeline::new(cfg, ROUNDS_IN_FLIGHT, Some(tx));
         let mut total = Report::default();
         loop {
             rounds.start_due(cfg);
@@ -712,7 +712,7 @@ impl PoolScanner {
                         if let Ok(o) = observer.lock() {
                             o.host_done();
                         }
-                        rounds.add(task_failed(&spec, round, &error));
+                        let _ = rounds.add(task_failed(&spec, round, &error));
                     }
                 }
                 Err(source) => return Err(Error::Round { round, source }),

@@ -13,7 +13,7 @@ use crate::report::Report;
 use futures_util::FutureExt;
 
 use crate::state::{HostRound, HostState};
-use crate::worker::WorkerState;
+use crate::worker::{HostTurn, WorkerState};
 
 /// Seconds between two rounds of the simulated fleet, the step of the
 /// scanner's logical clock ([`Clock::Logical`]).
@@ -259,14 +259,37 @@ pub trait RoundObserver: Send {
 
 impl RoundObserver for () {}
 
+/// Where a started round's scrapes go: the runner's inputs.
+pub(crate) trait ScrapeSink {
+    /// The scrapes of `round`, one per target, in target order.
+    fn send_round(&mut self, targets: &[HostSpec], round: u64);
+    /// No round will start any more: the inputs end.
+    fn close(&mut self);
+}
+
+/// The pool's sink: the stream of a `map_reduce`'s inputs.
+impl ScrapeSink for Option<tokio::sync::mpsc::UnboundedSender<(HostSpec, u64)>> {
+    fn send_round(&mut self, targets: &[HostSpec], round: u64) {
+        if let Some(tx) = self {
+            for spec in targets {
+                // The call holds the receiver until its inputs end.
+                let _ = tx.send((spec.clone(), round));
+            }
+        }
+    }
+    fn close(&mut self) {
+        *self = None;
+    }
+}
+
 /// The rounds of a scan whose rounds overlap (both runners): which are
 /// started, what has come back of each, when the next may start. A round
 /// starts when fewer than `in_flight` rounds are incomplete and
 /// `interval` has passed since the last one started; its scrapes go, in
-/// target order, to the sender, which is dropped once the last round has
-/// started (that ends the runner's inputs). Rounds complete in order.
-pub(crate) struct RoundPipeline {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<(HostSpec, u64)>>,
+/// target order, to the sink, which is closed once the last round has
+/// started. Rounds complete in order.
+pub(crate) struct RoundPipeline<S: ScrapeSink> {
+    sink: S,
     /// Started rounds not complete yet, oldest first.
     flights: std::collections::VecDeque<Flight>,
     in_flight: usize,
@@ -288,14 +311,10 @@ struct Flight {
     hosts_in: u64,
 }
 
-impl RoundPipeline {
-    pub(crate) fn new(
-        cfg: &ScanConfig,
-        in_flight: usize,
-        tx: tokio::sync::mpsc::UnboundedSender<(HostSpec, u64)>,
-    ) -> Self {
+impl<S: ScrapeSink> RoundPipeline<S> {
+    pub(crate) fn new(cfg: &ScanConfig, in_flight: usize, sink: S) -> Self {
         RoundPipeline {
-            tx: Some(tx),
+            sink,
             flights: Default::default(),
             in_flight: in_flight.max(1),
             next_round: 0,
@@ -318,12 +337,7 @@ impl RoundPipeline {
         {
             let round = self.next_round;
             let targets = cfg.round_targets();
-            if let Some(tx) = &self.tx {
-                for spec in &targets {
-                    // The runner holds the receiver until its inputs end.
-                    let _ = tx.send((spec.clone(), round));
-                }
-            }
+            self.sink.send_round(&targets, round);
             let base = self.next_index;
             self.next_index += targets.len() as u64;
             self.flights.push_back(Flight {
@@ -337,17 +351,20 @@ impl RoundPipeline {
             self.next_at = Instant::now() + self.interval;
         }
         if self.all_started() {
-            self.tx = None;
+            self.sink.close();
         }
     }
 
-    /// Waits until the next round may start on time (forever when time
-    /// is not what holds it: all started, or too many in flight).
+    /// When the next round may start on time (`None`: time is not what
+    /// holds it: all started, or too many in flight).
+    pub(crate) fn next_start_at(&self) -> Option<Instant> {
+        (!self.all_started() && self.flights.len() < self.in_flight).then_some(self.next_at)
+    }
+
+    /// Waits until the next round may start on time (forever when time is
+    /// not what holds it).
     pub(crate) async fn next_start(&self) {
-        if self.all_started() || self.flights.len() >= self.in_flight {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep_until(self.next_at.into()).await;
+        until(self.next_start_at()).await;
     }
 
     /// The oldest round not complete (the next one when none is running).
@@ -380,12 +397,16 @@ impl RoundPipeline {
         }
     }
 
-    /// The result of one scrape is in.
-    pub(crate) fn add(&mut self, hr: HostRound) {
+    /// The result of one scrape is in. True when the oldest round is
+    /// now complete.
+    pub(crate) fn add(&mut self, hr: HostRound) -> bool {
         if let Some(f) = self.flights.iter_mut().find(|f| f.round == hr.round) {
             f.hosts_in += 1;
             f.report.add(hr);
         }
+        self.flights
+            .front()
+            .is_some_and(|f| f.hosts_in >= f.targets.len() as u64)
     }
 
     /// The oldest round and its report, once all of its hosts are in.
@@ -404,9 +425,79 @@ impl RoundPipeline {
     }
 }
 
+/// Sleeps until `at` (forever when `None`).
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Rounds the in-process scan keeps in flight (as the pool's:
 /// [`crate::pool::ROUNDS_IN_FLIGHT`]).
 pub const ROUNDS_IN_FLIGHT: usize = 2;
+
+/// The in-process scan's shared queue of the started rounds' scrapes.
+#[derive(Default)]
+struct Dispenser {
+    queue: std::sync::Mutex<(std::collections::VecDeque<(HostSpec, u64)>, bool)>,
+    /// Scrapes were queued, or the queue was closed.
+    more: tokio::sync::Notify,
+}
+
+/// What a scan task finds in the queue.
+enum Take {
+    /// A scrape, with its turn on its host taken as it was taken.
+    Scrape(HostSpec, u64, Option<HostTurn>),
+    Empty,
+    Closed,
+}
+
+impl Dispenser {
+    fn take(&self, worker: &WorkerState) -> Take {
+        let Ok(mut q) = self.queue.lock() else {
+            return Take::Closed;
+        };
+        match q.0.pop_front() {
+            // Under the queue's lock: a host's turns follow the rounds.
+            Some((spec, round)) => {
+                let turn = worker.turn(spec.id);
+                Take::Scrape(spec, round, turn)
+            }
+            None if q.1 => Take::Closed,
+            None => Take::Empty,
+        }
+    }
+
+    /// The next scrape and its turn (`None`: the scan is over).
+    async fn next(&self, worker: &WorkerState) -> Option<(HostSpec, u64, Option<HostTurn>)> {
+        loop {
+            let more = self.more.notified();
+            tokio::pin!(more);
+            more.as_mut().enable();
+            match self.take(worker) {
+                Take::Scrape(spec, round, turn) => return Some((spec, round, turn)),
+                Take::Closed => return None,
+                Take::Empty => more.await,
+            }
+        }
+    }
+}
+
+impl ScrapeSink for Arc<Dispenser> {
+    fn send_round(&mut self, targets: &[HostSpec], round: u64) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.0.extend(targets.iter().map(|s| (s.clone(), round)));
+        }
+        self.more.notify_waiters();
+    }
+    fn close(&mut self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.1 = true;
+        }
+        self.more.notify_waiters();
+    }
+}
 
 /// The baseline: scan all targets for all rounds in this process on the
 /// current (multi-thread) tokio runtime. `concurrency` tasks take the
@@ -425,24 +516,25 @@ where
     let worker = Arc::new(
         WorkerState::with_shared_checks(checks.clone(), cfg.opts).with_clients(&cfg.clients),
     );
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(HostSpec, u64)>();
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<HostRound>();
+    let dispenser = Arc::new(Dispenser::default());
+    let rounds = Arc::new(std::sync::Mutex::new(RoundPipeline::new(
+        cfg,
+        ROUNDS_IN_FLIGHT,
+        dispenser.clone(),
+    )));
+    // A round completed (a permit is kept when nobody waits).
+    let round_done = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..cfg.concurrency.max(1) {
-        let (worker, rx, done_tx) = (worker.clone(), rx.clone(), done_tx.clone());
+        let (worker, dispenser, rounds, round_done, obs) = (
+            worker.clone(),
+            dispenser.clone(),
+            rounds.clone(),
+            round_done.clone(),
+            observer.clone(),
+        );
         tasks.spawn(async move {
-            loop {
-                // Scrapes are taken one at a time, each with its turn on
-                // its host, so a host's turns follow the rounds.
-                let (spec, round, turn) = {
-                    let mut rx = rx.lock().await;
-                    let Some((spec, round)) = rx.recv().await else {
-                        return;
-                    };
-                    let turn = worker.turn(spec.id);
-                    (spec, round, turn)
-                };
+            while let Some((spec, round, turn)) = dispenser.next(&worker).await {
                 let scrape = async {
                     match turn {
                         Some(turn) => worker.scrape_in_turn(turn, &spec, round).await,
@@ -462,44 +554,43 @@ where
                         HostRound::failed(spec.id, round, "internal", "the scrape panicked".into())
                     }
                 };
-                if done_tx.send(hr).is_err() {
-                    return;
+                if let Ok(o) = obs.lock() {
+                    o.host_done();
+                }
+                if rounds.lock().is_ok_and(|mut r| r.add(hr)) {
+                    round_done.notify_one();
                 }
             }
         });
     }
-    drop(done_tx);
-    let mut rounds = RoundPipeline::new(cfg, ROUNDS_IN_FLIGHT, tx);
     let mut total = Report::default();
     loop {
-        rounds.start_due(cfg);
-        while let Some((round, mut rep)) = rounds.pop_complete() {
+        let (complete, over, next_at) = {
+            let Ok(mut r) = rounds.lock() else { break };
+            let mut complete = Vec::new();
+            r.start_due(cfg);
+            while let Some(c) = r.pop_complete() {
+                complete.push(c);
+                r.start_due(cfg);
+            }
+            (complete, r.is_over(), r.next_start_at())
+        };
+        for (round, mut rep) in complete {
             rep.finish_round(&checks, round);
             total.merge(rep);
             if let Ok(mut o) = observer.lock() {
                 o.round_done(round, &total);
             }
-            rounds.start_due(cfg);
         }
-        if rounds.is_over() {
+        if over {
             break;
         }
-        let hr = tokio::select! {
-            hr = done.recv() => hr,
-            () = rounds.next_start() => continue,
-        };
-        // Every task ended: nothing more will come (not expected: each
-        // scrape sends its result).
-        let Some(hr) = hr else {
-            tracing::error!("in-process scan: every scrape task ended before the last round");
-            break;
-        };
-        if let Ok(o) = observer.lock() {
-            o.host_done();
+        tokio::select! {
+            () = round_done.notified() => {}
+            () = until(next_at) => {}
         }
-        rounds.add(hr);
     }
-    drop(rounds);
+    dispenser.clone().close();
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
             tracing::error!("scan task failed: {e}");
