@@ -672,13 +672,34 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
 
 /// Records the peak RSS of each round of the in-process baseline.
 struct MemObserver {
+    /// The worker processes (none in-process).
+    workers: Vec<u32>,
     mem: Vec<RoundMem>,
     reset_ok: bool,
 }
 
+impl MemObserver {
+    /// Starts measuring: the peaks so far are reset.
+    fn start(workers: Vec<u32>) -> Arc<Mutex<MemObserver>> {
+        let (_, reset_ok) = bench::round_mem(&workers);
+        Arc::new(Mutex::new(MemObserver {
+            workers,
+            mem: Vec::new(),
+            reset_ok,
+        }))
+    }
+
+    /// The per-round peaks, and whether they could be reset each round.
+    fn take(obs: &Mutex<MemObserver>) -> (Vec<RoundMem>, bool) {
+        obs.lock()
+            .map(|mut o| (std::mem::take(&mut o.mem), o.reset_ok))
+            .unwrap_or_default()
+    }
+}
+
 impl RoundObserver for MemObserver {
     fn round_done(&mut self, _round: u64, _report: &Report) {
-        let (m, ok) = bench::round_mem(&[]);
+        let (m, ok) = bench::round_mem(&self.workers);
         self.mem.push(m);
         self.reset_ok &= ok;
     }
@@ -728,20 +749,13 @@ async fn run_bench(
 
     // 2. In-process baseline, same fleet.
     let (self0, fleet0) = (bench::rusage_cpu_secs(false), fleet_cpu());
-    let _ = bench::round_mem(&[]);
-    let obs = Arc::new(Mutex::new(MemObserver {
-        mem: Vec::new(),
-        reset_ok: true,
-    }));
+    let obs = MemObserver::start(Vec::new());
     let start = Instant::now();
     let total = scan_inprocess(cfg, checks, obs.clone()).await;
     let wall = start.elapsed().as_secs_f64();
     let fleet1 = fleet_cpu();
     let v = verify(&total.findings, setup.truth);
-    let (mem, reset_ok) = obs
-        .lock()
-        .map(|mut o| (std::mem::take(&mut o.mem), o.reset_ok))
-        .unwrap_or_default();
+    let (mem, reset_ok) = MemObserver::take(&obs);
     runs.push(BenchRun {
         mode: "in-process".into(),
         wall_secs: wall,
@@ -809,19 +823,11 @@ async fn bench_pool(
         None => PoolScanner::start(init, settings).await?,
     }
     .with_chunk_size(LOOPBACK_CHUNK);
-    let worker_pids = || cluster.map_or_else(|| scanner.pool().worker_pids(), LocalCluster::pids);
-    let mut total = Report::default();
-    let mut mem = Vec::new();
-    let mut reset_ok = true;
-    let _ = bench::round_mem(&worker_pids());
-    for round in 0..cfg.rounds {
-        let mut rep = scanner.round(&cfg.targets, round).await?;
-        rep.finish_round(scanner.checks(), round);
-        total.merge(rep);
-        let (m, ok) = bench::round_mem(&worker_pids());
-        mem.push(m);
-        reset_ok &= ok;
-    }
+    let obs = MemObserver::start(
+        cluster.map_or_else(|| scanner.pool().worker_pids(), LocalCluster::pids),
+    );
+    let total = scanner.scan(cfg, obs.clone()).await?;
+    let (mem, reset_ok) = MemObserver::take(&obs);
     let fleet1 = fleet_cpu();
     let mode = match cluster {
         Some(c) => {
