@@ -28,7 +28,7 @@ use crate::checks::Checks;
 use crate::error::Error;
 use crate::history::HistoryStore;
 use crate::report::Report;
-use crate::scan::{HostSpec, RoundObserver, RoundPipeline, ScanConfig};
+use crate::scan::{HostSpec, RoundObserver, RoundPipeline, ScanConfig, complete_round};
 use crate::state::{HostCheckpoint, HostRound, ParentCopy, SeriesCheckpoint, StateUpdate};
 use crate::worker::{WorkerInit, WorkerState};
 
@@ -673,12 +673,8 @@ impl PoolScanner {
         let mut total = Report::default();
         loop {
             rounds.start_due(cfg);
-            while let Some((round, mut rep)) = rounds.pop_complete() {
-                rep.finish_round(&self.checks, round);
-                total.merge(rep);
-                if let Ok(mut o) = observer.lock() {
-                    o.round_done(round, &total);
-                }
+            while let Some((round, rep)) = rounds.pop_complete() {
+                complete_round(&mut total, rep, round, &self.checks, &observer);
                 rounds.start_due(cfg);
             }
             if rounds.is_over() {

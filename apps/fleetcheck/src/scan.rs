@@ -425,6 +425,22 @@ impl<S: ScrapeSink> RoundPipeline<S> {
     }
 }
 
+/// A round is complete: its fleet-level checks run, it joins `total`, and
+/// the observer hears of it.
+pub(crate) fn complete_round<O: RoundObserver>(
+    total: &mut Report,
+    mut rep: Report,
+    round: u64,
+    checks: &Checks,
+    observer: &std::sync::Mutex<O>,
+) {
+    rep.finish_round(checks, round);
+    total.merge(rep);
+    if let Ok(mut o) = observer.lock() {
+        o.round_done(round, total);
+    }
+}
+
 /// Sleeps until `at` (forever when `None`).
 async fn until(at: Option<Instant>) {
     match at {
@@ -575,12 +591,8 @@ where
             }
             (complete, r.is_over(), r.next_start_at())
         };
-        for (round, mut rep) in complete {
-            rep.finish_round(&checks, round);
-            total.merge(rep);
-            if let Ok(mut o) = observer.lock() {
-                o.round_done(round, &total);
-            }
+        for (round, rep) in complete {
+            complete_round(&mut total, rep, round, &checks, &observer);
         }
         if over {
             break;
