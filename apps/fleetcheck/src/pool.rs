@@ -296,6 +296,9 @@ pub const LOOPBACK_WORKER_CONCURRENCY: usize = 8;
 /// runs each, same binary).
 pub const LOOPBACK_CHUNK: usize = 16;
 
+/// How long a scan on agents waits for the first agent before it says so.
+pub const AGENT_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Partitions of a scan on agents ([`PoolScanner::start_cluster`]) when
 /// not set: each is owned by one agent at a time, so this bounds the
 /// agents that share a fleet (and 12 splits evenly over 2, 3, 4 or 6).
@@ -716,8 +719,43 @@ impl PoolScanner {
         }
     }
 
-    /// [`PoolScanner::scan`] one [`PoolScanner::round`] after the other.
+    /// [`PoolScanner::scan`] one [`PoolScanner::round`] after the other
+    /// (on agents: a scan that finds no agent says so after
+    /// [`AGENT_HINT_AFTER`], and goes on waiting).
     async fn scan_round_by_round<O>(
+        &self,
+        cfg: &ScanConfig,
+        observer: Arc<Mutex<O>>,
+    ) -> Result<Report, Error>
+    where
+        O: RoundObserver + 'static,
+    {
+        let hint = async {
+            if self.cluster.is_none() {
+                return;
+            }
+            let joined = self.pool.wait_for_hosts(|hosts| !hosts.is_empty());
+            if tokio::time::timeout(AGENT_HINT_AFTER, joined)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "no agent has joined this scan's pool yet; waiting for one \
+                     (start `fleetcheck agent --cluster URL` on each agent machine, \
+                     URL and pool as the runner's --cluster)"
+                );
+            }
+        };
+        let scan = self.rounds_in_turn(cfg, observer);
+        tokio::pin!(scan);
+        tokio::select! {
+            scanned = &mut scan => return scanned,
+            () = hint => {}
+        }
+        scan.await
+    }
+
+    async fn rounds_in_turn<O>(
         &self,
         cfg: &ScanConfig,
         observer: Arc<Mutex<O>>,

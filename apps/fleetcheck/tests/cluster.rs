@@ -94,13 +94,15 @@ struct Nats {
 
 impl Nats {
     fn start(binary: &Path) -> Nats {
-        let store = std::env::temp_dir().join(format!("fleetcheck-nats-{}", std::process::id()));
-        std::fs::create_dir_all(&store).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        // One store per server: the tests of this file run at once.
+        let store =
+            std::env::temp_dir().join(format!("fleetcheck-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&store).unwrap();
         let mut child = Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&store)
@@ -249,4 +251,32 @@ fn a_scan_on_three_agents_one_sigkilled_reports_what_one_machine_does() {
     let cluster: Value = serde_json::from_str(&cluster).unwrap();
     assert_eq!(local["verification"]["passed"], true);
     assert_eq!(comparable(&cluster), comparable(&local), "{log:?}");
+}
+
+/// A runner started before any agent says that it waits for one, and
+/// scans once one joins.
+#[test]
+fn a_scan_started_before_its_agents_says_it_waits_and_goes_on_when_one_joins() {
+    let Some(server) = server_binary() else {
+        return;
+    };
+    let nats = Nats::start(&server);
+    let url = nats.url("fc-wait");
+    let mut runner = bin()
+        .args(FLEET)
+        .args(["--cluster", &url, "--cluster-ack-wait", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines(runner.stdout.take().unwrap());
+    let stderr = lines(runner.stderr.take().unwrap());
+    wait_for(&stderr, "no agent has joined", "the runner");
+    let _agent = agent(&url);
+    let status = runner.wait().unwrap();
+    let report: String = stdout.iter().collect::<Vec<_>>().join("\n");
+    assert_eq!(status.code(), Some(1), "runner: {report}");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["verification"]["passed"], true);
+    assert_eq!(report["summary"]["scrapes"], 40 * 8);
 }
