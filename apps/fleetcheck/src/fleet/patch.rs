@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
-use super::{Curve, DIGIT_PAIRS, Fleet, Override, fixed_len, scaled, write_fixed};
+use super::{Curve, DIGIT_PAIRS, Fleet, Override, same_width, scaled, write_fixed};
 
 /// The kept page of each host.
 pub(super) struct Pages {
@@ -170,7 +170,7 @@ impl Kept {
             let Some(old) = self.text.get_mut(at..at + len) else {
                 return false;
             };
-            if fixed_len(n, slot.dec) == len && (n < 0) == (slot.n < 0) {
+            if same_width(n, slot.n, len, slot.dec) {
                 rewrite_digits(old, slot.n, n, slot.dec);
             } else {
                 let mut buf = [0u8; 40];
