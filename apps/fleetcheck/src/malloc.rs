@@ -6,7 +6,12 @@
 //! thresholds such blocks are mmapped and unmapped, or returned to the OS
 //! when the heap's top is trimmed, so each one costs page faults and
 //! zeroing again. [`tune`] keeps them in the heap and keeps freed memory
-//! for reuse. Other allocators and platforms: nothing to do.
+//! for reuse (page faults of a 100M-point scan: 393K -> 158K). It also
+//! turns off glibc's fastbins: with them, every allocation of 1 kB or
+//! more (a scrape makes several) first consolidated them, ~3 times per
+//! scrape (31K `malloc_consolidate` calls per 20M points, 12 without;
+//! small blocks still come from the per-thread cache). Other allocators
+//! and platforms: nothing to do.
 
 /// Blocks up to this size come from the heap (never mmapped).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -24,6 +29,8 @@ pub fn tune() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        // No fastbins (see the module docs).
+        libc::mallopt(libc::M_MXFAST, 0);
     }
 }
 
