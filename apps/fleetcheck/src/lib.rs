@@ -39,6 +39,7 @@ pub mod history;
 pub mod http;
 #[cfg(feature = "simulator")]
 pub mod local_cluster;
+pub mod malloc;
 pub mod metrics;
 pub mod notify;
 pub mod pool;

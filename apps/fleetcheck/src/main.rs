@@ -328,6 +328,7 @@ impl RoundObserver for Progress {
 }
 
 fn main() -> ExitCode {
+    fleetcheck::malloc::tune();
     let cli = Cli::parse();
     let res = match cli.cmd {
         None => scan(cli.scan),

@@ -9,6 +9,7 @@
 //! for bound series of checks that ask for them, so memory is flat across
 //! rounds.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use std::hash::{BuildHasherDefault, Hasher};
@@ -402,7 +403,6 @@ pub struct HostState {
     order: Vec<u32>,
     bindings: Vec<Vec<Binding>>,
     hists: Vec<History>,
-    pending: Vec<(u32, f64, f64)>,
     prev_round: Option<u64>,
     scrapes: u64,
     /// Reused buffer for series identities written out of page order.
@@ -433,7 +433,6 @@ impl HostState {
             order: Vec::new(),
             bindings: Vec::new(),
             hists: Vec::new(),
-            pending: Vec::new(),
             prev_round: None,
             scrapes: 0,
             scratch: String::new(),
@@ -688,6 +687,14 @@ impl View<'_> {
     }
 }
 
+thread_local! {
+    /// A scrape's samples before they are applied (a malformed page applies
+    /// none): one buffer per thread, shared by every host it scrapes, so it
+    /// is still in cache from the last scrape instead of one cold 48 kB
+    /// buffer per host of 2,000 series.
+    static PENDING: Cell<Vec<(u32, f64, f64)>> = const { Cell::new(Vec::new()) };
+}
+
 /// Record series `idx` as the `pos`-th sample of this scrape with `value`
 /// at time `t` (a repeat of a series on the page is counted and dropped).
 #[inline(always)]
@@ -745,7 +752,7 @@ pub fn scrape_page(
     let host = state.host;
     state.scrapes += 1;
     let scrape = state.scrapes;
-    let mut pending = std::mem::take(&mut state.pending);
+    let mut pending = PENDING.take();
     pending.clear();
     let mut pos = 0usize;
     let mut err = None;
@@ -843,7 +850,7 @@ pub fn scrape_page(
     state.order.truncate(pos);
     state.updated = false;
     if let Some(e) = err {
-        state.pending = pending;
+        PENDING.set(pending);
         let mut hr = HostRound::failed(host, round, "malformed", e);
         hr.bytes = page.len() as u64;
         return hr;
@@ -867,7 +874,7 @@ pub fn scrape_page(
         duplicates,
         ..HostRound::default()
     };
-    state.pending = pending;
+    PENDING.set(pending);
     let prev_round = state.prev_round;
     let mut ends = Vec::new();
     for (ci, c) in checks.iter().enumerate() {

@@ -437,3 +437,75 @@ async fn auth_is_per_target_group() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A page kept where it was received stays intact while its connection
+/// reads the next responses, and a body sent in pieces (chunked) is
+/// gathered whole; all on one kept-alive connection.
+#[tokio::test]
+async fn pages_in_one_piece_or_many_are_read_whole_on_one_connection() {
+    let page = |tag: &str, n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("m_{tag}{{i=\"{i}\"}} {i}\n").into_bytes())
+            .collect()
+    };
+    let (a, b, c) = (page("a", 5000), page("b", 3000), page("c", 10));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (srv_accepted, bodies) = (accepted.clone(), [a.clone(), b.clone(), c.clone()]);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            srv_accepted.fetch_add(1, Ordering::SeqCst);
+            for (k, body) in bodies.iter().enumerate() {
+                let mut req = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let mut out = Vec::new();
+                if k == 1 {
+                    // Three chunks: three pieces for the client.
+                    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    for part in body.chunks(body.len() / 3 + 1) {
+                        out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                        out.extend_from_slice(part);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    out.extend_from_slice(head.as_bytes());
+                    out.extend_from_slice(body);
+                }
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let client = HttpClient::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let first = client.get(&url, &fetch_cfg()).await.unwrap();
+    let second = client.get(&url, &fetch_cfg()).await.unwrap();
+    let third = client.get(&url, &fetch_cfg()).await.unwrap();
+    assert!(
+        first.body == a.as_slice(),
+        "the first page changed under its holder"
+    );
+    assert!(
+        second.body == b.as_slice(),
+        "the chunked page was not gathered whole"
+    );
+    assert!(third.body == c.as_slice());
+    assert_eq!(second.wire_bytes, b.len());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+    client.recycle(first.body);
+    client.recycle(second.body);
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
-use super::{Curve, DIGIT_PAIRS, Fleet, Override, fixed_len, scaled, write_fixed};
+use super::{Curve, DIGIT_PAIRS, Fleet, Override, same_width, scaled, write_fixed};
 
 /// The kept page of each host.
 pub(super) struct Pages {
@@ -170,7 +170,7 @@ impl Kept {
             let Some(old) = self.text.get_mut(at..at + len) else {
                 return false;
             };
-            if fixed_len(n, slot.dec) == len && (n < 0) == (slot.n < 0) {
+            if same_width(n, slot.n, len, slot.dec) {
                 rewrite_digits(old, slot.n, n, slot.dec);
             } else {
                 let mut buf = [0u8; 40];
@@ -188,7 +188,7 @@ impl Kept {
 /// Turn `buf`, `old` spelled with `dec` decimals (as [`write_fixed`]
 /// writes it), into `new` of the same sign and length: only the digits up
 /// to the highest one that differs are written (a counter's top digits
-/// stay), the integer part two at a time.
+/// stay), two at a time.
 #[inline]
 fn rewrite_digits(buf: &mut [u8], old: i64, new: i64, dec: u8) {
     let (mut a, mut b) = (new.unsigned_abs(), old.unsigned_abs());
@@ -196,7 +196,20 @@ fn rewrite_digits(buf: &mut [u8], old: i64, new: i64, dec: u8) {
     // Same length and sign: once the rest of both numbers agree, so does
     // the rest of the spelling (zero padding, sign).
     let dec = dec.min(9);
-    for _ in 0..dec {
+    // The fraction two digits at a time too (a pair whose upper digit did
+    // not change rewrites it with the same byte).
+    for _ in 0..dec / 2 {
+        if a == b {
+            return;
+        }
+        let q = a / 100;
+        let pair = (a - q * 100) as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        a = q;
+        b /= 100;
+    }
+    if dec % 2 == 1 {
         if a == b {
             return;
         }
