@@ -906,9 +906,13 @@ fn serve_fleet(a: ServeFleetArgs) -> Result<(), Error> {
         rounds,
         bad,
     };
-    // One thread serves the whole fleet: a page costs microseconds, and a
-    // second thread would only add wake-ups between the two.
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One thread per core, as a real fleet's hosts answer at the same
+    // time: with one thread for all 1,000 hosts, both scrape workers often
+    // waited on it while the other core idled (12.5% idle during
+    // `--bench`, 5.7% with two threads; pool 5.6-5.9 s -> 4.7-5.3 s for
+    // 100M points, alternating runs, same binary).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(fleetcheck::pool::default_processes())
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
