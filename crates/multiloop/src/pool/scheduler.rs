@@ -234,6 +234,10 @@ pub(crate) struct ChunkRec {
     /// name and serialized value.
     pub(crate) reduce: Option<(&'static str, Bytes)>,
     pub(crate) max_attempts: u32,
+    /// When it was submitted (the pool's count of chunks then); its parts
+    /// run again after a death keep it, so they still sort in submission
+    /// order.
+    pub(crate) seq: u64,
 }
 
 impl ChunkRec {
@@ -269,6 +273,7 @@ impl ChunkRec {
             affinity,
             reduce,
             max_attempts: max_attempts.max(1),
+            seq: 0,
         }
     }
 
@@ -336,6 +341,7 @@ impl ChunkRec {
             affinity: self.affinity,
             reduce: self.reduce.clone(),
             max_attempts: self.max_attempts,
+            seq: self.seq,
         }
     }
 
@@ -646,6 +652,8 @@ impl Core {
         }
         let id = self.next_chunk;
         self.next_chunk += 1;
+        let mut rec = rec;
+        rec.seq = id;
         self.chunks.insert(id, rec);
         self.queue.push_back(id);
         self.dispatch();
@@ -1130,8 +1138,18 @@ impl Core {
         };
         // Latest first: each goes to the front of the queue, so they run
         // again in the order they were submitted.
-        let mut chunks: Vec<u64> = chunks.into_iter().collect();
+        let mut chunks: Vec<(u64, u64, u64)> = chunks
+            .into_iter()
+            .map(|c| {
+                let at = self
+                    .chunks
+                    .get(&c)
+                    .map_or((0, 0), |r| (r.seq, r.job_index(0)));
+                (at.0, at.1, c)
+            })
+            .collect();
         chunks.sort_unstable_by(|a, b| b.cmp(a));
+        let chunks = chunks.into_iter().map(|(_, _, c)| c);
         for chunk in chunks {
             let blamed = culprit.filter(|(c, _)| *c == chunk).map(|(_, i)| i);
             self.requeue_after_crash(chunk, &death, blamed, actions);

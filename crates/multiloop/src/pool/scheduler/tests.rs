@@ -336,6 +336,7 @@ impl Sim {
                         affinity: route,
                         reduce: None,
                         max_attempts: attempts,
+                        seq: 0,
                     };
                     if let Err(refused) = self.core.submit(rec) {
                         // The call ends its pulled inputs with the refusal.
@@ -662,4 +663,45 @@ fn a_group_that_answers_some_tasks_again_delivers_only_the_new_ones() {
     sim.die(0, None, Cause::Violated);
     sim.finish();
     assert_eq!(sim.jobs[0].outcomes.len(), 8);
+}
+
+/// Found by the state machine: a worker that died twice handed its routed
+/// tasks on in reverse order the second time (its chunks, run again once,
+/// had new ids in the opposite order).
+#[test]
+fn a_slot_whose_worker_dies_twice_still_gets_its_routed_tasks_in_order() {
+    let ops = [
+        Op::Submit {
+            tasks: 11,
+            chunk: 5,
+            route: Some(0),
+            attempts: 2,
+        },
+        Op::Ready { slot: 0 },
+        Op::Submit {
+            tasks: 1,
+            chunk: 1,
+            route: None,
+            attempts: 1,
+        },
+        Op::Die {
+            slot: 0,
+            culprit: None,
+            cause: 0,
+        },
+        Op::Ready { slot: 0 },
+        Op::Die {
+            slot: 0,
+            culprit: None,
+            cause: 1,
+        },
+        Op::Ready { slot: 0 },
+        Op::Answer { slot: 0, n: 1 },
+    ];
+    let mut sim = Sim::new();
+    for op in &ops {
+        // `step` checks the order of what each worker is sent.
+        sim.step(op);
+    }
+    sim.finish();
 }
