@@ -397,10 +397,8 @@ pub(crate) mod tests {
         assert!(matches!(r.state, Some(StateUpdate::Delta(ref d)) if d.base == n));
     }
 
-    /// Scrapes of one host run in the order their turns were taken, even
-    /// when the later one is polled first (rounds overlap).
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_hosts_scrapes_run_in_the_order_of_their_turns() {
+    /// A simulated fleet of two hosts of 80 series (4 rounds).
+    async fn two_hosts() -> (FleetServer, Vec<HostSpec>) {
         let fleet = Arc::new(Fleet::new(FleetConfig {
             hosts: 2,
             series: 80,
@@ -410,6 +408,14 @@ pub(crate) mod tests {
         }));
         let server = FleetServer::start(fleet, 0).await.unwrap();
         let specs = host_specs(&server.target_urls());
+        (server, specs)
+    }
+
+    /// Scrapes of one host run in the order their turns were taken, even
+    /// when the later one is polled first (rounds overlap).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hosts_scrapes_run_in_the_order_of_their_turns() {
+        let (_server, specs) = two_hosts().await;
         let w = WorkerState::new(&simulated_init());
         let first = w.turn(specs[0].id).unwrap();
         let second = w.turn(specs[0].id).unwrap();
@@ -434,15 +440,7 @@ pub(crate) mod tests {
     /// applied changes nothing and fetches nothing.
     #[tokio::test(flavor = "current_thread")]
     async fn a_stale_round_leaves_the_host_state_alone() {
-        let fleet = Arc::new(Fleet::new(FleetConfig {
-            hosts: 2,
-            series: 80,
-            seed: 3,
-            rounds: 4,
-            bad: Vec::new(),
-        }));
-        let server = FleetServer::start(fleet, 0).await.unwrap();
-        let specs = host_specs(&server.target_urls());
+        let (_server, specs) = two_hosts().await;
         let init = simulated_init();
         let w = WorkerState::new(&init);
         for round in 0..3 {

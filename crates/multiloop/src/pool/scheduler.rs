@@ -1289,31 +1289,16 @@ impl Core {
         } else if retry_charged {
             self.counters.retried += charged.len() as u64;
         }
-        // Runs of pending tasks alike: charged or not.
-        let mut run: Vec<u32> = Vec::new();
-        let mut run_charged = false;
-        for &i in &pending {
-            let is_charged = charged.contains(&i);
-            if !run.is_empty() && (is_charged != run_charged || violated) {
-                retries.extend(Self::retry(
-                    &rec,
-                    &run,
-                    run_charged,
-                    retry_charged,
-                    violated,
-                ));
-                run.clear();
-            }
-            run_charged = is_charged;
-            run.push(i);
-        }
-        retries.extend(Self::retry(
-            &rec,
-            &run,
-            run_charged,
-            retry_charged,
-            violated,
-        ));
+        // Runs of pending tasks alike, charged or not (after a protocol
+        // violation, every task alone).
+        retries.extend(
+            pending
+                .chunk_by(|a, b| !violated && charged.contains(a) == charged.contains(b))
+                .filter_map(|run| {
+                    let run_charged = run.first().is_some_and(|i| charged.contains(i));
+                    Self::retry(&rec, run, run_charged, retry_charged, violated)
+                }),
+        );
         for retry in retries.into_iter().rev() {
             self.requeue(retry);
         }
