@@ -77,11 +77,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             clients: Vec::new(),
             discovery: None,
         };
+        let start = std::time::Instant::now();
         let report = scan_inprocess(&cfg, Arc::new(checks), Arc::new(Mutex::new(()))).await;
         let ctx = RenderCtx {
             targets: &urls,
             labels: &[],
-            elapsed_secs: 0.0,
+            elapsed_secs: start.elapsed().as_secs_f64(),
             verification: None,
             max_listed: 30,
         };
