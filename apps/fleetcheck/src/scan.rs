@@ -610,3 +610,95 @@ where
     }
     total
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A sink that records what it is sent.
+    #[derive(Default)]
+    struct Recorder {
+        sent: Vec<(u32, u64)>,
+        closed: bool,
+    }
+
+    impl ScrapeSink for &mut Recorder {
+        fn send_round(&mut self, targets: &[HostSpec], round: u64) {
+            assert!(!self.closed, "round {round} sent after the inputs ended");
+            self.sent.extend(targets.iter().map(|t| (t.id, round)));
+        }
+        fn close(&mut self) {
+            self.closed = true;
+        }
+    }
+
+    fn config(hosts: u32, rounds: u64) -> ScanConfig {
+        ScanConfig {
+            targets: (0..hosts)
+                .map(|id| HostSpec {
+                    id,
+                    url: format!("http://h{id}/metrics"),
+                    group: 0,
+                })
+                .collect(),
+            rounds,
+            interval: Duration::ZERO,
+            concurrency: 1,
+            opts: ScrapeOptions::default(),
+            clients: Vec::new(),
+            discovery: None,
+        }
+    }
+
+    proptest::proptest! {
+        /// Results come back in any order (each pick answers one scrape
+        /// sent and not answered yet): every round starts once, its
+        /// scrapes go out in target order, never more than `in_flight`
+        /// rounds are open, rounds complete in order once all of their
+        /// hosts are in, and the inputs end after the last round.
+        #[test]
+        fn rounds_complete_in_order_whatever_order_results_come_in(
+            hosts in 0u32..6,
+            rounds in 1u64..7,
+            in_flight in 1usize..4,
+            picks in proptest::collection::vec(0usize..1000, 0..200),
+        ) {
+            let cfg = config(hosts, rounds);
+            let mut sink = Recorder::default();
+            let mut completed: Vec<(u64, u64)> = Vec::new();
+            let mut answered = std::collections::HashSet::new();
+            {
+                let mut p = RoundPipeline::new(&cfg, in_flight, &mut sink);
+                let mut picks = picks.into_iter().cycle();
+                loop {
+                    p.start_due(&cfg);
+                    while let Some((round, rep)) = p.pop_complete() {
+                        completed.push((round, rep.scrape_failures));
+                        p.start_due(&cfg);
+                    }
+                    proptest::prop_assert!(p.flights.len() <= in_flight);
+                    if p.is_over() {
+                        break;
+                    }
+                    let open: Vec<(u32, u64)> = p
+                        .flights
+                        .iter()
+                        .flat_map(|f| f.targets.iter().map(move |t| (t.id, f.round)))
+                        .filter(|x| !answered.contains(x))
+                        .collect();
+                    proptest::prop_assert!(!open.is_empty(), "rounds open, nothing to answer");
+                    let (host, round) = open[picks.next().unwrap_or(0) % open.len()];
+                    answered.insert((host, round));
+                    let _ = p.add(HostRound::failed(host, round, "test", String::new()));
+                }
+            }
+            let each_round: Vec<(u64, u64)> = (0..rounds).map(|r| (r, u64::from(hosts))).collect();
+            proptest::prop_assert_eq!(completed, each_round);
+            let sent: Vec<(u32, u64)> =
+                (0..rounds).flat_map(|r| (0..hosts).map(move |h| (h, r))).collect();
+            proptest::prop_assert_eq!(&sink.sent, &sent);
+            proptest::prop_assert!(sink.closed);
+        }
+    }
+}
