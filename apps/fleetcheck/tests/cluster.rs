@@ -148,6 +148,22 @@ fn agent(url: &str) -> Group {
     agent
 }
 
+/// The runner: `FLEET` scanned on the agents of `url` (ack wait 1 s),
+/// with its stdout and stderr lines.
+fn runner(url: &str, extra: &[&str]) -> (Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut child = bin()
+        .args(FLEET)
+        .args(["--cluster", url, "--cluster-ack-wait", "1"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines(child.stdout.take().unwrap());
+    let stderr = lines(child.stderr.take().unwrap());
+    (child, stdout, stderr)
+}
+
 /// CPU seconds the workers of process `pid` have used.
 fn workers_cpu(pid: u32) -> f64 {
     let children =
@@ -214,22 +230,7 @@ fn a_scan_on_three_agents_one_sigkilled_reports_what_one_machine_does() {
     let nats = Nats::start(&server);
     let url = nats.url("fc-test");
     let mut agents: Vec<Group> = (0..3).map(|_| agent(&url)).collect();
-    let mut runner = bin()
-        .args(FLEET)
-        .args([
-            "--cluster",
-            &url,
-            "--cluster-ack-wait",
-            "1",
-            "--processes",
-            "6",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = lines(runner.stdout.take().unwrap());
-    let stderr = lines(runner.stderr.take().unwrap());
+    let (mut runner, stdout, stderr) = runner(&url, &["--processes", "6"]);
     wait_for(&stderr, "round done on the cluster round=2", "the runner");
     // The agent that has scraped the most so far: its hosts must move.
     let busiest = (0..agents.len())
@@ -262,15 +263,7 @@ fn a_scan_started_before_its_agents_says_it_waits_and_goes_on_when_one_joins() {
     };
     let nats = Nats::start(&server);
     let url = nats.url("fc-wait");
-    let mut runner = bin()
-        .args(FLEET)
-        .args(["--cluster", &url, "--cluster-ack-wait", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = lines(runner.stdout.take().unwrap());
-    let stderr = lines(runner.stderr.take().unwrap());
+    let (mut runner, stdout, stderr) = runner(&url, &[]);
     wait_for(&stderr, "no agent has joined", "the runner");
     let _agent = agent(&url);
     let status = runner.wait().unwrap();

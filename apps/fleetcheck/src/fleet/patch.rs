@@ -202,21 +202,13 @@ fn rewrite_digits(buf: &mut [u8], old: i64, new: i64, dec: u8) {
         if a == b {
             return;
         }
-        let q = a / 100;
-        let pair = (a - q * 100) as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-        a = q;
-        b /= 100;
+        pair_down(buf, &mut i, &mut a, &mut b);
     }
     if dec % 2 == 1 {
         if a == b {
             return;
         }
-        i -= 1;
-        buf[i] = b'0' + (a % 10) as u8;
-        a /= 10;
-        b /= 10;
+        digit_down(buf, &mut i, &mut a, &mut b);
     }
     if dec > 0 {
         i -= 1;
@@ -224,19 +216,32 @@ fn rewrite_digits(buf: &mut [u8], old: i64, new: i64, dec: u8) {
     let start = usize::from(new < 0);
     while a != b {
         if i >= start + 2 {
-            let q = a / 100;
-            let pair = (a - q * 100) as usize * 2;
-            i -= 2;
-            buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-            a = q;
-            b /= 100;
+            pair_down(buf, &mut i, &mut a, &mut b);
         } else {
-            i -= 1;
-            buf[i] = b'0' + (a % 10) as u8;
-            a /= 10;
-            b /= 10;
+            digit_down(buf, &mut i, &mut a, &mut b);
         }
     }
+}
+
+/// Writes the last two digits of `a` just before `buf[i]` and drops them
+/// from `a` and from `b` (the number it replaces).
+#[inline(always)]
+fn pair_down(buf: &mut [u8], i: &mut usize, a: &mut u64, b: &mut u64) {
+    let q = *a / 100;
+    let pair = (*a - q * 100) as usize * 2;
+    *i -= 2;
+    buf[*i..*i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    *a = q;
+    *b /= 100;
+}
+
+/// [`pair_down`] for one digit.
+#[inline(always)]
+fn digit_down(buf: &mut [u8], i: &mut usize, a: &mut u64, b: &mut u64) {
+    *i -= 1;
+    buf[*i] = b'0' + (*a % 10) as u8;
+    *a /= 10;
+    *b /= 10;
 }
 
 #[cfg(test)]
