@@ -290,6 +290,9 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         if let Some(route) = self.route {
             return self.feed_routed(cx, route);
         }
+        if !self.room_for(self.chunker.size) {
+            return;
+        }
         while !self.exhausted && self.outstanding() < self.window() {
             let room = self.window() - self.outstanding();
             let want = self.chunker.size.min(room).max(1);
@@ -358,6 +361,9 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             indices: Vec<u64>,
         }
         let slots = self.pool.config.processes;
+        if !self.room_for(self.chunker.size * slots) {
+            return;
+        }
         let mut building: Vec<Building> = (0..slots)
             .map(|_| Building {
                 payload: Vec::new(),
@@ -435,6 +441,18 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     /// Inputs taken and not yet handed to the caller.
     fn outstanding(&self) -> usize {
         self.in_flight + self.ready.len() + self.held
+    }
+
+    /// Whether to pull inputs now: once `tasks` fit in the window, or when
+    /// nothing is outstanding. Refilling whatever room each result frees
+    /// would, once results come back a few at a time, send chunks of a
+    /// task or two, each its own frame (and partial, in a map-reduce):
+    /// fleetcheck's routed scan sent 3 tasks per RUN frame instead of 16
+    /// and its parent made 2.6x the syscalls (strace), for 0.45 vs 0.28
+    /// CPU-s per 100M points.
+    fn room_for(&self, tasks: usize) -> bool {
+        let outstanding = self.outstanding();
+        outstanding == 0 || self.window().saturating_sub(outstanding) >= tasks.min(self.window())
     }
 
     fn submit_split(
