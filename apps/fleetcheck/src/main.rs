@@ -494,7 +494,7 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         }),
     };
     let rt = runtime()?;
-    rt.block_on(async move {
+    let main = rt.spawn(async move {
         let fleet_cfg = FleetConfig {
             hosts: cli.fleet_hosts,
             series: cli.fleet_series,
@@ -668,7 +668,9 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
             return Ok(130);
         }
         Ok(report.exit_code() as u8)
-    })
+    });
+    rt.block_on(main)
+        .map_err(|e| Error::io("the scan task failed", std::io::Error::other(e)))?
 }
 
 /// Records the peak RSS of each round of the in-process baseline.
@@ -803,7 +805,7 @@ async fn bench_pool(
     rules: &Rules,
     settings: PoolSettings,
     cluster: Option<&LocalCluster>,
-    fleet_cpu: &dyn Fn() -> f64,
+    fleet_cpu: &(dyn Fn() -> f64 + Sync),
     truth: &[ExpectedFinding],
 ) -> Result<BenchRun, Error> {
     let workers_cpu =
