@@ -291,10 +291,11 @@ pub const LOOPBACK_WORKER_CONCURRENCY: usize = 8;
 
 /// Hosts per chunk on the built-in fleet ([`PoolScanner::with_chunk_size`]):
 /// the adaptive size gave chunks of a few scrapes, and the pool parent
-/// spent 0.36 CPU-s per 40M points waking up for their results; with 16,
-/// 0.19 (the pool's CPU 3.83 -> 3.55 CPU-s, `--bench --points 40M`, two
-/// runs each, same binary).
-pub const LOOPBACK_CHUNK: usize = 16;
+/// spent its CPU waking up for their results (each wake-up is most of
+/// the parent's cost). Parent CPU per 100M points (`--bench`, three
+/// alternating runs each, same binary): 0.24-0.26 CPU-s with 16, 0.19-0.20
+/// with 32, 0.12-0.13 with 64 and with 128; the workers' CPU the same.
+pub const LOOPBACK_CHUNK: usize = 64;
 
 /// How long a scan on agents waits for the first agent before it says so.
 pub const AGENT_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
