@@ -384,7 +384,12 @@ async fn run_fleetcheck(
         opts: cfg.opts,
         clients: cfg.clients.clone(),
     };
-    let report = crate::pool::scan_pool(cfg, init, settings, Arc::new(Mutex::new(()))).await?;
+    // As the main job and `--bench` scan the built-in fleet.
+    let scanner = crate::pool::PoolScanner::start(init, settings)
+        .await?
+        .with_chunk_size(crate::pool::LOOPBACK_CHUNK);
+    let report = scanner.scan(cfg, Arc::new(Mutex::new(()))).await?;
+    scanner.close().await?;
     let run = BenchRun {
         mode: "fleetcheck".into(),
         wall_secs: start.elapsed().as_secs_f64(),
