@@ -254,14 +254,13 @@ async fn a_worker_killed_during_a_round_loses_no_host_result() {
         total.merge(rep);
         if let Some(pid) = victim {
             // the pool noticed the death (now or a moment after the round)
-            let t = std::time::Instant::now();
-            while scanner.pool().worker_pids().contains(&pid) {
-                assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "worker {pid} still listed"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let noticed = scanner
+                .pool()
+                .wait_for_stats(|s| s.workers_died_in_task + s.workers_died_outside_tasks == 1);
+            tokio::time::timeout(Duration::from_secs(10), noticed)
+                .await
+                .unwrap_or_else(|_| panic!("worker {pid}'s death not noticed in 10 s"));
+            assert!(!scanner.pool().worker_pids().contains(&pid));
         }
     }
     assert_eq!(total.scrapes, u64::from(hosts) * rounds);

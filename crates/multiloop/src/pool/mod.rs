@@ -725,6 +725,40 @@ impl Pool {
         0
     }
 
+    /// Waits until the pool's statistics satisfy `until` (asked now and
+    /// each time the pool's state changes: a worker starts or dies, tasks
+    /// end) and returns them: say, until a killed worker has been noticed
+    /// and replaced. Wrap it in a timeout to bound the wait.
+    ///
+    /// ```
+    /// # multiloop::init_before_main!();
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), multiloop::Error> {
+    /// # let pool = multiloop::Pool::builder().processes(2).build().await?;
+    /// let pid = pool.worker_pids()[0];
+    /// // SAFETY: kill has no memory-safety preconditions.
+    /// unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    /// let stats = pool
+    ///     .wait_for_stats(|s| s.workers_spawned == 3 && s.workers_alive == 2)
+    ///     .await;
+    /// assert_eq!(stats.workers_died_outside_tasks, 1);
+    /// assert!(!pool.worker_pids().contains(&pid));
+    /// # pool.close().await
+    /// # }
+    /// ```
+    pub async fn wait_for_stats(&self, mut until: impl FnMut(&PoolStats) -> bool) -> PoolStats {
+        loop {
+            let changed = self.inner.progress.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let stats = self.stats();
+            if until(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
     /// The hosts serving a cluster pool now, as their last heartbeats
     /// describe them (empty for a local pool). The list follows the host
     /// registry as it changes: a host appears with its first heartbeat and
