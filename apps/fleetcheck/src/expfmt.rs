@@ -1345,43 +1345,37 @@ fn scan_decimal(l: &[u8], p: usize) -> Option<(f64, usize)> {
         [b'+', body @ ..] => (false, body),
         _ => (false, rest),
     };
-    // Integer digits, then the fraction's: each loop tests one thing per
-    // byte.
-    let (mut mant, mut i) = (0u64, 0);
-    while let Some(d) = body
-        .get(i)
-        .map(|c| c.wrapping_sub(b'0'))
-        .filter(|d| *d < 10)
-    {
-        mant = mant.wrapping_mul(10).wrapping_add(u64::from(d));
-        i += 1;
-    }
+    let (mut mant, mut i) = digits(body, 0, 0);
     let mut frac = 0;
     let dot = body.get(i) == Some(&b'.');
     if dot {
-        i += 1;
-        let from = i;
-        while let Some(d) = body
-            .get(i)
-            .map(|c| c.wrapping_sub(b'0'))
-            .filter(|d| *d < 10)
-        {
-            mant = mant.wrapping_mul(10).wrapping_add(u64::from(d));
-            i += 1;
-        }
+        let from = i + 1;
+        (mant, i) = digits(body, from, mant);
         frac = i - from;
     }
     if !matches!(body.get(i), None | Some(b' ' | b'\t' | b'\n')) {
         return None;
     }
-    let digits = i - usize::from(dot);
+    let count = i - usize::from(dot);
     // At most 19 digits cannot overflow a u64; mant <= 2^53 and an exact
     // power of ten make the quotient correctly rounded.
-    if digits == 0 || digits > 19 || mant > (1u64 << 53) {
+    if count == 0 || count > 19 || mant > (1u64 << 53) {
         return None;
     }
     let v = mant as f64 / *POW10.get(frac)?;
     Some((if neg { -v } else { v }, p + (rest.len() - body.len()) + i))
+}
+
+/// The ASCII digits of `l` from `i` on, appended to `mant` (wrapping:
+/// callers reject more than 19 digits), and where they end: one test per
+/// byte.
+#[inline(always)]
+fn digits(l: &[u8], mut i: usize, mut mant: u64) -> (u64, usize) {
+    while let Some(d) = l.get(i).map(|c| c.wrapping_sub(b'0')).filter(|d| *d < 10) {
+        mant = mant.wrapping_mul(10).wrapping_add(u64::from(d));
+        i += 1;
+    }
+    (mant, i)
 }
 
 /// Parse a sample value: decimal/exponent floats, `NaN`, `+Inf`, `-Inf`, `Inf`.

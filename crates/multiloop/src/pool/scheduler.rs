@@ -281,6 +281,17 @@ impl ChunkRec {
         (self.offsets.len() - 1) as u32
     }
 
+    /// Where the chunk's tasks stand in submission order: when the chunk
+    /// they came from was submitted, then their first job index (parts of
+    /// one chunk share its `seq`).
+    fn submission_order(&self) -> (u64, u64) {
+        let first = match &self.indices {
+            Some(ix) => ix.first().copied().unwrap_or(self.base),
+            None => self.base,
+        };
+        (self.seq, first)
+    }
+
     pub(crate) fn job_index(&self, i: u32) -> u64 {
         match &self.indices {
             Some(ix) => ix[i as usize],
@@ -1136,20 +1147,7 @@ impl Core {
             violated,
             unresponsive,
         };
-        // Latest first: each goes to the front of the queue, so they run
-        // again in the order they were submitted.
-        let mut chunks: Vec<(u64, u64, u64)> = chunks
-            .into_iter()
-            .map(|c| {
-                let at = self
-                    .chunks
-                    .get(&c)
-                    .map_or((0, 0), |r| (r.seq, r.job_index(0)));
-                (at.0, at.1, c)
-            })
-            .collect();
-        chunks.sort_unstable_by(|a, b| b.cmp(a));
-        let chunks = chunks.into_iter().map(|(_, _, c)| c);
+        // Each goes back in submission order (see `requeue`).
         for chunk in chunks {
             let blamed = culprit.filter(|(c, _)| *c == chunk).map(|(_, i)| i);
             self.requeue_after_crash(chunk, &death, blamed, actions);
@@ -1257,9 +1255,9 @@ impl Core {
             None => (pending.clone(), Vec::new()),
         };
         self.counters.retried += free.len() as u64;
-        // What runs again, in the order the tasks were submitted: it all
-        // goes to the front of the queue, so a key's tasks still start in
-        // submission order on the slot's next worker.
+        // What runs again goes back in submission order (see `requeue`),
+        // so a key's tasks still start in that order on the slot's next
+        // worker.
         let mut retries: Vec<ChunkRec> = Vec::new();
         let mut retry_charged = !charged.is_empty();
         if retry_charged && unresponsive && blamed.is_some() {
@@ -1299,7 +1297,7 @@ impl Core {
                     Self::retry(&rec, run, run_charged, retry_charged, violated)
                 }),
         );
-        for retry in retries.into_iter().rev() {
+        for retry in retries {
             self.requeue(retry);
         }
     }
@@ -1440,12 +1438,27 @@ impl Core {
             .map_or_else(Vec::new, ChunkRec::pending)
     }
 
-    /// Puts a retried chunk at the front of the queue.
+    /// Puts a chunk that runs again (after a death, handed back by a
+    /// retiring worker, or split off) back in the queue ahead of every
+    /// chunk submitted after it: whichever path sends tasks back, and in
+    /// whatever order, a key's routed tasks still start in the order they
+    /// were submitted. Requeued chunks are old, so the place is found near
+    /// the front.
     fn requeue(&mut self, rec: ChunkRec) {
+        let key = rec.submission_order();
+        let at = self
+            .queue
+            .iter()
+            .position(|id| {
+                self.chunks
+                    .get(id)
+                    .is_none_or(|r| r.submission_order() > key)
+            })
+            .unwrap_or(self.queue.len());
         let id = self.next_chunk;
         self.next_chunk += 1;
         self.chunks.insert(id, rec);
-        self.queue.push_front(id);
+        self.queue.insert(at, id);
     }
 
     /// Fails everything pending with `failure` and stops taking work.

@@ -705,3 +705,37 @@ fn a_slot_whose_worker_dies_twice_still_gets_its_routed_tasks_in_order() {
     }
     sim.finish();
 }
+
+/// Found by the state machine: a retiring worker hands back the first of
+/// its routed chunks, then dies holding the later ones; the slot's next
+/// worker must still get them in submission order (the hand-back went to
+/// the front of the queue, and the dead worker's chunks in front of it).
+#[test]
+fn routed_tasks_handed_back_by_a_retiring_worker_that_then_dies_keep_their_order() {
+    let ops = [
+        Op::Ready { slot: 0 },
+        Op::Submit {
+            tasks: 7,
+            chunk: 3,
+            route: Some(0),
+            attempts: 2,
+        },
+        Op::Retire {
+            slot: 0,
+            pick: 191_802_099,
+            from: 0,
+        },
+        Op::Die {
+            slot: 0,
+            culprit: None,
+            cause: 0,
+        },
+        Op::Ready { slot: 0 },
+    ];
+    let mut sim = Sim::new();
+    for op in &ops {
+        // `step` checks the order of what each worker is sent.
+        sim.step(op);
+    }
+    sim.finish();
+}
