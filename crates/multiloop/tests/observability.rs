@@ -298,4 +298,10 @@ async fn lifecycle_events_reach_a_subscriber_with_the_workers_span() {
     ] {
         assert!(text.contains(needle), "`{needle}` not logged:\n{text}");
     }
+    // Replacements (recycled, then after the watchdog) are not logged
+    // inside their predecessor's span: each generation has a span of its own.
+    assert!(
+        !text.contains("}:worker{"),
+        "a worker's span nested in another's:\n{text}"
+    );
 }

@@ -512,3 +512,76 @@ async fn routed_tasks_start_in_submission_order_even_after_workers_die() {
     assert!(pool.stats().workers_spawned >= 4, "{:?}", pool.stats());
     pool.close().await.unwrap();
 }
+
+/// [`started_out_of_order`], and then, when `leak_mib` > 0, leaks that
+/// much resident memory (pushing its worker over `max_memory_per_child`).
+#[multiloop::task]
+async fn started_out_of_order_then_leak(args: (u64, u64, usize)) -> u64 {
+    let (key, seq, leak_mib) = args;
+    let before = LAST_STARTED.with(|l| l.borrow_mut().insert(key, seq));
+    tokio::time::sleep(Duration::from_micros((seq * 7919) % 900)).await;
+    if leak_mib > 0 {
+        let mut v = vec![0u8; leak_mib << 20];
+        // Touch every page so it is resident.
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        std::mem::forget(v);
+    }
+    u64::from(before.is_some_and(|b| b > seq))
+}
+
+/// Workers that pass their memory limit retire mid-call and hand back the
+/// routed tasks they had not started, and one is SIGKILLed on top: the
+/// tasks handed back and those of the dead worker still start in
+/// submission order on the slot's next workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_tasks_keep_their_order_through_retirements_and_deaths() {
+    use multiloop::reduce::{Partial, Sum};
+    let pool = Pool::builder()
+        .processes(2)
+        .concurrency(16)
+        .max_memory_per_child(120 << 20)
+        .max_attempts(100)
+        .build()
+        .await
+        .unwrap();
+    const N: u64 = 4_000;
+    // Every 250th task leaks 40 MiB: a worker retires after a few.
+    let inputs = (0..N).map(|seq| (seq % 8, seq, if seq % 250 == 0 { 40 } else { 0 }));
+    let mut pieces = pool
+        .map_reduce(started_out_of_order_then_leak, inputs, Sum::<u64>::new())
+        .route_by(|(key, _, _)| *key)
+        .chunk_size(5)
+        .partials();
+    let (mut out_of_order, mut folded, mut killed) = (0, 0, false);
+    // A retiring worker that stopped starting the rest of a chunk whose
+    // fold had begun left the call waiting forever: bound the wait.
+    let read_all = async {
+        while let Some(piece) = pieces.next().await {
+            match piece.unwrap() {
+                Partial::Folded { value, tasks } => {
+                    (out_of_order, folded) = (out_of_order + value, folded + tasks)
+                }
+                Partial::Failed { index, error } => panic!("task {index} failed: {error}"),
+            }
+            if !killed && folded * 2 > N {
+                let pid = pool.worker_pids()[0];
+                // SAFETY: kill has no memory-safety preconditions.
+                assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+                killed = true;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read_all)
+        .await
+        .unwrap_or_else(|_| panic!("the call hung: {folded} of {N} tasks folded"));
+    assert_eq!(folded, N, "every task folded once");
+    assert_eq!(
+        out_of_order, 0,
+        "a key's tasks started out of submission order"
+    );
+    let stats = pool.stats();
+    assert!(stats.workers_retired >= 2, "{stats:?}");
+    pool.close().await.unwrap();
+}

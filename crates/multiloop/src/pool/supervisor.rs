@@ -105,7 +105,11 @@ pub(crate) fn launch(
         })
     });
     let weak = Arc::downgrade(inner);
+    // A root span: a replacement is started from inside its predecessor's
+    // span, and nesting them would chain every generation of a slot (and
+    // keep them all alive) for as long as the pool runs.
     let span = tracing::info_span!(
+        parent: None,
         "worker",
         slot,
         generation = id.generation,

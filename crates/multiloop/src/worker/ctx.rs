@@ -334,11 +334,17 @@ impl Ctx {
 
     /// Starts queued tasks while there are free slots, and while this
     /// worker's memory is within its limit (checked before every start, so
-    /// the peak is the limit plus what running tasks allocate).
+    /// the peak is the limit plus what running tasks allocate). Over the
+    /// limit, what has not started goes back to the parent, except the
+    /// rest of a map-reduce chunk whose fold has begun: its partial must
+    /// fold every task of it, so those tasks still start here.
     pub(super) fn fill(self: &Rc<Self>) {
         loop {
             if self.running.get() >= self.concurrency {
                 return;
+            }
+            if self.memory.borrow_mut().is_over() {
+                self.hand_back();
             }
             let mut queue = self.queue.borrow_mut();
             let Some(q) = queue.front_mut() else { return };
@@ -346,16 +352,7 @@ impl Ctx {
                 queue.pop_front();
                 continue;
             }
-            {
-                let mut memory = self.memory.borrow_mut();
-                if memory.is_over() {
-                    drop(memory);
-                    drop(queue);
-                    self.hand_back();
-                    return;
-                }
-                memory.started_one = true;
-            }
+            self.memory.borrow_mut().started_one = true;
             let key = TaskKey {
                 chunk: q.chunk,
                 index: q.next,
