@@ -59,13 +59,17 @@ async fn count_and_nap(path: String) -> u64 {
 
 #[multiloop::task]
 async fn leak(mib: usize) -> u32 {
+    leak_resident(mib);
+    std::process::id()
+}
+
+/// Leaks `mib` MiB of resident memory (every page touched).
+fn leak_resident(mib: usize) {
     let mut v = vec![0u8; mib << 20];
-    // Touch every page so it is resident.
     for i in (0..v.len()).step_by(4096) {
         v[i] = 1;
     }
     std::mem::forget(v);
-    std::process::id()
 }
 
 /// Writes garbage into every socket this process holds: the worker's
@@ -463,9 +467,16 @@ thread_local! {
 #[multiloop::task]
 async fn started_out_of_order(args: (u64, u64)) -> u64 {
     let (key, seq) = args;
-    let before = LAST_STARTED.with(|l| l.borrow_mut().insert(key, seq));
+    let out_of_order = started_after_a_later_one(key, seq);
     // Tasks of one key overlap: they finish in any order.
     tokio::time::sleep(Duration::from_micros((seq * 7919) % 900)).await;
+    out_of_order
+}
+
+/// 1 when a task of `key` submitted after `seq` already started in this
+/// worker, else 0; records `seq` as the key's latest start.
+fn started_after_a_later_one(key: u64, seq: u64) -> u64 {
+    let before = LAST_STARTED.with(|l| l.borrow_mut().insert(key, seq));
     u64::from(before.is_some_and(|b| b > seq))
 }
 
@@ -518,17 +529,10 @@ async fn routed_tasks_start_in_submission_order_even_after_workers_die() {
 #[multiloop::task]
 async fn started_out_of_order_then_leak(args: (u64, u64, usize)) -> u64 {
     let (key, seq, leak_mib) = args;
-    let before = LAST_STARTED.with(|l| l.borrow_mut().insert(key, seq));
+    let out_of_order = started_after_a_later_one(key, seq);
     tokio::time::sleep(Duration::from_micros((seq * 7919) % 900)).await;
-    if leak_mib > 0 {
-        let mut v = vec![0u8; leak_mib << 20];
-        // Touch every page so it is resident.
-        for i in (0..v.len()).step_by(4096) {
-            v[i] = 1;
-        }
-        std::mem::forget(v);
-    }
-    u64::from(before.is_some_and(|b| b > seq))
+    leak_resident(leak_mib);
+    out_of_order
 }
 
 /// Workers that pass their memory limit retire mid-call and hand back the
