@@ -494,6 +494,8 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         }),
     };
     let rt = runtime()?;
+    // On the runtime's threads rather than this one: the pool's reader
+    // tasks then wake the scan on their own thread (fewer wake-ups).
     let main = rt.spawn(async move {
         let fleet_cfg = FleetConfig {
             hosts: cli.fleet_hosts,
