@@ -400,25 +400,28 @@ thread_local! {
 /// cache from one host to the next. Identities no host holds any more are
 /// dropped whenever the pool has doubled since the last sweep.
 fn shared_key(h: u64, key: &str) -> Arc<str> {
-    SHARED_KEYS.with(|pool| {
-        let Ok(mut pool) = pool.try_borrow_mut() else {
-            return Arc::from(key);
-        };
-        if let Some(k) = pool.keys.get(&h)
-            && **k == *key
-        {
-            return k.clone();
-        }
-        if pool.keys.len() >= (pool.swept * 2).max(1 << 14) {
-            pool.keys.retain(|_, k| Arc::strong_count(k) > 1);
-            pool.swept = pool.keys.len();
-        }
-        let k: Arc<str> = Arc::from(key);
-        // A colliding identity keeps the first one's place (and is not
-        // shared).
-        pool.keys.entry(h).or_insert_with(|| k.clone());
-        k
-    })
+    SHARED_KEYS
+        .try_with(|pool| {
+            let Ok(mut pool) = pool.try_borrow_mut() else {
+                return Arc::from(key);
+            };
+            if let Some(k) = pool.keys.get(&h)
+                && **k == *key
+            {
+                return k.clone();
+            }
+            if pool.keys.len() >= (pool.swept * 2).max(1 << 14) {
+                pool.keys.retain(|_, k| Arc::strong_count(k) > 1);
+                pool.swept = pool.keys.len();
+            }
+            let k: Arc<str> = Arc::from(key);
+            // A colliding identity keeps the first one's place (and is not
+            // shared).
+            pool.keys.entry(h).or_insert_with(|| k.clone());
+            k
+        })
+        // The thread is ending: nothing left to share with.
+        .unwrap_or_else(|_| Arc::from(key))
 }
 
 struct Lookup<'a> {

@@ -1348,6 +1348,66 @@ async fn zero_processes_or_concurrency_is_a_usage_error() {
 }
 
 #[tokio::test]
+async fn a_chunk_size_too_large_or_a_zero_timeout_is_a_usage_error() {
+    let err = Pool::builder()
+        .processes(1)
+        .chunk_size(usize::MAX)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_usage() && err.to_string().contains("chunk_size"),
+        "{err}"
+    );
+    let err = Pool::builder()
+        .processes(1)
+        .timeout(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_usage() && err.to_string().contains("timeout"),
+        "{err}"
+    );
+}
+
+/// `Duration::MAX` (or any wait past the clock's end) means "never", in
+/// every setting and on every call: no overflow, no hang. A call's chunk
+/// size past the largest is taken as the largest.
+#[tokio::test]
+async fn waits_meaning_never_and_huge_chunks_are_taken_as_the_largest() {
+    let pool = within(
+        60,
+        "build",
+        Pool::builder()
+            .processes(2)
+            .timeout(Duration::MAX)
+            .timeout_grace(Duration::MAX)
+            .startup_timeout(Duration::MAX)
+            .shutdown_timeout(Duration::MAX)
+            .restart_intensity(8, Duration::MAX)
+            .build(),
+    )
+    .await
+    .unwrap();
+    let one = within(30, "apply", pool.apply(inc, 1).timeout(Duration::MAX)).await;
+    assert_eq!(one.unwrap(), 2);
+    let far = Duration::from_secs(u64::MAX / 4);
+    let all = within(
+        30,
+        "map",
+        pool.map(inc, 0..1000u64)
+            .timeout(far)
+            .chunk_size(usize::MAX)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let all: Vec<u64> = all.into_iter().map(Result::unwrap).collect();
+    assert_eq!(all, (1..=1000).collect::<Vec<_>>());
+    within(30, "close", pool.close()).await.unwrap();
+}
+
+#[tokio::test]
 async fn result_that_fails_to_serialize_fails_only_that_task() {
     let pool = pool(2).await;
     let err = pool.apply(make_picky, 3).await.unwrap_err();

@@ -143,6 +143,104 @@ async fn close_stops_an_endless_map_that_is_still_being_read() {
     );
 }
 
+/// A call fed by a stream that has nothing for now (a channel kept open):
+/// its submitted tasks come back, then `close` (or `terminate`) ends it
+/// with one pool-closed error instead of leaving it waiting for inputs it
+/// may never get.
+#[tokio::test]
+async fn close_or_terminate_ends_a_call_whose_input_stream_waits() {
+    for terminate in [false, true] {
+        let pool = within(60, "build", Pool::builder().processes(2).build())
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let input =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+            );
+        let mut stream = pool.map_stream(inc, Box::pin(input));
+        for i in 0..5u64 {
+            tx.send(i).unwrap();
+        }
+        for i in 0..5u64 {
+            let got = within(30, "a result", stream.next()).await;
+            assert_eq!(got.unwrap().unwrap(), i + 1);
+        }
+        // Nothing in flight: the call now only waits for its input.
+        let stopping = async {
+            if terminate {
+                pool.terminate().await
+            } else {
+                pool.close().await
+            }
+        };
+        let rest = async {
+            let mut rest = Vec::new();
+            while let Some(r) = stream.next().await {
+                rest.push(r);
+            }
+            rest
+        };
+        let (stopped, rest) = within(30, "the call ends once the pool stops", async {
+            tokio::join!(stopping, rest)
+        })
+        .await;
+        stopped.unwrap();
+        assert_eq!(rest.len(), 1, "one error for the inputs not pulled");
+        let e = rest.into_iter().next().unwrap().unwrap_err();
+        assert!(e.is_pool_closed(), "terminate {terminate}: {e}");
+        // The sender is still open: the call did not end for lack of input.
+        assert!(tx.send(9).is_ok());
+    }
+}
+
+/// A pool kept past the runtime that built it (a pool in a static, shared
+/// by `#[tokio::test]`s that each have their own runtime): its workers are
+/// killed with the runtime, and calls on it fail at once with an error
+/// that says why, instead of waiting for workers nobody reads.
+#[test]
+fn a_pool_whose_runtime_shut_down_says_so_instead_of_hanging() {
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = first
+        .block_on(within(60, "build", Pool::builder().processes(2).build()))
+        .unwrap();
+    let pids = pool.worker_pids();
+    assert_eq!(first.block_on(pool.apply(inc, 1)).unwrap(), 2);
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let err = within(10, "a call after the runtime", pool.apply(inc, 1))
+            .await
+            .unwrap_err();
+        assert!(
+            err.is_usage() && err.to_string().contains("runtime"),
+            "{err}"
+        );
+        let mapped: Vec<_> = within(
+            10,
+            "a map after the runtime",
+            pool.map(inc, 0..10u64).collect::<Vec<_>>(),
+        )
+        .await;
+        assert!(mapped.iter().all(Result::is_err), "{mapped:?}");
+        within(10, "close", pool.close()).await.unwrap();
+    });
+    for pid in pids {
+        assert!(
+            common::pid_gone_within(pid, Duration::from_secs(10)),
+            "worker {pid} outlived its runtime"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- poison inputs and restart storms
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::pid_gone_within;
+use common::{inc, pid_gone_within};
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -588,4 +588,124 @@ async fn routed_tasks_keep_their_order_through_retirements_and_deaths() {
     let stats = pool.stats();
     assert!(stats.workers_retired >= 2, "{stats:?}");
     pool.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------- cancelled tasks that never yield
+
+/// Tells the test it has started (a connection to `port`), then spins in a
+/// CPU loop for ever: no cancel can reach it.
+#[multiloop::task]
+async fn spin_after_calling(port: u16) -> u64 {
+    let _told = std::net::TcpStream::connect(("127.0.0.1", port));
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+/// Tells the test it has started, then blocks its worker's event loop for
+/// `ms` milliseconds (a long CPU-bound step that does finish).
+#[multiloop::task]
+async fn block_after_calling(port: u16, ms: u64) -> u64 {
+    let _told = std::net::TcpStream::connect(("127.0.0.1", port));
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+async fn bounded<F: std::future::IntoFuture>(secs: u64, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), fut.into_future()).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not finish within {secs} s (the library hung)"),
+    }
+}
+
+/// A dropped call whose task spins for ever (no timeout set): its worker
+/// is found stuck in the cancelled task's poll and replaced, and every
+/// later call is served; nothing fails.
+#[tokio::test]
+async fn a_cancelled_task_that_never_yields_does_not_hold_up_later_calls() {
+    let pool = bounded(
+        60,
+        "build",
+        Pool::builder()
+            .processes(2)
+            .timeout_grace(Duration::from_millis(200))
+            .build(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spinning = pool.apply(spin_after_calling, port);
+    tokio::select! {
+        _ = spinning => panic!("a task that spins for ever ended"),
+        accepted = listener.accept() => drop(accepted.unwrap()),
+    }
+    // The call is dropped: cancelled while its task spins.
+    for i in 0..10u64 {
+        let got = bounded(10, "an apply after the cancel", pool.apply(inc, i)).await;
+        assert_eq!(got.unwrap(), i + 1);
+    }
+    let all: Vec<u64> = bounded(
+        30,
+        "a map after the cancel",
+        pool.map(inc, 0..200u64).collect::<Vec<_>>(),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(all, (1..=200).collect::<Vec<_>>());
+    let stats = bounded(
+        10,
+        "the stuck worker replaced",
+        pool.wait_for_stats(|s| s.workers_killed_unresponsive == 1 && s.workers_alive == 2),
+    )
+    .await;
+    assert_eq!(stats.tasks_failed, 0, "{stats:?}");
+    bounded(10, "close", pool.close()).await.unwrap();
+}
+
+/// A cancel while the worker's loop is busy with another call's long
+/// CPU-bound step (which does end) kills nothing: that call's task
+/// finishes, on the same worker.
+#[tokio::test]
+async fn a_cancel_while_another_task_blocks_the_worker_kills_nothing() {
+    let pool = bounded(
+        60,
+        "build",
+        Pool::builder()
+            .processes(1)
+            .concurrency(2)
+            .timeout_grace(Duration::from_millis(100))
+            .build(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let blocking = pool.apply(block_after_calling, (port, 1_500));
+    let napping = pool.apply(nap_ms, 30_000);
+    let both = async {
+        let (blocked, ()) = tokio::join!(blocking, async {
+            tokio::select! {
+                _ = napping => panic!("the nap ended before it was cancelled"),
+                accepted = listener.accept() => drop(accepted.unwrap()),
+            }
+            // `napping` is dropped (cancelled) while the other task holds
+            // the worker's event loop for 1.5 s: 15 graces.
+        });
+        blocked
+    };
+    let blocked = bounded(30, "the blocking task", both).await;
+    assert_eq!(blocked.unwrap(), 1_500);
+    let s = pool.stats();
+    assert_eq!(s.workers_spawned, 1, "{s:?}");
+    assert_eq!(s.workers_killed_unresponsive, 0, "{s:?}");
+    assert_eq!(
+        bounded(10, "an apply after", pool.apply(inc, 1))
+            .await
+            .unwrap(),
+        2
+    );
+    bounded(10, "close", pool.close()).await.unwrap();
 }

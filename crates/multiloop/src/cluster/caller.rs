@@ -207,6 +207,7 @@ impl Caller {
                     isolating: false,
                     last_progress: std::time::Instant::now(),
                     rearm: Arc::new(Notify::new()),
+                    cancels: Default::default(),
                 });
                 id
             };
@@ -502,6 +503,9 @@ async fn lane(
                 Ok(Message::Cancel(chunks)) => {
                     if let Some(i) = inner.upgrade() {
                         caller.cancel(&i.runtime, chunks);
+                        // Handed on to the hosts: a lane has no event loop
+                        // to be stuck in.
+                        i.lock().on_cancelled(id);
                     }
                 }
                 Ok(Message::Shutdown) => shutdown = true,

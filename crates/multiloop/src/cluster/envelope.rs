@@ -95,7 +95,9 @@ impl<'a> Lost<'a> {
                 signal: last.signal,
             },
             Failure::Setup(reason) => Lost::Setup(reason),
-            Failure::Terminated | Failure::Closed | Failure::Cluster(_) => return None,
+            Failure::Terminated | Failure::Closed | Failure::Cluster(_) | Failure::RuntimeGone => {
+                return None;
+            }
         })
     }
 

@@ -181,7 +181,7 @@ impl ClusterConfig {
     /// not the length of a task. Set by the caller for the whole pool; at
     /// least 1 s.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
-        self.ack_wait = ack_wait;
+        self.ack_wait = ack_wait.min(crate::pool::LONGEST_WAIT);
         self
     }
 
@@ -194,14 +194,14 @@ impl ClusterConfig {
 
     /// How long connecting may take (default 10 s).
     pub fn connect_timeout(mut self, limit: Duration) -> Self {
-        self.connect_timeout = limit;
+        self.connect_timeout = limit.min(crate::pool::LONGEST_WAIT);
         self
     }
 
     /// How long a publish is retried before its tasks fail (default 60 s):
     /// the longest server outage a call rides out.
     pub fn publish_timeout(mut self, limit: Duration) -> Self {
-        self.publish_timeout = limit;
+        self.publish_timeout = limit.min(crate::pool::LONGEST_WAIT);
         self
     }
 

@@ -183,8 +183,11 @@ pub(crate) struct Job<T: Task, S> {
     id: u64,
     source: S,
     exhausted: bool,
-    /// Set when the pool refused the call before it started.
+    /// Set when the pool refused the call (it stopped taking work).
     refused: Option<super::scheduler::Failure>,
+    /// Whether the pool may hold this call's waker among those waiting for
+    /// their input.
+    parked: bool,
     tx: JobSink,
     rx: JobEvents,
     next_index: u64,
@@ -235,6 +238,7 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             source,
             exhausted: false,
             refused,
+            parked: false,
             tx,
             rx,
             next_index: 0,
@@ -267,8 +271,11 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
     }
 
     fn window(&self) -> usize {
-        self.window_base
-            .max(self.chunker.size * self.pool.config.processes * WINDOW_CHUNKS)
+        self.window_base.max(
+            self.chunker
+                .size
+                .saturating_mul(self.pool.config.processes * WINDOW_CHUNKS),
+        )
     }
 
     /// Pulls inputs and submits chunks while the window has room. Results
@@ -279,8 +286,9 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             return;
         }
         if let Some(failure) = self.refused.take() {
-            // The pool refused the call before it started: one error stands
-            // for the inputs it will never pull, and the call ends.
+            // The pool refused the call (before it started, or while it
+            // waited for its input): one error stands for the inputs it
+            // will never pull, and the call ends.
             self.ready
                 .push_back((self.next_index, Err(failure.to_error())));
             self.next_index += 1;
@@ -642,6 +650,26 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
         self.reduce = Some((name, value));
     }
 
+    /// Nothing is in flight and the input has nothing for now: the call
+    /// waits for its input, unless the pool has stopped taking work
+    /// (closed, terminated, broken) — then it ends as a refused submit
+    /// does, and true is returned. Otherwise the pool keeps the waker, to
+    /// wake the call when it stops taking work.
+    fn refused_while_waiting(&mut self, cx: &Context<'_>) -> bool {
+        let mut core = self.pool.lock();
+        match core.accepting() {
+            Ok(()) => {
+                core.input_waiters.insert(self.id, cx.waker().clone());
+                self.parked = true;
+                false
+            }
+            Err(failure) => {
+                self.refused = Some(failure);
+                true
+            }
+        }
+    }
+
     /// The next finished task, in completion order.
     pub(crate) fn poll_next_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done<T>>> {
         loop {
@@ -661,11 +689,13 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
                 continue;
             }
             if self.in_flight == 0 {
-                return if self.exhausted {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Pending
-                };
+                if self.exhausted {
+                    return Poll::Ready(None);
+                }
+                if self.refused_while_waiting(cx) {
+                    continue;
+                }
+                return Poll::Pending;
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(event)) => {
@@ -695,10 +725,14 @@ impl<T: Task, S: Input<Item = T::Args>> Job<T, S> {
             return Poll::Ready(true);
         }
         if self.in_flight == 0 {
-            return match self.exhausted {
-                true => Poll::Ready(false),
-                false => Poll::Pending,
-            };
+            if self.exhausted {
+                return Poll::Ready(false);
+            }
+            if self.refused_while_waiting(cx) {
+                self.feed(cx);
+                return Poll::Ready(true);
+            }
+            return Poll::Pending;
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
@@ -725,6 +759,9 @@ impl<T: Task> Unpin for Apply<T> {}
 
 impl<T: Task, S> Drop for Job<T, S> {
     fn drop(&mut self) {
+        if self.parked {
+            self.pool.lock().input_waiters.remove(&self.id);
+        }
         if self.in_flight > 0 {
             self.pool.lock().cancel_job(self.id);
             // `close` waits for the pool to run out of work: this may be it.
@@ -818,7 +855,7 @@ macro_rules! call_options {
         /// default. A task still running at the deadline is dropped in its
         /// worker and ends with a timeout error.
         pub fn timeout(mut self, limit: Duration) -> Self {
-            self.job.options().timeout = Some(limit);
+            self.job.options().timeout = Some(limit.min(super::LONGEST_WAIT));
             self
         }
 
@@ -830,9 +867,9 @@ macro_rules! call_options {
         }
 
         /// Sends tasks in chunks of exactly `size` instead of the adaptive
-        /// size (a size of 0 is taken as 1).
+        /// size (taken as 1 to 1,048,576).
         pub fn chunk_size(mut self, size: usize) -> Self {
-            self.job.options().chunk_size = Some(size.max(1));
+            self.job.options().chunk_size = Some(size.clamp(1, super::MAX_CHUNK_SIZE));
             self.job.apply_options();
             self
         }
@@ -1035,7 +1072,7 @@ impl<T: Task> Apply<T> {
 
     /// Sets a deadline for the task, replacing the pool's default.
     pub fn timeout(mut self, limit: Duration) -> Self {
-        self.job.options().timeout = Some(limit);
+        self.job.options().timeout = Some(limit.min(super::LONGEST_WAIT));
         self
     }
 

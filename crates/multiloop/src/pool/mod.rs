@@ -169,7 +169,8 @@ pub struct PoolStats {
     pub workers_died_outside_tasks: u64,
     /// Workers the pool killed for breaking the protocol.
     pub workers_killed_for_protocol: u64,
-    /// Workers the pool killed for not answering past their tasks' deadlines.
+    /// Workers the pool killed for not answering past their tasks'
+    /// deadlines, or found stuck in the poll of a cancelled task.
     pub workers_killed_unresponsive: u64,
     /// Tasks waiting for a worker now.
     pub tasks_queued: u64,
@@ -229,6 +230,14 @@ impl std::fmt::Debug for Pool {
             .finish_non_exhaustive()
     }
 }
+
+/// The longest wait any setting holds: a longer one (`Duration::MAX` for
+/// "never", say) means the same, and no deadline computed from it can
+/// overflow the clock.
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The largest fixed chunk a pool or a call takes.
+pub(crate) const MAX_CHUNK_SIZE: usize = 1 << 20;
 
 /// Settings for a [`Pool`]; every one has a default.
 #[derive(Debug)]
@@ -327,7 +336,7 @@ impl PoolBuilder {
 
     /// A default deadline for every task (default: none).
     pub fn timeout(mut self, limit: Duration) -> Self {
-        self.config.timeout = Some(limit);
+        self.config.timeout = Some(limit.min(LONGEST_WAIT));
         self
     }
 
@@ -335,13 +344,16 @@ impl PoolBuilder {
     /// busy (a CPU loop, a blocking call) before the worker is ended and
     /// replaced (default 500 ms). The task ends with a timeout error; the
     /// worker's other tasks run again elsewhere without losing an attempt.
+    /// A cancelled task is at its deadline: a worker found twice, a grace
+    /// apart, in the same poll of a cancelled task is replaced the same
+    /// way.
     pub fn timeout_grace(mut self, grace: Duration) -> Self {
-        self.config.timeout_grace = grace;
+        self.config.timeout_grace = grace.min(LONGEST_WAIT);
         self
     }
 
     /// Sends tasks in chunks of exactly `n` instead of sizing chunks from
-    /// the measured throughput (default: adaptive).
+    /// the measured throughput (default: adaptive); `n` is 1 to 1,048,576.
     pub fn chunk_size(mut self, n: usize) -> Self {
         self.config.chunk_size = Some(n);
         self
@@ -362,7 +374,7 @@ impl PoolBuilder {
     /// [`restart_policy`](PoolBuilder::restart_policy).
     pub fn restart_intensity(mut self, restarts: u32, within: Duration) -> Self {
         self.config.restart_limit = restarts;
-        self.config.restart_window = within;
+        self.config.restart_window = within.min(LONGEST_WAIT);
         self
     }
 
@@ -395,7 +407,7 @@ impl PoolBuilder {
 
     /// How long a new worker may take to answer the handshake (default 20 s).
     pub fn startup_timeout(mut self, limit: Duration) -> Self {
-        self.config.startup_timeout = limit;
+        self.config.startup_timeout = limit.min(LONGEST_WAIT);
         self
     }
 
@@ -404,7 +416,7 @@ impl PoolBuilder {
     /// submitted before `close` is waited for in full first; this bounds only
     /// the workers' exit (a cancelled task that never yields, say).
     pub fn shutdown_timeout(mut self, limit: Duration) -> Self {
-        self.config.shutdown_timeout = limit;
+        self.config.shutdown_timeout = limit.min(LONGEST_WAIT);
         self
     }
 
@@ -437,6 +449,16 @@ impl PoolBuilder {
         }
         if c.chunk_size == Some(0) {
             return Err(Error::usage("chunk_size must be at least 1"));
+        }
+        if c.chunk_size.is_some_and(|n| n > MAX_CHUNK_SIZE) {
+            return Err(Error::usage(format!(
+                "chunk_size must be at most {MAX_CHUNK_SIZE}"
+            )));
+        }
+        if c.timeout == Some(Duration::ZERO) {
+            return Err(Error::usage(
+                "timeout must be more than zero (leave it unset for no deadline)",
+            ));
         }
         if c.max_frame < 1024 || c.max_frame > u32::MAX as usize {
             return Err(Error::usage(
@@ -824,11 +846,16 @@ impl Pool {
     /// (a cancelled task spinning in a CPU loop, say) is killed, so `close`
     /// returns in bounded time once the submitted work is done.
     pub async fn close(&self) -> Result<(), Error> {
-        {
+        let waiting = {
             let mut core = self.inner.lock();
             if core.phase == Phase::Open {
                 core.phase = Phase::Closing;
             }
+            core.take_input_waiters()
+        };
+        // Calls waiting for more input end now (nothing more is pulled).
+        for waker in waiting {
+            waker.wake();
         }
         loop {
             let progressed = self.inner.progress.notified();

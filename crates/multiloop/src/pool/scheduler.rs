@@ -158,6 +158,9 @@ pub(crate) enum Failure {
     /// The cluster's broker could not be reached or refused the work.
     #[cfg(feature = "cluster")]
     Cluster(String),
+    /// The tokio runtime the pool was built on has shut down: nothing
+    /// reads its workers any more.
+    RuntimeGone,
 }
 
 impl Failure {
@@ -194,6 +197,10 @@ impl Failure {
             Failure::Setup(reason) => Error::new(Kind::Initializer {
                 reason: reason.clone(),
             }),
+            Failure::RuntimeGone => Error::usage(
+                "the tokio runtime this pool was built on has shut down, and its workers with it: \
+                 a pool lives on the runtime that built it (build one per #[tokio::test], say)",
+            ),
             #[cfg(feature = "cluster")]
             Failure::Cluster(reason) => Error::io(
                 "the cluster failed the task",
@@ -435,8 +442,45 @@ pub(crate) struct WorkerSlot {
     /// When the worker last answered, or was given work while idle.
     pub(crate) last_progress: Instant,
     /// Wakes the supervisor to re-arm its deadline when the worker is
-    /// given a task that has one.
+    /// given a task that has one, or told to drop some.
     pub(crate) rearm: Arc<Notify>,
+    /// Chunks the worker was told to drop and has not confirmed dropping.
+    pub(crate) cancels: CancelWatch,
+}
+
+/// Chunks a worker was told to drop and has not yet confirmed dropping. A
+/// cancelled task that never yields (a CPU loop) cannot be reached by the
+/// cancel, and would hold its worker's event loop, and every task queued
+/// there, for ever: the parent looks at the worker's beacon a grace after
+/// the cancel and then every grace, and kills a worker found twice in a row
+/// in the same poll of a cancelled task. The worker's other tasks run again
+/// elsewhere without losing an attempt (it died in another task's poll).
+#[derive(Debug, Default)]
+pub(crate) struct CancelWatch {
+    chunks: Vec<u64>,
+    unanswered: u32,
+    /// The cancel, or the last look.
+    since: Option<Instant>,
+    /// The cancelled task being polled at the last look.
+    seen: Option<(u64, u32)>,
+}
+
+impl WorkerSlot {
+    /// Tells the worker to drop `chunks`' tasks, and watches it until it
+    /// confirms.
+    fn cancel(&mut self, chunks: &[u64], shutdown: bool) {
+        self.outbox.with(|o| {
+            o.cancel(chunks);
+            if shutdown {
+                o.shutdown();
+            }
+        });
+        let c = &mut self.cancels;
+        c.chunks.extend_from_slice(chunks);
+        c.unanswered += 1;
+        c.since.get_or_insert_with(Instant::now);
+        self.rearm.notify_one();
+    }
 }
 
 /// Pool-wide settings the core needs.
@@ -509,6 +553,8 @@ pub(crate) struct Actions {
     pub(crate) respawn: Vec<(usize, Option<Instant>)>,
     /// Workers to ask to exit once idle.
     pub(crate) retire: Vec<WorkerId>,
+    /// Calls to wake (they wait for an input while the pool stopped).
+    pub(crate) wake: Vec<std::task::Waker>,
 }
 
 impl Actions {
@@ -516,6 +562,9 @@ impl Actions {
         for (sink, event) in self.events {
             // A job whose receiver is gone was cancelled: nothing to do.
             let _ = sink.send(event);
+        }
+        for waker in self.wake {
+            waker.wake();
         }
         (self.respawn, self.retire)
     }
@@ -574,6 +623,10 @@ pub(crate) struct Core {
     /// The delay set at the last storm, and when that storm was.
     backoff: Option<(Duration, Instant)>,
     pub(crate) counters: Counters,
+    /// Calls waiting only for their lazy input (nothing in flight), by
+    /// job id: woken when the pool stops taking work, which nothing else
+    /// would tell them.
+    pub(crate) input_waiters: HashMap<u64, std::task::Waker>,
 }
 
 impl Core {
@@ -592,6 +645,7 @@ impl Core {
             respawn_at: None,
             backoff: None,
             counters: Counters::default(),
+            input_waiters: HashMap::new(),
         }
     }
 
@@ -632,6 +686,12 @@ impl Core {
     }
 
     /// Whether a new call may start.
+    /// The calls waiting for their input, to wake once the pool has
+    /// stopped taking work.
+    pub(crate) fn take_input_waiters(&mut self) -> Vec<std::task::Waker> {
+        self.input_waiters.drain().map(|(_, w)| w).collect()
+    }
+
     pub(crate) fn accepting(&self) -> Result<(), Failure> {
         match self.phase {
             Phase::Open => Ok(()),
@@ -984,22 +1044,88 @@ impl Core {
         bad.map_or(Ok(()), Err)
     }
 
-    /// When worker `id` must have answered by: it holds tasks with a
-    /// deadline, and a worker whose event loop runs answers within the
-    /// longest of them (soft timeouts) plus the grace (its watchdog). Twice
-    /// the grace past that, only a worker that cannot run at all (stopped,
-    /// frozen) is still silent.
+    /// When the supervisor of worker `id` must look at it next: when it
+    /// must have answered by (it holds tasks with a deadline, and a worker
+    /// whose event loop runs answers within the longest of them (soft
+    /// timeouts) plus the grace (its watchdog); twice the grace past that,
+    /// only a worker that cannot run at all (stopped, frozen) is still
+    /// silent), or when to look whether it is stuck in a cancelled task
+    /// (see [`CancelWatch`]), whichever comes first.
     pub(crate) fn answer_deadline(&self, id: WorkerId, grace: Duration) -> Option<Instant> {
         let w = self
             .workers
             .get(id.slot)
             .filter(|w| w.id == id && w.alive)?;
+        let look = w.cancels.since.and_then(|t| t.checked_add(grace));
+        match (look, self.tasks_answer_deadline(w, grace)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When `w` must have answered by, for the deadlines of its tasks.
+    fn tasks_answer_deadline(&self, w: &WorkerSlot, grace: Duration) -> Option<Instant> {
         let longest = w
             .chunks
             .iter()
             .filter_map(|c| self.chunks.get(c)?.timeout)
             .max()?;
-        Some(w.last_progress + longest + grace * 2)
+        // No deadline past the clock's end (a timeout meaning "never").
+        w.last_progress
+            .checked_add(longest)?
+            .checked_add(grace.saturating_mul(2))
+    }
+
+    /// Worker `id` has not answered past its deadline: whether it is past
+    /// its tasks' answer deadline (`Some`, with the reason to kill it), or
+    /// stuck in the poll of a cancelled task, found so at this look and
+    /// the one before (`polling`: its beacon now).
+    pub(crate) fn overdue(
+        &mut self,
+        id: WorkerId,
+        grace: Duration,
+        polling: Option<(u64, u32)>,
+    ) -> Option<&'static str> {
+        let now = Instant::now();
+        let w = self
+            .workers
+            .get(id.slot)
+            .filter(|w| w.id == id && w.alive)?;
+        if self
+            .tasks_answer_deadline(w, grace)
+            .is_some_and(|at| at <= now)
+        {
+            return Some(
+                "the worker stopped answering past its tasks' deadlines plus twice the grace; killed",
+            );
+        }
+        let c = &mut self.workers[id.slot].cancels;
+        if c.since
+            .and_then(|t| t.checked_add(grace))
+            .is_some_and(|t| t <= now)
+        {
+            let stuck = polling.filter(|(chunk, _)| c.chunks.contains(chunk));
+            if stuck.is_some() && stuck == c.seen {
+                return Some(
+                    "a cancelled task kept the worker's event loop busy past twice the grace without yielding; killed",
+                );
+            }
+            c.seen = stuck;
+            c.since = Some(now);
+        }
+        None
+    }
+
+    /// Worker `id` carried out a cancel: once it has carried out all of
+    /// them, it is no longer watched for a cancelled task.
+    pub(crate) fn on_cancelled(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get_mut(id.slot).filter(|w| w.id == id) {
+            let c = &mut w.cancels;
+            c.unanswered = c.unanswered.saturating_sub(1);
+            if c.unanswered == 0 {
+                *c = CancelWatch::default();
+            }
+        }
     }
 
     /// A worker asked to be replaced (its memory passed the limit): it gets
@@ -1469,6 +1595,7 @@ impl Core {
             Phase::Broken
         };
         self.broken = Some(failure.clone());
+        actions.wake.extend(self.take_input_waiters());
         for w in &mut self.workers {
             w.retiring = true;
         }
@@ -1489,7 +1616,7 @@ impl Core {
         for w in &mut self.workers {
             let running: Vec<u64> = w.chunks.iter().copied().collect();
             if w.alive && !running.is_empty() {
-                w.outbox.with(|o| o.cancel(&running));
+                w.cancel(&running, false);
             }
             w.chunks.clear();
             w.assigned = 0;
@@ -1529,16 +1656,11 @@ impl Core {
         let chunks = &self.chunks;
         self.queue.retain(|id| chunks.contains_key(id));
         for (slot, chunks) in per_worker {
-            if let Some(w) = self.workers.get(slot).filter(|w| w.alive) {
+            if let Some(w) = self.workers.get_mut(slot).filter(|w| w.alive) {
                 // A retiring worker left with nothing to finish exits now,
                 // so its replacement can start.
                 let exit = w.retiring && w.chunks.is_empty();
-                w.outbox.with(|o| {
-                    o.cancel(&chunks);
-                    if exit {
-                        o.shutdown();
-                    }
-                });
+                w.cancel(&chunks, exit);
             }
         }
         self.dispatch();

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::Inner;
-use super::scheduler::{Actions, Cause, Outbox, WorkerId, WorkerSlot};
+use super::scheduler::{Actions, Cause, Failure, Outbox, Phase, WorkerId, WorkerSlot};
 use crate::beacon::Beacon;
 use crate::connection::{FrameReader, ReadError};
 use crate::error::{Error, ExitInfo};
@@ -68,6 +68,7 @@ pub(crate) fn launch(
             isolating: false,
             last_progress: std::time::Instant::now(),
             rearm: Arc::clone(&rearm),
+            cancels: Default::default(),
         };
         if slot < core.workers.len() {
             core.workers[slot] = entry;
@@ -148,8 +149,14 @@ async fn supervise(
         Some(i) => i.config.max_frame,
         None => return,
     };
+    let mut gone = RuntimeGone {
+        inner: inner.clone(),
+        id,
+        armed: true,
+    };
     let mut cause = Cause::Exited;
-    let outcome = read_loop(&inner, id, rd, max_frame, &rearm, &mut cause, &mut ready).await;
+    let conn = FrameReader::new(rd, max_frame);
+    let outcome = read_loop(&inner, id, conn, &rearm, &beacon, &mut cause, &mut ready).await;
     writer.abort();
     if let Err(reason) = &outcome {
         match cause {
@@ -185,6 +192,7 @@ async fn supervise(
             tail_suffix(&tail_text)
         ))));
     }
+    gone.armed = false;
     let Some(inner) = inner.upgrade() else { return };
     let mut actions = Actions::default();
     {
@@ -193,6 +201,47 @@ async fn supervise(
     }
     inner.after(actions);
     inner.worker_exited.notify_waiters();
+}
+
+/// Dropped with a supervisor that did not finish: the runtime the pool was
+/// built on has shut down (a pool kept in a static and shared between
+/// `#[tokio::test]`s, each with its runtime, say). Nothing reads the
+/// worker any more: it is killed, and the pool fails every pending and
+/// later call with an error saying so, instead of leaving them waiting.
+struct RuntimeGone {
+    inner: Weak<Inner>,
+    id: WorkerId,
+    armed: bool,
+}
+
+impl Drop for RuntimeGone {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut actions = Actions::default();
+        {
+            let mut core = inner.lock();
+            if let Some(w) = core
+                .workers
+                .get_mut(self.id.slot)
+                .filter(|w| w.id == self.id && w.alive)
+            {
+                w.process.kill();
+                w.alive = false;
+            }
+            if !matches!(core.phase, Phase::Stopped | Phase::Terminated) {
+                core.break_pool(Failure::RuntimeGone, &mut actions);
+            }
+        }
+        // No replacement: there is no runtime left to run it.
+        let _ = actions.deliver();
+        inner.progress.notify_waiters();
+        inner.worker_exited.notify_waiters();
+    }
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -239,13 +288,12 @@ async fn write_loop(wr: Arc<OwnedWriteHalf>, outbox: Arc<Outbox>) {
 async fn read_loop(
     inner: &Weak<Inner>,
     id: WorkerId,
-    rd: OwnedReadHalf,
-    max_frame: usize,
+    mut conn: FrameReader<OwnedReadHalf>,
     rearm: &Notify,
+    beacon: &Beacon,
     cause: &mut Cause,
     ready: &mut Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
 ) -> Result<(), String> {
-    let mut conn = FrameReader::new(rd, max_frame);
     if !handshake(&mut conn, inner, id, cause, ready).await? {
         return Ok(());
     }
@@ -259,6 +307,7 @@ async fn read_loop(
             match message {
                 Message::Results(results) => on_results(&inner, id, &frame, results)
                     .map_err(|e| violation(cause, format!("bad results frame from worker: {e}")))?,
+                Message::Cancelled => inner.lock().on_cancelled(id),
                 Message::Retire(retire) => {
                     let mut actions = Actions::default();
                     inner
@@ -294,10 +343,12 @@ async fn read_loop(
                 }
                 () = rearm.notified() => {}
                 () = expired => {
-                    let still = inner.upgrade().and_then(|i| i.lock().answer_deadline(id, i.config.timeout_grace));
-                    if still.is_some_and(|at| at <= std::time::Instant::now()) {
+                    let overdue = inner
+                        .upgrade()
+                        .and_then(|i| i.lock().overdue(id, i.config.timeout_grace, beacon.read()));
+                    if let Some(reason) = overdue {
                         *cause = Cause::Unresponsive;
-                        return Err("the worker stopped answering past its tasks' deadlines plus twice the grace; killed".into());
+                        return Err(reason.into());
                     }
                 }
             }
@@ -437,6 +488,7 @@ fn describe(m: &Message<'_>) -> &'static str {
         Message::Ready(_) => "READY (twice)",
         Message::Results(_) => "RESULTS (before the handshake)",
         Message::Retire(_) => "RETIRE (before the handshake)",
+        Message::Cancelled => "CANCELLED (before the handshake)",
     }
 }
 

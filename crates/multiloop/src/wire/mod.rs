@@ -16,7 +16,7 @@ mod codec;
 pub(crate) use codec::{Reader, WireError, check_frame, put_bytes, put_varint};
 
 /// Bumped whenever the frame layout or a message changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame accepted by default (64 MiB).
 pub(crate) const DEFAULT_MAX_FRAME: usize = 64 << 20;
@@ -37,6 +37,9 @@ pub(crate) mod tag {
     pub(crate) const RESULTS: u8 = 17;
     /// Worker → parent: my memory passed the limit; replace me.
     pub(crate) const RETIRE: u8 = 18;
+    /// Worker → parent: the CANCEL before this is carried out (its tasks
+    /// are dropped).
+    pub(crate) const CANCELLED: u8 = 19;
 }
 
 /// How one task ended, as sent back by the worker.
@@ -150,6 +153,8 @@ pub(crate) enum Message<'a> {
     /// The worker's resident memory (bytes) passed the limit: it starts no
     /// more tasks, and hands back the ones it had not started.
     Retire(Retire),
+    /// The worker carried out a CANCEL.
+    Cancelled,
 }
 
 /// A worker over its memory limit: how much it holds, and the tasks it
@@ -366,6 +371,7 @@ impl<'a> Message<'a> {
                 Message::Cancel(ids)
             }
             tag::SHUTDOWN => Message::Shutdown,
+            tag::CANCELLED => Message::Cancelled,
             tag::READY => {
                 let protocol = r.varint_u32()?;
                 let fingerprint = r.varint()?;
@@ -582,6 +588,11 @@ impl FrameWriter {
 
     pub(crate) fn shutdown(&mut self) {
         let start = self.begin(tag::SHUTDOWN);
+        self.finish(start);
+    }
+
+    pub(crate) fn cancelled(&mut self) {
+        let start = self.begin(tag::CANCELLED);
         self.finish(start);
     }
 

@@ -40,6 +40,7 @@ enum Owned {
     },
     Cancel(Vec<u64>),
     Shutdown,
+    Cancelled,
     Ready {
         protocol: u32,
         fingerprint: u64,
@@ -88,6 +89,7 @@ impl Owned {
             }),
             Owned::Cancel(ids) => w.cancel(ids),
             Owned::Shutdown => w.shutdown(),
+            Owned::Cancelled => w.cancelled(),
             Owned::Ready {
                 protocol,
                 fingerprint,
@@ -135,6 +137,7 @@ impl Owned {
             },
             Message::Cancel(ids) => Owned::Cancel(ids.clone()),
             Message::Shutdown => Owned::Shutdown,
+            Message::Cancelled => Owned::Cancelled,
             Message::Ready(r) => Owned::Ready {
                 protocol: r.protocol,
                 fingerprint: r.fingerprint,
@@ -210,6 +213,7 @@ fn examples() -> Vec<Owned> {
         Owned::Cancel(vec![1]),
         Owned::Cancel(vec![0, 1, 127, 128, 16_383, 16_384, u64::MAX]),
         Owned::Shutdown,
+        Owned::Cancelled,
         Owned::Ready {
             protocol: PROTOCOL_VERSION,
             fingerprint: 42,
@@ -463,7 +467,10 @@ fn truncated_frames_at_every_length_are_incomplete_or_errors() {
 #[test]
 fn truncated_fixed_layout_messages_are_errors() {
     for m in examples() {
-        if matches!(m, Owned::Run { .. } | Owned::Results(_) | Owned::Shutdown) {
+        if matches!(
+            m,
+            Owned::Run { .. } | Owned::Results(_) | Owned::Shutdown | Owned::Cancelled
+        ) {
             continue;
         }
         let bytes = encode(&m);
@@ -503,6 +510,7 @@ fn unknown_tags_and_flags_are_refused() {
             tag::READY,
             tag::RESULTS,
             tag::RETIRE,
+            tag::CANCELLED,
         ];
         if !known.contains(&t) {
             assert_eq!(
@@ -839,6 +847,7 @@ fn any_message() -> impl Strategy<Value = Owned> {
         ),
         proptest::collection::vec(any::<u64>(), 0..20).prop_map(Owned::Cancel),
         Just(Owned::Shutdown),
+        Just(Owned::Cancelled),
         (any::<u32>(), any::<u64>(), any::<u32>(), ".{0,40}").prop_map(
             |(protocol, fingerprint, pid, error)| Owned::Ready {
                 protocol,
@@ -925,7 +934,7 @@ proptest! {
 
     #[test]
     fn prop_random_bodies_after_a_valid_tag_never_panic(
-        t in proptest::sample::select(vec![tag::SETUP, tag::RUN, tag::CANCEL, tag::SHUTDOWN, tag::READY, tag::RESULTS, tag::RETIRE]),
+        t in proptest::sample::select(vec![tag::SETUP, tag::RUN, tag::CANCEL, tag::SHUTDOWN, tag::READY, tag::RESULTS, tag::RETIRE, tag::CANCELLED]),
         rest in proptest::collection::vec(any::<u8>(), 0..256),
     ) {
         let mut body = vec![t];

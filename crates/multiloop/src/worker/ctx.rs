@@ -419,6 +419,15 @@ impl Ctx {
         }
     }
 
+    /// Tells the parent a CANCEL is carried out: until then it watches
+    /// for a cancelled task that never yields (which no cancel reaches).
+    pub(super) fn answer_cancel(&self) {
+        let mut w = FrameWriter::new();
+        w.cancelled();
+        // A broken channel is noticed by the loop's next read.
+        let _ = self.channel.write_all(&w.take());
+    }
+
     /// Queues the tasks of a RUN frame; `payload` is the frame, advanced
     /// to the arguments; `fold` folds their results (map-reduce).
     pub(super) fn enqueue(

@@ -115,12 +115,13 @@ pub(crate) fn start<T: Task>(
     let mut slot = Slot::new_with(|| Tracked {
         inner: T::default().call(args),
         key,
-        watch: timeout.map(|limit| {
-            (
-                std::time::Instant::now() + limit,
+        // A deadline past the clock's end is none.
+        watch: timeout.and_then(|limit| {
+            Some((
+                std::time::Instant::now().checked_add(limit)?,
                 limit,
                 ctx.watchdog.clone(),
-            )
+            ))
         }),
     });
     let mut cx = Context::from_waker(Waker::noop());

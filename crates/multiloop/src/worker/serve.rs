@@ -253,7 +253,10 @@ fn handle_frame(
                 }
             }
         }
-        Message::Cancel(chunks) => ctx.cancel(&chunks),
+        Message::Cancel(chunks) => {
+            ctx.cancel(&chunks);
+            ctx.answer_cancel();
+        }
         Message::Shutdown => *draining = true,
         other => return Err(format!("unexpected message from the parent: {other:?}")),
     }

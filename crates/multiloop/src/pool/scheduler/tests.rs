@@ -130,6 +130,7 @@ impl Sim {
             isolating: false,
             last_progress: Instant::now(),
             rearm: Arc::new(Notify::new()),
+            cancels: Default::default(),
         };
         if slot < self.core.workers.len() {
             self.core.workers[slot] = entry;
