@@ -433,6 +433,9 @@ impl ServiceConfig {
         if self.scrape_timeout.secs() <= 0.0 {
             return Err("`scrape_timeout` must be > 0".into());
         }
+        if self.max_page_bytes == 0 {
+            return Err("`max_page_bytes` must be > 0".into());
+        }
         if !(0.0..=1.0).contains(&self.group_fraction) {
             return Err(format!(
                 "`group_fraction` must be between 0 and 1, not {}",

@@ -166,6 +166,7 @@ pub fn target_url(target: &str, labels: &Labels) -> Result<String, String> {
         return Err("empty target".into());
     }
     if t.starts_with("http://") || t.starts_with("https://") {
+        crate::http::check_target(t)?;
         return Ok(t.to_string());
     }
     if t.contains('/') || t.contains(char::is_whitespace) {
@@ -179,7 +180,9 @@ pub fn target_url(target: &str, labels: &Labels) -> Result<String, String> {
         .get("__metrics_path__")
         .map_or("/metrics", String::as_str);
     let sep = if path.starts_with('/') { "" } else { "/" };
-    Ok(format!("{scheme}://{t}{sep}{path}"))
+    let url = format!("{scheme}://{t}{sep}{path}");
+    crate::http::check_target(&url)?;
+    Ok(url)
 }
 
 /// Target labels of a group: without the `__`-prefixed meta labels.

@@ -747,6 +747,9 @@ impl HttpClient {
             .authority()
             .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
             .clone();
+        if explicit_port(&authority).is_some_and(|p| p.is_err()) {
+            return Err(FetchError::BadUrl(url.to_string()));
+        }
         // The pool key is `scheme://authority`, a slice of the URL.
         let key = url
             .find("://")
@@ -765,9 +768,11 @@ impl HttpClient {
         let authority = uri
             .authority()
             .ok_or_else(|| FetchError::BadUrl(uri.to_string()))?;
+        // An IPv6 address is written in brackets in a URL, not to connect.
         let host = authority.host();
+        let ip = host.trim_start_matches('[').trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let stream = TcpStream::connect((host, port))
+        let stream = TcpStream::connect((ip, port))
             .await
             .map_err(|e| FetchError::Unreachable(describe_io(&e, host, port)))?;
         let _ = stream.set_nodelay(true);
@@ -1005,6 +1010,12 @@ fn describe_hyper(e: &hyper::Error) -> FetchError {
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             let what = match io.kind() {
+                // The target answered, then closed mid-page: not unreachable.
+                std::io::ErrorKind::UnexpectedEof => {
+                    return FetchError::Http(format!(
+                        "the connection closed before the whole page arrived ({io})"
+                    ));
+                }
                 std::io::ErrorKind::ConnectionReset => "connection reset by peer".to_string(),
                 std::io::ErrorKind::BrokenPipe => "connection closed by peer (broken pipe)".into(),
                 _ => io.to_string(),
@@ -1022,6 +1033,36 @@ fn describe_hyper(e: &hyper::Error) -> FetchError {
     FetchError::Http(e.to_string())
 }
 
+/// The port written in `authority`, if one is: `Err` when it is not a
+/// port (out of 1..=65535, not a number). The `http` crate reads such a
+/// port as none, which would quietly scrape port 80 or 443 instead.
+fn explicit_port(authority: &hyper::http::uri::Authority) -> Option<Result<u16, ()>> {
+    let (_, port) = authority.as_str().rsplit_once(':')?;
+    // `[::1]`: the colon was the address's own.
+    if port.contains(']') {
+        return None;
+    }
+    Some(port.parse::<u16>().ok().filter(|&p| p != 0).ok_or(()))
+}
+
+/// Checks that `url` is something a scrape can fetch: an `http` or
+/// `https` URL with a host and, if it has one, a valid port. The error
+/// says what is wrong with it.
+pub fn check_target(url: &str) -> Result<(), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("the scheme must be http:// or https://".into());
+    }
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or("no host")?;
+    match explicit_port(authority) {
+        Some(Err(())) => Err("the port must be a number from 1 to 65535".into()),
+        _ => Ok(()),
+    }
+}
+
 /// POST `body` as JSON to `url` on a fresh connection; returns the status.
 /// Used to deliver alerts (a few requests a minute: no pooling needed).
 pub async fn post_json(url: &str, body: Vec<u8>, timeout: Duration) -> Result<u16, FetchError> {
@@ -1037,7 +1078,11 @@ pub async fn post_json(url: &str, body: Vec<u8>, timeout: Duration) -> Result<u1
             .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
             .clone();
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let stream = TcpStream::connect((authority.host(), authority.port_u16().unwrap_or(80)))
+        let ip = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let stream = TcpStream::connect((ip, authority.port_u16().unwrap_or(80)))
             .await
             .map_err(|e| FetchError::Unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);

@@ -127,11 +127,11 @@ struct ScanArgs {
     /// after the other (medians printed after the pairs).
     #[arg(long, default_value_t = 1, value_name = "N")]
     anchor_pairs: usize,
-    /// Per-request timeout in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    /// Per-request timeout in milliseconds (at least 1).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
-    /// Maximum page size in bytes.
-    #[arg(long, default_value_t = 16 << 20)]
+    /// Maximum page size in bytes (at least 1).
+    #[arg(long, default_value_t = 16 << 20, value_parser = at_least_one)]
     max_page_bytes: usize,
     /// Time source for rates: auto = logical for the built-in fleet, wall otherwise.
     #[arg(long, value_enum, default_value_t = ClockArg::Auto)]
@@ -398,8 +398,18 @@ fn agent(a: AgentArgs) -> Result<(), Error> {
     ))
 }
 
+/// A count of at least 1 (clap's ranges take only 64-bit integers).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `fleetcheck scan`: exit 0 nothing found, 1 findings, 2 error, 130
-/// interrupted (after the report of the finished rounds).
+/// interrupted (SIGINT) or 143 terminated (SIGTERM), after the report of
+/// the finished rounds.
 fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
     init_tracing(LogFormat::Human);
     if cli.print_rules {
@@ -424,9 +434,19 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
         cli.fleet_series = 2000;
         cli.rounds = n.div_ceil(2_000_000).max(1);
     }
-    let mut urls = cli.target.clone();
+    let mut named = cli.target.clone();
     if let Some(p) = &cli.targets {
-        urls.extend(fleetcheck::scan::load_targets(p).map_err(Error::Usage)?);
+        named.extend(fleetcheck::scan::load_targets(p).map_err(Error::Usage)?);
+    }
+    // Each target once, as `http(s)://...` (`host:port` means its
+    // /metrics), checked before anything runs.
+    let mut urls: Vec<String> = Vec::with_capacity(named.len());
+    for t in &named {
+        let url = fleetcheck::discovery::target_url(t, &Default::default())
+            .map_err(|e| Error::Usage(format!("target {t:?}: {e}")))?;
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
     }
     let discovery = if cli.scrape.file_sd.is_empty() {
         None
@@ -619,21 +639,32 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
                 }
             }
         };
-        let mut interrupted = false;
+        // SIGINT (Ctrl-C) or SIGTERM (a service manager, `timeout`): the
+        // rounds finished so far are reported, and the exit status says
+        // which signal (128 + its number).
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::Usage(format!("installing the SIGTERM handler: {e}")))?;
+        let mut interrupted = None;
         let report = tokio::select! {
             r = scan => r?,
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("fleetcheck: interrupted; reporting finished rounds");
-                interrupted = true;
+                interrupted = Some(("interrupted", 130));
+                obs.lock().ok().and_then(|mut o| o.last.take()).unwrap_or_default()
+            }
+            _ = term.recv() => {
+                interrupted = Some(("terminated", 143));
                 obs.lock().ok().and_then(|mut o| o.last.take()).unwrap_or_default()
             }
         };
+        if let Some((how, _)) = interrupted {
+            eprintln!("fleetcheck: {how}; reporting finished rounds");
+        }
         let elapsed = start.elapsed().as_secs_f64();
         pb.finish_and_clear();
         if let Some(mut c) = child {
             let _ = c.kill().await;
         }
-        let verification = (builtin && !interrupted).then(|| {
+        let verification = (builtin && interrupted.is_none()).then(|| {
             let truth = Fleet::new(fleet_cfg.clone()).ground_truth(cli.rounds);
             verify(&report.findings, &truth)
         });
@@ -666,8 +697,8 @@ fn scan(mut cli: ScanArgs) -> Result<u8, Error> {
                 v.precision, v.recall
             )));
         }
-        if interrupted {
-            return Ok(130);
+        if let Some((_, status)) = interrupted {
+            return Ok(status);
         }
         Ok(report.exit_code() as u8)
     });

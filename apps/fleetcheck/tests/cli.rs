@@ -400,34 +400,66 @@ fn scan_subcommand_equals_no_subcommand() {
 }
 
 #[test]
-fn ctrl_c_on_scan_reports_and_exits_130() {
+fn ctrl_c_or_sigterm_on_scan_reports_and_exits_130_or_143() {
     use std::io::Read;
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    // A target that is down, scanned forever: a round every 100 ms.
-    let mut child = bin()
-        .args(["scan", "--target", &format!("http://{addr}/metrics")])
-        .args(["--rounds", "0", "--interval", "0.1", "--no-progress"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = err.next().unwrap().unwrap();
-    assert!(first.starts_with("round 1:"), "{first}");
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(out.contains("fleetcheck report"), "{out}");
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        // A target that is down, scanned forever: a round every 100 ms.
+        let mut child = bin()
+            .args(["scan", "--target", &format!("http://{addr}/metrics")])
+            .args(["--rounds", "0", "--interval", "0.1", "--no-progress"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = err.next().unwrap().unwrap();
+        assert!(first.starts_with("round 1:"), "{first}");
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "signal {sig}");
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(out.contains("fleetcheck report"), "signal {sig}: {out}");
+    }
+}
+
+/// A target that cannot be scraped as written is refused before anything
+/// runs, by name (a port out of range used to be read as port 80).
+#[test]
+fn a_target_that_is_not_a_scrapable_url_is_refused_by_name() {
+    for (target, says) in [
+        (
+            "http://127.0.0.1:99999/metrics",
+            "the port must be a number from 1 to 65535",
+        ),
+        (
+            "http://127.0.0.1:0/metrics",
+            "the port must be a number from 1 to 65535",
+        ),
+        ("ftp://127.0.0.1/metrics", "http(s)://"),
+        ("http://exa mple/metrics", "not a URL"),
+        ("exa mple:9100", "expected host:port"),
+    ] {
+        let out = bin()
+            .args(["scan", "--target", target, "--rounds", "1", "--no-progress"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{target}: {err}");
+        assert!(
+            err.contains(target) && err.contains(says),
+            "{target}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -459,16 +459,27 @@ pub(crate) struct WorkerSlot {
 pub(crate) struct CancelWatch {
     chunks: Vec<u64>,
     unanswered: u32,
+    /// Cancelled tasks still charged to the worker: they hold its slots
+    /// until it confirms (new work goes to other workers first meanwhile).
+    held: usize,
     /// The cancel, or the last look.
     since: Option<Instant>,
     /// The cancelled task being polled at the last look.
     seen: Option<(u64, u32)>,
 }
 
+#[cfg(test)]
+impl CancelWatch {
+    /// Cancelled tasks still charged to the worker.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+}
+
 impl WorkerSlot {
-    /// Tells the worker to drop `chunks`' tasks, and watches it until it
-    /// confirms.
-    fn cancel(&mut self, chunks: &[u64], shutdown: bool) {
+    /// Tells the worker to drop `chunks`' tasks (`held` of them still
+    /// charged to it), and watches it until it confirms.
+    fn cancel(&mut self, chunks: &[u64], held: usize, shutdown: bool) {
         self.outbox.with(|o| {
             o.cancel(chunks);
             if shutdown {
@@ -478,6 +489,7 @@ impl WorkerSlot {
         let c = &mut self.cancels;
         c.chunks.extend_from_slice(chunks);
         c.unanswered += 1;
+        c.held += held;
         c.since.get_or_insert_with(Instant::now);
         self.rearm.notify_one();
     }
@@ -1123,7 +1135,9 @@ impl Core {
             let c = &mut w.cancels;
             c.unanswered = c.unanswered.saturating_sub(1);
             if c.unanswered == 0 {
+                w.assigned = w.assigned.saturating_sub(c.held);
                 *c = CancelWatch::default();
+                self.dispatch();
             }
         }
     }
@@ -1616,7 +1630,7 @@ impl Core {
         for w in &mut self.workers {
             let running: Vec<u64> = w.chunks.iter().copied().collect();
             if w.alive && !running.is_empty() {
-                w.cancel(&running, false);
+                w.cancel(&running, 0, false);
             }
             w.chunks.clear();
             w.assigned = 0;
@@ -1639,28 +1653,31 @@ impl Core {
         if ids.is_empty() {
             return;
         }
-        let mut per_worker: HashMap<usize, Vec<u64>> = HashMap::new();
+        // Per worker: the chunks it drops, and their tasks it still holds
+        // (charged until it confirms).
+        let mut per_worker: HashMap<usize, (Vec<u64>, usize)> = HashMap::new();
         for id in &ids {
             if let Some(rec) = self.chunks.remove(id)
                 && let Some(wid) = rec.worker
                 && let Some(w) = self.workers.get_mut(wid.slot).filter(|w| w.id == wid)
             {
-                w.assigned = w.assigned.saturating_sub(rec.remaining as usize);
                 w.chunks.remove(id);
                 if w.chunks.is_empty() {
                     w.isolating = false;
                 }
-                per_worker.entry(wid.slot).or_default().push(*id);
+                let entry = per_worker.entry(wid.slot).or_default();
+                entry.0.push(*id);
+                entry.1 += rec.remaining as usize;
             }
         }
         let chunks = &self.chunks;
         self.queue.retain(|id| chunks.contains_key(id));
-        for (slot, chunks) in per_worker {
+        for (slot, (chunks, held)) in per_worker {
             if let Some(w) = self.workers.get_mut(slot).filter(|w| w.alive) {
                 // A retiring worker left with nothing to finish exits now,
                 // so its replacement can start.
                 let exit = w.retiring && w.chunks.is_empty();
-                w.cancel(&chunks, exit);
+                w.cancel(&chunks, held, exit);
             }
         }
         self.dispatch();

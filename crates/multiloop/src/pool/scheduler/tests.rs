@@ -156,13 +156,17 @@ impl Sim {
                 continue;
             }
             let incarnation = (slot, w.id.generation);
+            let id = w.id;
             let bytes = w.outbox.with(|o| o.take());
+            let mut cancels = 0;
             let mut rest = &bytes[..];
             while let Ok(Some(f)) = crate::wire::check_frame(rest, usize::MAX >> 1) {
                 match crate::wire::Message::decode(&rest[4..f.len]) {
                     Ok(crate::wire::Message::Shutdown) => {
                         self.exiting.insert(slot);
                     }
+                    // A worker whose loop runs carries a cancel out at once.
+                    Ok(crate::wire::Message::Cancel(_)) => cancels += 1,
                     Ok(crate::wire::Message::Run(run)) => {
                         let routed = self
                             .core
@@ -184,6 +188,9 @@ impl Sim {
                     _ => {}
                 }
                 rest = &rest[f.len..];
+            }
+            for _ in 0..cancels {
+                self.core.on_cancelled(id);
             }
         }
     }
@@ -461,7 +468,12 @@ impl Sim {
                 .iter()
                 .map(|c| self.core.chunks.get(c).map_or(0, |r| r.remaining as usize))
                 .sum();
-            assert_eq!(held, w.assigned, "worker {:?} counts its tasks wrong", w.id);
+            assert_eq!(
+                held + w.cancels.held(),
+                w.assigned,
+                "worker {:?} counts its tasks wrong",
+                w.id
+            );
         }
     }
 
