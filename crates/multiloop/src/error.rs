@@ -54,6 +54,8 @@ pub(crate) enum Kind {
         restarts: u32,
         within: Duration,
         last: ExitInfo,
+        /// The end of the last dead worker's stderr (why it died, often).
+        stderr_tail: String,
         /// When the pool starts workers again; `None`: it stopped for good.
         backoff: Option<Duration>,
     },
@@ -226,10 +228,13 @@ impl Error {
         }
     }
 
-    /// The last lines the crashed worker wrote to its standard error.
+    /// The last lines the crashed worker (for a restart storm: the last
+    /// worker that died) wrote to its standard error.
     pub fn stderr_tail(&self) -> Option<&str> {
         match &*self.kind {
-            Kind::Crash { stderr_tail, .. } => Some(stderr_tail),
+            Kind::Crash { stderr_tail, .. } | Kind::RestartIntensity { stderr_tail, .. } => {
+                Some(stderr_tail)
+            }
             _ => None,
         }
     }
@@ -330,6 +335,7 @@ impl fmt::Display for Error {
                 restarts,
                 within,
                 last,
+                stderr_tail,
                 backoff,
             } => {
                 write!(
@@ -340,9 +346,14 @@ impl fmt::Display for Error {
                     Some(delay) => write!(
                         f,
                         "every pending task was failed, and the pool starts workers again after {delay:?}"
-                    ),
-                    None => f.write_str("the pool stopped for good"),
+                    )?,
+                    None => f.write_str("the pool stopped for good")?,
                 }
+                let tail = stderr_tail.trim_end();
+                if !tail.is_empty() {
+                    write!(f, "; the last one's stderr ended with:\n{tail}")?;
+                }
+                Ok(())
             }
             // The OS error is the `source()`: reporters print the chain,
             // so saying it here too would print it twice.

@@ -728,6 +728,55 @@ async fn failing_initializer_fails_build() {
     assert!(err.to_string().contains("the database is down"), "{err}");
 }
 
+/// Fails once `flag` exists: the first workers start, their replacements
+/// do not.
+#[multiloop::task]
+async fn init_unless_flagged(flag: String) -> Result<(), String> {
+    if std::path::Path::new(&flag).exists() {
+        return Err(format!("refusing to start: {flag} is present"));
+    }
+    Ok(())
+}
+
+/// A replacement worker whose initializer fails is a worker that died at
+/// start-up, not one that broke the protocol: when they keep failing, the
+/// restart storm's error quotes the initializer's own words.
+#[tokio::test]
+async fn a_replacement_whose_initializer_fails_is_named_in_the_storm() {
+    let flag = std::env::temp_dir().join(format!("multiloop-init-flag-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let pool = within(
+        60,
+        "build",
+        Pool::builder()
+            .processes(1)
+            .initializer(init_unless_flagged, flag.display().to_string())
+            .restart_intensity(2, Duration::from_secs(60))
+            .restart_policy(multiloop::RestartPolicy::Stop)
+            .build(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pool.apply(inc, 1).await.unwrap(), 2);
+    std::fs::write(&flag, b"").unwrap();
+    let pid = pool.worker_pids()[0];
+    // SAFETY: kill(2) on a worker of our own pool.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let err = within(60, "a call while replacements fail", pool.apply(inc, 2))
+        .await
+        .unwrap_err();
+    let _ = std::fs::remove_file(&flag);
+    assert!(err.is_restart_intensity(), "{err}");
+    assert!(err.to_string().contains("is present"), "{err}");
+    assert!(
+        err.stderr_tail().is_some_and(|t| t.contains("is present")),
+        "{err}"
+    );
+    let s = pool.stats();
+    assert_eq!(s.workers_killed_for_protocol, 0, "{s:?}");
+    assert!(s.workers_died_outside_tasks >= 3, "{s:?}");
+}
+
 #[tokio::test]
 async fn initializer_arguments_that_fail_to_serialize_fail_build() {
     let err = Pool::builder()

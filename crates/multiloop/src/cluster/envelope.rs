@@ -128,6 +128,7 @@ impl<'a> Lost<'a> {
                 restarts,
                 within: Duration::from_micros(within_us),
                 last: ExitInfo { code, signal },
+                stderr_tail: String::new(),
                 backoff: None,
             },
             Lost::Setup(reason) => Failure::Setup(reason.to_owned()),

@@ -147,6 +147,8 @@ pub(crate) enum Failure {
         restarts: u32,
         within: Duration,
         last: ExitInfo,
+        /// The end of the last dead worker's stderr.
+        stderr_tail: String,
         backoff: Option<Duration>,
     },
     Setup(String),
@@ -183,11 +185,13 @@ impl Failure {
                 restarts,
                 within,
                 last,
+                stderr_tail,
                 backoff,
             } => Error::new(Kind::RestartIntensity {
                 restarts: *restarts,
                 within: *within,
                 last: last.clone(),
+                stderr_tail: stderr_tail.clone(),
                 backoff: *backoff,
             }),
             Failure::HardTimeout { after } => Error::new(Kind::Timeout {
@@ -1293,7 +1297,7 @@ impl Core {
             self.requeue_after_crash(chunk, &death, blamed, actions);
         }
         if self.deaths.len() as u32 > self.limits.restart_limit && self.phase.takes_workers() {
-            self.restart_storm(exit, now, actions);
+            self.restart_storm(exit, stderr_tail, now, actions);
             if !self.phase.takes_workers() {
                 return;
             }
@@ -1308,7 +1312,13 @@ impl Core {
     /// Workers died more often than the restart intensity allows: every
     /// pending task fails, then the pool either waits before starting
     /// workers again or stops for good, as its policy says.
-    fn restart_storm(&mut self, last: &ExitInfo, now: Instant, actions: &mut Actions) {
+    fn restart_storm(
+        &mut self,
+        last: &ExitInfo,
+        stderr_tail: &str,
+        now: Instant,
+        actions: &mut Actions,
+    ) {
         let restarts = self.deaths.len() as u32;
         self.deaths.clear();
         self.counters.storms += 1;
@@ -1323,6 +1333,7 @@ impl Core {
                     restarts,
                     within: self.limits.restart_window,
                     last: last.clone(),
+                    stderr_tail: stderr_tail.to_owned(),
                     backoff: None,
                 };
                 self.break_pool(failure, actions);
@@ -1350,6 +1361,7 @@ impl Core {
             restarts,
             within: self.limits.restart_window,
             last: last.clone(),
+            stderr_tail: stderr_tail.to_owned(),
             backoff: Some(delay),
         };
         self.fail_pending(&failure, actions);

@@ -396,12 +396,17 @@ async fn handshake(
         None
     };
     if let Some(err) = refusal {
-        let reason = match err.is_initializer() {
-            true => format!("worker setup failed: {}", r.error),
-            false => err.to_string(),
-        };
+        let initializer = err.is_initializer();
+        let reason = err.to_string();
         if let Some(tx) = ready.take() {
             let _ = tx.send(Err(err));
+        }
+        if initializer {
+            // Not a protocol violation: the worker exits on its own, its
+            // stderr saying why, and is replaced like any worker that died
+            // at start-up (a restart storm, if it keeps failing, quotes
+            // that stderr).
+            return Ok(false);
         }
         return Err(violation(cause, reason));
     }
