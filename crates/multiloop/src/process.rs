@@ -27,7 +27,10 @@ type Outcome = Option<(Status, Bytes)>;
 ///
 /// `start` launches the process, `join` waits for it to exit; awaiting the
 /// `Process` does both. The task's value is discarded: use [`Worker`] to
-/// get it, or its error.
+/// get it, or its error. The exit status is the process's own: code 0 once
+/// the task has run, whatever it returned or if it panicked (the panic is
+/// caught; multiprocessing reports exit code 1 for an exception), a signal
+/// or another code if the process died.
 ///
 /// ```
 /// #[multiloop::task]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{inc, pid_gone_within};
+use common::{inc, pid_gone_within, within};
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -611,19 +611,12 @@ async fn block_after_calling(port: u16, ms: u64) -> u64 {
     ms
 }
 
-async fn bounded<F: std::future::IntoFuture>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut.into_future()).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {secs} s (the library hung)"),
-    }
-}
-
 /// A dropped call whose task spins for ever (no timeout set): its worker
 /// is found stuck in the cancelled task's poll and replaced, and every
 /// later call is served; nothing fails.
 #[tokio::test]
 async fn a_cancelled_task_that_never_yields_does_not_hold_up_later_calls() {
-    let pool = bounded(
+    let pool = within(
         60,
         "build",
         Pool::builder()
@@ -642,10 +635,10 @@ async fn a_cancelled_task_that_never_yields_does_not_hold_up_later_calls() {
     }
     // The call is dropped: cancelled while its task spins.
     for i in 0..10u64 {
-        let got = bounded(10, "an apply after the cancel", pool.apply(inc, i)).await;
+        let got = within(10, "an apply after the cancel", pool.apply(inc, i)).await;
         assert_eq!(got.unwrap(), i + 1);
     }
-    let all: Vec<u64> = bounded(
+    let all: Vec<u64> = within(
         30,
         "a map after the cancel",
         pool.map(inc, 0..200u64).collect::<Vec<_>>(),
@@ -655,14 +648,14 @@ async fn a_cancelled_task_that_never_yields_does_not_hold_up_later_calls() {
     .map(Result::unwrap)
     .collect();
     assert_eq!(all, (1..=200).collect::<Vec<_>>());
-    let stats = bounded(
+    let stats = within(
         10,
         "the stuck worker replaced",
         pool.wait_for_stats(|s| s.workers_killed_unresponsive == 1 && s.workers_alive == 2),
     )
     .await;
     assert_eq!(stats.tasks_failed, 0, "{stats:?}");
-    bounded(10, "close", pool.close()).await.unwrap();
+    within(10, "close", pool.close()).await.unwrap();
 }
 
 /// A cancel while the worker's loop is busy with another call's long
@@ -670,7 +663,7 @@ async fn a_cancelled_task_that_never_yields_does_not_hold_up_later_calls() {
 /// finishes, on the same worker.
 #[tokio::test]
 async fn a_cancel_while_another_task_blocks_the_worker_kills_nothing() {
-    let pool = bounded(
+    let pool = within(
         60,
         "build",
         Pool::builder()
@@ -696,16 +689,16 @@ async fn a_cancel_while_another_task_blocks_the_worker_kills_nothing() {
         });
         blocked
     };
-    let blocked = bounded(30, "the blocking task", both).await;
+    let blocked = within(30, "the blocking task", both).await;
     assert_eq!(blocked.unwrap(), 1_500);
     let s = pool.stats();
     assert_eq!(s.workers_spawned, 1, "{s:?}");
     assert_eq!(s.workers_killed_unresponsive, 0, "{s:?}");
     assert_eq!(
-        bounded(10, "an apply after", pool.apply(inc, 1))
+        within(10, "an apply after", pool.apply(inc, 1))
             .await
             .unwrap(),
         2
     );
-    bounded(10, "close", pool.close()).await.unwrap();
+    within(10, "close", pool.close()).await.unwrap();
 }
