@@ -701,13 +701,13 @@ impl Core {
         g
     }
 
-    /// Whether a new call may start.
     /// The calls waiting for their input, to wake once the pool has
     /// stopped taking work.
     pub(crate) fn take_input_waiters(&mut self) -> Vec<std::task::Waker> {
         self.input_waiters.drain().map(|(_, w)| w).collect()
     }
 
+    /// Whether a new call may start.
     pub(crate) fn accepting(&self) -> Result<(), Failure> {
         match self.phase {
             Phase::Open => Ok(()),
