@@ -547,8 +547,12 @@ fn describe(a: &mut Alert, key: &AlertKey, params: &RuleParams, ctx: &RoundConte
         Some(g) => {
             labels.insert("group".into(), g.to_string());
         }
+        // As in Prometheus, an `instance` label the target (or the rule)
+        // sets wins; the target's URL is the default.
         None => {
-            labels.insert("instance".into(), key.instance.clone());
+            labels
+                .entry("instance".into())
+                .or_insert_with(|| key.instance.clone());
         }
     }
     if !key.series.is_empty() {

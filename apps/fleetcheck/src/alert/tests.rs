@@ -94,6 +94,36 @@ fn pending_then_firing_after_for_then_resolved_with_labels() {
     assert!(e.alerts().is_empty());
 }
 
+/// An `instance` label set on the target (or by the rule) is the alert's
+/// `instance`, as in Prometheus; the target's URL is only the default.
+#[test]
+fn an_instance_label_of_the_target_or_rule_wins_over_the_url() {
+    for (target, rule, want) in [
+        (None, None, "h"),
+        (Some("db-1"), None, "db-1"),
+        (Some("db-1"), Some("db-primary"), "db-primary"),
+    ] {
+        let mut e = AlertEngine::new(no_groups());
+        let mut p = params(0.0, 0.0);
+        if let Some(r) = rule {
+            p.labels.insert("instance".into(), r.into());
+        }
+        let mut c = ctx(0.0, &[("r", p.clone())], &["h"]);
+        if let Some(t) = target {
+            c.target_labels.insert(
+                "h".into(),
+                BTreeMap::from([("instance".to_string(), t.to_string())]),
+            );
+        }
+        let n = e.evaluate(&c, vec![obs("r", "h", Level::Fire, 1.0)]);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!(
+            n[0].labels["instance"], want,
+            "target {target:?} rule {rule:?}"
+        );
+    }
+}
+
 #[test]
 fn pending_that_clears_never_notifies() {
     let mut e = AlertEngine::new(no_groups());
