@@ -248,6 +248,11 @@ impl Metrics {
         let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", v.rounds);
         let _ = writeln!(o, "{name}_sum {}", v.round_sum);
         let _ = writeln!(o, "{name}_count {}", v.rounds);
+        // Both statuses from the start, at 0.
+        let mut notifications = v.notifications.clone();
+        for status in ["firing", "resolved"] {
+            notifications.entry(status.to_string()).or_insert(0);
+        }
         let alerts = BTreeMap::from([
             ("firing".to_string(), v.alerts_firing),
             ("flapping".to_string(), v.alerts_flapping),
@@ -291,7 +296,7 @@ impl Metrics {
                 "counter",
                 "Alert notifications by status.",
                 "status",
-                &v.notifications,
+                &notifications,
             ),
             (
                 "fleetcheck_alertmanager_send_failures_total",

@@ -252,6 +252,12 @@ impl Notifier {
                 next_try: None,
                 metrics: metrics.clone(),
             };
+            // Its series exist from the start, at 0 (a rate over a series
+            // that appears at its first failure misses that failure).
+            s.report();
+            metrics.update(|v| {
+                v.am_failures.entry(base.clone()).or_insert(0);
+            });
             tokio::spawn(s.run(rx));
             ams.push((base.clone(), tx));
         }
@@ -435,6 +441,27 @@ mod tests {
             }
         });
         (url, rx)
+    }
+
+    /// Counters exist from the start, at 0, so that a rate over them sees
+    /// their first increment.
+    #[tokio::test]
+    async fn notification_and_failure_counters_start_at_zero() {
+        let url = "http://127.0.0.1:9".to_string();
+        let metrics = Arc::new(Metrics::new());
+        let _n = Notifier::start(std::slice::from_ref(&url), None, metrics.clone()).unwrap();
+        let text = metrics.render();
+        for line in [
+            format!("fleetcheck_alertmanager_send_failures_total{{alertmanager=\"{url}\"}} 0"),
+            format!("fleetcheck_alertmanager_queue_length{{alertmanager=\"{url}\"}} 0"),
+            "fleetcheck_notifications_total{status=\"firing\"} 0".to_string(),
+            "fleetcheck_notifications_total{status=\"resolved\"} 0".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
