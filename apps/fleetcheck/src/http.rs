@@ -768,9 +768,8 @@ impl HttpClient {
         let authority = uri
             .authority()
             .ok_or_else(|| FetchError::BadUrl(uri.to_string()))?;
-        // An IPv6 address is written in brackets in a URL, not to connect.
         let host = authority.host();
-        let ip = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = bare_host(host);
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let stream = TcpStream::connect((ip, port))
             .await
@@ -780,7 +779,7 @@ impl HttpClient {
             return handshake(stream).await;
         }
         let connector = self.tls()?;
-        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+        let name = ServerName::try_from(ip)
             .map_err(|_| FetchError::BadUrl(uri.to_string()))?
             .to_owned();
         let tls = connector
@@ -1033,6 +1032,12 @@ fn describe_hyper(e: &hyper::Error) -> FetchError {
     FetchError::Http(e.to_string())
 }
 
+/// The host of a URL as the resolver and TLS take it: an IPv6 address
+/// without the brackets a URL writes it in.
+fn bare_host(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// The port written in `authority`, if one is: `Err` when it is not a
 /// port (out of 1..=65535, not a number). The `http` crate reads such a
 /// port as none, which would quietly scrape port 80 or 443 instead.
@@ -1078,13 +1083,12 @@ pub async fn post_json(url: &str, body: Vec<u8>, timeout: Duration) -> Result<u1
             .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
             .clone();
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let ip = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let stream = TcpStream::connect((ip, authority.port_u16().unwrap_or(80)))
-            .await
-            .map_err(|e| FetchError::Unreachable(e.to_string()))?;
+        let stream = TcpStream::connect((
+            bare_host(authority.host()),
+            authority.port_u16().unwrap_or(80),
+        ))
+        .await
+        .map_err(|e| FetchError::Unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
