@@ -496,43 +496,51 @@ impl ServiceConfig {
 
     /// Static targets: `targets`, `targets_file`, `static_configs`,
     /// `file_sd`, then `file_sd_configs`, each URL once (first
-    /// wins), with its labels and client group; every group's settings are
-    /// checked now (an error names the table and the file at fault).
+    /// wins), with its labels and client group; a target may be a URL or
+    /// `host:port` (its /metrics), as in Prometheus. Every target and every
+    /// group's settings are checked now (an error names the target, and the
+    /// table or file at fault).
     pub fn grouped_targets(&self) -> Result<GroupedTargets, Error> {
         let mut out = GroupedTargets {
             targets: Vec::new(),
             clients: vec![ClientSettings::default()],
         };
         let mut seen = std::collections::HashSet::new();
-        let mut push = |u: &str, l: &BTreeMap<String, String>, g: u32| {
-            if seen.insert(u.to_string()) {
-                out.targets.push((u.to_string(), l.clone(), g));
+        let mut push = |t: &str, l: &BTreeMap<String, String>, g: u32, from: &str| {
+            let u = crate::discovery::target_url(t, l)
+                .map_err(|reason| Error::Usage(format!("{from}: target {t:?}: {reason}")))?;
+            if seen.insert(u.clone()) {
+                out.targets.push((u, l.clone(), g));
             }
+            Ok::<(), Error>(())
         };
         let none = BTreeMap::new();
         for t in &self.targets {
-            push(t, &none, 0);
+            push(t, &none, 0, "`targets`")?;
         }
         if let Some(p) = &self.targets_file {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| Error::io(format!("reading targets {}", p.display()), e))?;
+            let from = format!("targets_file {}", p.display());
             for t in crate::scan::parse_targets(&text) {
-                push(&t, &none, 0);
+                push(&t, &none, 0, &from)?;
             }
         }
         let groups = self.group_settings().map_err(Error::Usage)?;
         let first_sd = 1 + self.static_configs.len() as u32;
         for (i, sc) in self.static_configs.iter().enumerate() {
+            let from = format!("`static_configs[{i}]`");
             for t in &sc.targets {
-                push(t, &sc.labels, 1 + i as u32);
+                push(t, &sc.labels, 1 + i as u32, &from)?;
             }
         }
+        // Already URLs (file_sd_targets checked them).
         for (t, l) in file_sd_targets(&self.file_sd)? {
-            push(&t, &l, 0);
+            push(&t, &l, 0, "file_sd")?;
         }
         for (i, fc) in self.file_sd_configs.iter().enumerate() {
             for (t, l) in file_sd_targets(&fc.files)? {
-                push(&t, &l, first_sd + i as u32);
+                push(&t, &l, first_sd + i as u32, "file_sd_configs")?;
             }
         }
         out.clients.extend(groups);
@@ -632,6 +640,36 @@ mod tests {
         let fc = &cfg.file_sd_configs[0];
         assert_eq!(fc.basic_auth.as_ref().unwrap().username, "fleetcheck");
         assert!(fc.tls_config.as_ref().unwrap().ca_file.is_some());
+    }
+
+    /// `host:port` targets, as Prometheus users write them, scrape the
+    /// host's /metrics; a target no scrape can fetch is refused at load,
+    /// named with the table it is in.
+    #[test]
+    fn host_port_targets_are_urls_and_bad_targets_are_refused_by_name() {
+        let src = "targets = [\"a:9100\", \"http://a:9100/metrics\"]\n\
+                   [[static_configs]]\n\
+                   targets = [\"b:9100\"]\n\
+                   labels = { instance = \"db-1\" }\n";
+        let cfg = ServiceConfig::parse(src, Path::new("t.toml")).unwrap();
+        let urls: Vec<String> = cfg
+            .static_targets()
+            .unwrap()
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        assert_eq!(urls, ["http://a:9100/metrics", "http://b:9100/metrics"]);
+        for (bad, says) in [
+            ("targets = [\"http://a:99999/metrics\"]\n", "`targets`"),
+            (
+                "[[static_configs]]\ntargets = [\"a b:1\"]\n",
+                "`static_configs[0]`",
+            ),
+        ] {
+            let cfg = ServiceConfig::parse(bad, Path::new("t.toml")).unwrap();
+            let err = cfg.static_targets().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]
